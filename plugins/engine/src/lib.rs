@@ -1,0 +1,2 @@
+//! placeholder
+pub fn cuda() -> bool { tch::Cuda::is_available() }
