@@ -1,1 +1,6 @@
-//! placeholder
+//! libdavi SDK: what hosts, plugins and engines share without linking libtorch.
+//!
+//! - [`spec`]: operator specifications (what degraded the image), parsed from TOML/JSON.
+pub mod spec;
+
+pub use spec::{OperatorSpec, SpecError};

@@ -1,0 +1,107 @@
+//! One-step restoration, exactly as the official evaluator does it (reference §6).
+//!
+//! 1. lift the measurement to image space (`check_dims`);
+//! 2. `x_in = mu_x0[999]·ŷ + mu_x1[999]·ŷ + (1 - abar_999)·h·z` = `ŷ + 0.999267·h·z`;
+//! 3. one U-Net evaluation at t = 999, keep the ε channels;
+//! 4. `x̂ = tanh(x_in - std_fwd[999]·ε)`.
+//!
+//! Runs under no-grad. `h = 0` makes the result a deterministic function of the input; with
+//! `h > 0`, `z` comes from a generator seeded by the caller, so results reproduce on CPU.
+use crate::diffusion::{schedule::timesteps, Bridge, Diffusion};
+use crate::error::{EngineError, Result};
+use crate::operators::Operator;
+use crate::weights::LoadedModel;
+use tch::{Device, Kind, Tensor};
+
+/// The timestep every official restoration uses.
+pub const RESTORE_T: i64 = 999;
+
+/// A loaded generator plus the bridge arrays of its schedule.
+pub struct Restorer {
+    pub model: LoadedModel,
+    pub bridge: Bridge,
+    pub device: Device,
+    /// Compute kind for the network (f32 by default; bf16/f16 on CUDA for speed).
+    pub kind: Kind,
+}
+
+impl Restorer {
+    pub fn new(model: LoadedModel, device: Device) -> Self {
+        let d = Diffusion::new(model.meta.schedule, model.meta.diffusion_steps);
+        Restorer { bridge: Bridge::new(&d), model, device, kind: Kind::Float }
+    }
+
+    /// The perturbation `h` to use: the explicit value, else the model's, else 0.1.
+    pub fn perturb_h(&self, h: Option<f64>) -> f64 {
+        h.or(self.model.meta.perturb_h).unwrap_or(0.1)
+    }
+
+    /// Restore from an already lifted measurement `y_img` `(B, C, H, W)` in [-1, 1].
+    /// `seed` drives the perturbation noise (ignored when `h == 0`).
+    pub fn restore_lifted(&self, y_img: &Tensor, h: f64, seed: u64) -> Result<Tensor> {
+        let cfg = &self.model.meta.unet;
+        let (_, c, hh, ww) = y_img.size4().map_err(|_| EngineError::InvalidInput("expected a (B, C, H, W) batch".into()))?;
+        if c != cfg.in_channels {
+            return Err(EngineError::InvalidInput(format!(
+                "the model takes {} channels, the image has {c}",
+                cfg.in_channels
+            )));
+        }
+        let m = cfg.size_multiple();
+        if hh % m != 0 || ww % m != 0 {
+            return Err(EngineError::InvalidInput(format!(
+                "image size {ww}x{hh} must be a multiple of {m} for this network (pad or tile it)"
+            )));
+        }
+        let t_max = self.model.meta.diffusion_steps as i64 - 1;
+        let t_val = RESTORE_T.min(t_max);
+        tch::no_grad(|| {
+            let y = y_img.to_device(self.device).to_kind(Kind::Float);
+            let b = y.size()[0];
+            let t = timesteps(t_val, b, self.device);
+            let z = if h != 0.0 { seeded_normal(&y.size(), seed).to_device(self.device) } else { y.zeros_like() };
+            let x_in = self.bridge.perturbed_interpolation(&t, &y, &y, h, &z);
+            let out = self.model.net.forward(&x_in.to_kind(self.kind), &t);
+            let eps = out.narrow(1, 0, c).to_kind(Kind::Float);
+            Ok(self.bridge.generator_output(&t, &x_in, &eps))
+        })
+    }
+
+    /// Restore from a raw measurement: lift it with the operator, then [`restore_lifted`].
+    pub fn restore(&self, op: &dyn Operator, y: &Tensor, h: f64, seed: u64) -> Result<Tensor> {
+        let y_img = tch::no_grad(|| op.lift(&y.to_device(self.device)));
+        self.restore_lifted(&y_img, h, seed)
+    }
+}
+
+/// Standard normal noise from a CPU generator seeded by `seed`, independent of the global
+/// tch RNG (so concurrent restores on other threads do not disturb reproducibility).
+pub fn seeded_normal(shape: &[i64], seed: u64) -> Tensor {
+    let mut rng = SplitMix64(seed);
+    let n: i64 = shape.iter().product();
+    let mut v = Vec::with_capacity(n as usize);
+    while (v.len() as i64) < n {
+        // Box–Muller
+        let u1 = ((rng.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let u2 = ((rng.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let r = (-2.0 * u1.ln()).sqrt();
+        let th = 2.0 * std::f64::consts::PI * u2;
+        v.push((r * th.cos()) as f32);
+        if (v.len() as i64) < n {
+            v.push((r * th.sin()) as f32);
+        }
+    }
+    Tensor::from_slice(&v).reshape(shape)
+}
+
+/// A tiny, well-mixed 64-bit generator (SplitMix64) for reproducible noise.
+pub struct SplitMix64(pub u64);
+impl SplitMix64 {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}

@@ -1,0 +1,256 @@
+//! The self-describing model file: safetensors plus metadata.
+//!
+//! Tensor names are the official state-dict names (`input_blocks.9.1.qkv.weight`). The
+//! safetensors header's `__metadata__` holds:
+//!
+//! | key | value |
+//! |---|---|
+//! | `format` | `libdavi-model` |
+//! | `format_version` | `1` |
+//! | `meta` | JSON of [`ModelMeta`]: U-Net config, schedule, role, operator spec, perturb_h, provenance |
+//!
+//! Loading checks every tensor by name against the architecture the metadata describes:
+//! a missing, unexpected or mis-shaped tensor is an error naming it. Saving writes a
+//! temporary file beside the target and renames it, so a crash never leaves a half model.
+use crate::diffusion::BetaSchedule;
+use crate::error::{EngineError, Result};
+use crate::unet::{UNetConfig, UNetModel};
+use davi_sdk::OperatorSpec;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+pub const FORMAT: &str = "libdavi-model";
+pub const FORMAT_VERSION: &str = "1";
+
+/// What a model file is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelRole {
+    /// An unconditional diffusion prior (ε-prediction with learned variance): a teacher.
+    Prior,
+    /// A DAVI one-step generator for one operator.
+    Generator,
+}
+
+/// Everything needed to rebuild and use the network in a model file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub role: ModelRole,
+    pub unet: UNetConfig,
+    #[serde(default)]
+    pub schedule: BetaSchedule,
+    #[serde(default = "thousand")]
+    pub diffusion_steps: usize,
+    /// The operator a generator was trained for (None for priors).
+    #[serde(default)]
+    pub operator: Option<OperatorSpec>,
+    /// The bridge perturbation `h` used at inference (official 0.1 or 0.01).
+    #[serde(default)]
+    pub perturb_h: Option<f64>,
+    /// Free-form provenance: source checkpoint, training run, steps, data, metrics.
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+}
+
+fn thousand() -> usize {
+    1000
+}
+
+/// A network rebuilt from a model file, its variables on `device`.
+pub struct LoadedModel {
+    pub meta: ModelMeta,
+    pub vs: nn::VarStore,
+    pub net: UNetModel,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel").field("meta", &self.meta).finish()
+    }
+}
+
+fn kind_to_dtype(k: Kind) -> Option<Dtype> {
+    Some(match k {
+        Kind::Float => Dtype::F32,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Double => Dtype::F64,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Bool => Dtype::BOOL,
+        _ => return None,
+    })
+}
+
+fn dtype_to_kind(d: Dtype) -> Option<Kind> {
+    Some(match d {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+/// Tensor bytes in little-endian, contiguous, on the CPU.
+fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+    let t = t.to_device(Device::Cpu).contiguous();
+    let n = t.numel() * t.kind().elt_size_in_bytes();
+    let mut buf = vec![0u8; n];
+    t.copy_data_u8(&mut buf, n);
+    buf
+}
+
+/// Serialise named tensors and metadata to safetensors bytes.
+pub fn to_bytes(meta: &ModelMeta, tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let dtype = kind_to_dtype(t.kind())
+            .ok_or_else(|| EngineError::Weights(format!("{name}: unsupported kind {:?}", t.kind())))?;
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        owned.push((name.clone(), dtype, shape, tensor_bytes(t)));
+    }
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("consistent view")))
+        .collect();
+    let mut md = HashMap::new();
+    md.insert("format".to_string(), FORMAT.to_string());
+    md.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    md.insert("meta".to_string(), serde_json::to_string(meta).expect("meta serialises"));
+    safetensors::tensor::serialize(views, &Some(md))
+        .map_err(|e| EngineError::Weights(format!("serialising: {e:?}")))
+}
+
+/// Write bytes to `path` atomically: a temporary sibling, fsync, then rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| EngineError::InvalidInput(format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(EngineError::io(path, e));
+    }
+    Ok(())
+}
+
+/// Save a network's variables with metadata (atomic).
+pub fn save(path: &Path, meta: &ModelMeta, vs: &nn::VarStore) -> Result<()> {
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let tensors: Vec<(String, Tensor)> = vars.into_iter().collect();
+    write_atomic(path, &to_bytes(meta, &tensors)?)
+}
+
+/// Read only the metadata of a model file (cheap: the header).
+pub fn read_meta(path: &Path) -> Result<ModelMeta> {
+    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+    meta_from_bytes(&bytes).map_err(|m| EngineError::model(path, m))
+}
+
+fn meta_from_bytes(bytes: &[u8]) -> std::result::Result<ModelMeta, String> {
+    let (_, md) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a safetensors model file ({e:?})"))?;
+    let map = md.metadata().as_ref().ok_or("no libdavi metadata (was it written by `davi convert`?)")?;
+    if map.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err("not a libdavi model (metadata `format` missing)".into());
+    }
+    if map.get("format_version").map(String::as_str) != Some(FORMAT_VERSION) {
+        return Err(format!(
+            "model format version {:?} is not supported (this build reads {FORMAT_VERSION})",
+            map.get("format_version")
+        ));
+    }
+    let meta = map.get("meta").ok_or("metadata `meta` missing")?;
+    serde_json::from_str(meta).map_err(|e| format!("metadata `meta` is invalid: {e}"))
+}
+
+/// Load a model file from disk onto `device`.
+pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
+    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+    load_bytes(&bytes, device).map_err(|e| match e {
+        EngineError::Weights(m) => EngineError::model(path, m),
+        other => other,
+    })
+}
+
+/// Load a model from in-memory safetensors bytes onto `device`.
+pub fn load_bytes(bytes: &[u8], device: Device) -> Result<LoadedModel> {
+    let meta = meta_from_bytes(bytes).map_err(EngineError::Weights)?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| EngineError::Weights(format!("corrupt tensor data: {e:?}")))?;
+    let mut vs = nn::VarStore::new(device);
+    let net = tch::no_grad(|| UNetModel::new(&vs.root(), &meta.unet))?;
+    let named: Vec<(String, Tensor)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let kind = dtype_to_kind(view.dtype())
+                .ok_or_else(|| EngineError::Weights(format!("{name}: unsupported dtype {:?}", view.dtype())))?;
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            Ok((name, Tensor::from_data_size(view.data(), &shape, kind)))
+        })
+        .collect::<Result<_>>()?;
+    copy_by_name(&mut vs, named)?;
+    vs.freeze();
+    Ok(LoadedModel { meta, vs, net })
+}
+
+/// Copy named tensors into a var store, strictly: every variable must be present once with
+/// its exact shape, and no extra tensor may remain. Values are cast to the variable's kind.
+pub fn copy_by_name(vs: &mut nn::VarStore, tensors: Vec<(String, Tensor)>) -> Result<()> {
+    let mut vars = vs.variables();
+    let mut seen = std::collections::HashSet::new();
+    let mut extra = Vec::new();
+    tch::no_grad(|| -> Result<()> {
+        for (name, t) in &tensors {
+            match vars.get_mut(name) {
+                Some(var) => {
+                    if var.size() != t.size() {
+                        return Err(EngineError::Weights(format!(
+                            "tensor `{name}` has shape {:?}, the architecture expects {:?}",
+                            t.size(),
+                            var.size()
+                        )));
+                    }
+                    var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
+                    seen.insert(name.clone());
+                }
+                None => extra.push(name.clone()),
+            }
+        }
+        Ok(())
+    })?;
+    if !extra.is_empty() {
+        extra.sort();
+        return Err(EngineError::Weights(format!(
+            "unexpected tensor `{}` ({} not in the architecture)",
+            extra[0],
+            extra.len()
+        )));
+    }
+    let mut missing: Vec<&String> = vars.keys().filter(|k| !seen.contains(*k)).collect();
+    if !missing.is_empty() {
+        missing.sort();
+        return Err(EngineError::Weights(format!(
+            "missing tensor `{}` ({} missing in all)",
+            missing[0],
+            missing.len()
+        )));
+    }
+    Ok(())
+}
