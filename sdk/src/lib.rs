@@ -3,4 +3,7 @@
 //! - [`spec`]: operator specifications (what degraded the image), parsed from TOML/JSON.
 pub mod spec;
 
-pub use spec::{OperatorSpec, SpecError};
+pub use spec::{
+    BlurMode, Colorization, Denoising, DownsampleMethod, GaussianBlur, Inpainting, OperatorSpec, Rect,
+    SpecError, SuperResolution,
+};

@@ -16,7 +16,9 @@ pub mod device;
 pub mod diffusion;
 pub mod error;
 pub mod operators;
+pub mod pipeline;
 pub mod restore;
+pub mod tiling;
 pub mod unet;
 pub mod weights;
 

@@ -10,6 +10,7 @@
 use crate::diffusion::{schedule::timesteps, Bridge, Diffusion};
 use crate::error::{EngineError, Result};
 use crate::operators::Operator;
+use crate::tiling::{map_tiles, Tiling};
 use crate::weights::LoadedModel;
 use tch::{Device, Kind, Tensor};
 
@@ -36,41 +37,96 @@ impl Restorer {
         h.or(self.model.meta.perturb_h).unwrap_or(0.1)
     }
 
-    /// Restore from an already lifted measurement `y_img` `(B, C, H, W)` in [-1, 1].
-    /// `seed` drives the perturbation noise (ignored when `h == 0`).
-    pub fn restore_lifted(&self, y_img: &Tensor, h: f64, seed: u64) -> Result<Tensor> {
+    /// Restore from an already lifted measurement `y_img` `(B, C, H, W)` in [-1, 1], any
+    /// size: the perturbed input is formed for the whole image (so the noise does not depend
+    /// on the tiling), then the network runs per tile (padded by reflection to a multiple of
+    /// its down-sampling factor) and the tiles are blended. `progress(fraction)` returns
+    /// false to cancel.
+    pub fn restore_lifted(
+        &self,
+        y_img: &Tensor,
+        opts: &RestoreOptions,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Tensor> {
         let cfg = &self.model.meta.unet;
-        let (_, c, hh, ww) = y_img.size4().map_err(|_| EngineError::InvalidInput("expected a (B, C, H, W) batch".into()))?;
+        let (_, c, hh, ww) = y_img
+            .size4()
+            .map_err(|_| EngineError::InvalidInput("expected a (B, C, H, W) batch".into()))?;
         if c != cfg.in_channels {
             return Err(EngineError::InvalidInput(format!(
                 "the model takes {} channels, the image has {c}",
                 cfg.in_channels
             )));
         }
+        if hh < 1 || ww < 1 {
+            return Err(EngineError::InvalidInput("empty image".into()));
+        }
+        let h = self.perturb_h(opts.perturb_h);
+        let t_val = RESTORE_T.min(self.model.meta.diffusion_steps as i64 - 1);
         let m = cfg.size_multiple();
-        if hh % m != 0 || ww % m != 0 {
+        let tiling = opts.tiling.unwrap_or_default();
+        if tiling.tile < m || tiling.tile % m != 0 || tiling.overlap < 0 || tiling.overlap >= tiling.tile {
             return Err(EngineError::InvalidInput(format!(
-                "image size {ww}x{hh} must be a multiple of {m} for this network (pad or tile it)"
+                "tile size {} must be a positive multiple of {m} and larger than the overlap {}",
+                tiling.tile, tiling.overlap
             )));
         }
-        let t_max = self.model.meta.diffusion_steps as i64 - 1;
-        let t_val = RESTORE_T.min(t_max);
         tch::no_grad(|| {
             let y = y_img.to_device(self.device).to_kind(Kind::Float);
             let b = y.size()[0];
-            let t = timesteps(t_val, b, self.device);
-            let z = if h != 0.0 { seeded_normal(&y.size(), seed).to_device(self.device) } else { y.zeros_like() };
-            let x_in = self.bridge.perturbed_interpolation(&t, &y, &y, h, &z);
-            let out = self.model.net.forward(&x_in.to_kind(self.kind), &t);
-            let eps = out.narrow(1, 0, c).to_kind(Kind::Float);
-            Ok(self.bridge.generator_output(&t, &x_in, &eps))
+            let t_full = timesteps(t_val, b, self.device);
+            let z = if h != 0.0 { seeded_normal(&y.size(), opts.seed).to_device(self.device) } else { y.zeros_like() };
+            let x_in = self.bridge.perturbed_interpolation(&t_full, &y, &y, h, &z);
+            let mut run = |tile: &Tensor| self.denoise_tile(tile, t_val, m);
+            let mut report = |done: usize, total: usize| progress(done as f32 / total.max(1) as f32);
+            map_tiles(&x_in, tiling, &mut run, &mut report).ok_or(EngineError::Cancelled)
         })
     }
 
-    /// Restore from a raw measurement: lift it with the operator, then [`restore_lifted`].
-    pub fn restore(&self, op: &dyn Operator, y: &Tensor, h: f64, seed: u64) -> Result<Tensor> {
+    /// One network evaluation on a tile of the perturbed input, `x̂ = tanh(x - std_fwd·ε)`.
+    fn denoise_tile(&self, x_in: &Tensor, t_val: i64, m: i64) -> Tensor {
+        let (b, c, h, w) = x_in.size4().expect("4-D tile");
+        let (ph, pw) = ((m - h % m) % m, (m - w % m) % m);
+        let padded = if ph > 0 || pw > 0 { pad_reflect(x_in, ph, pw) } else { x_in.shallow_clone() };
+        let t = timesteps(t_val, b, self.device);
+        let out = self.model.net.forward(&padded.to_kind(self.kind), &t);
+        let eps = out.narrow(1, 0, c).to_kind(Kind::Float).narrow(2, 0, h).narrow(3, 0, w);
+        self.bridge.generator_output(&t, x_in, &eps)
+    }
+
+    /// Restore from a raw measurement: lift it with the operator, then [`Self::restore_lifted`].
+    pub fn restore(
+        &self,
+        op: &dyn Operator,
+        y: &Tensor,
+        opts: &RestoreOptions,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Tensor> {
         let y_img = tch::no_grad(|| op.lift(&y.to_device(self.device)));
-        self.restore_lifted(&y_img, h, seed)
+        self.restore_lifted(&y_img, opts, progress)
+    }
+}
+
+/// Options of one restoration call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreOptions {
+    /// Bridge perturbation `h`; `None` uses the model's (official 0.1 / 0.01). 0 makes the
+    /// result a deterministic function of the input.
+    pub perturb_h: Option<f64>,
+    /// Seed of the perturbation noise.
+    pub seed: u64,
+    /// Tile geometry; `None` = 256-pixel tiles with 32 pixels of overlap (the official
+    /// training size). Images no larger than a tile run in one pass.
+    pub tiling: Option<Tiling>,
+}
+
+/// Pad bottom/right by reflection (replication where the image is too small to reflect).
+fn pad_reflect(x: &Tensor, ph: i64, pw: i64) -> Tensor {
+    let (_, _, h, w) = x.size4().expect("4-D");
+    if ph < h && pw < w {
+        x.reflection_pad2d([0, pw, 0, ph])
+    } else {
+        x.replication_pad2d([0, pw, 0, ph])
     }
 }
 

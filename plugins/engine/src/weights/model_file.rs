@@ -254,3 +254,24 @@ pub fn copy_by_name(vs: &mut nn::VarStore, tensors: Vec<(String, Tensor)>) -> Re
     }
     Ok(())
 }
+
+impl LoadedModel {
+    /// A freshly initialised network (guided-diffusion initialisation) for `meta`; used by
+    /// training, benchmarks and tests. `seed` fixes the weights.
+    pub fn random(meta: ModelMeta, device: Device, seed: i64) -> Result<Self> {
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(device);
+        let net = UNetModel::new(&vs.root(), &meta.unet)?;
+        Ok(LoadedModel { meta, vs, net })
+    }
+
+    /// Save to a model file (atomic).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        save(path, &self.meta, &self.vs)
+    }
+
+    /// Exact number of parameters.
+    pub fn parameter_count(&self) -> i64 {
+        self.vs.variables().values().map(|t| t.numel() as i64).sum()
+    }
+}

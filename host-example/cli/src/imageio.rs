@@ -1,0 +1,144 @@
+//! Image files to and from planar f32 tensors, for the `davi` CLI.
+//!
+//! PNG, JPEG and TIFF through the `image` crate, 8- and 16-bit, gray or colour, with or
+//! without alpha. Colour values become a `(1, C, H, W)` f32 tensor in [0, 1]; the alpha
+//! plane, if any, is kept aside untouched and written back unchanged (re-sampled only when
+//! the image changes size, as in super-resolution). Writing goes through a temporary file
+//! and a rename, so a failed run never leaves a half-written output.
+use anyhow::{bail, Context, Result};
+use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, LumaA, Rgb, Rgba};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// A decoded picture: colour planes in [0, 1], optional alpha in [0, 1], bit depth.
+pub struct Picture {
+    pub color: Tensor,
+    pub alpha: Option<Tensor>,
+    pub sixteen_bit: bool,
+}
+
+impl Picture {
+    pub fn channels(&self) -> i64 {
+        self.color.size()[1]
+    }
+    pub fn height(&self) -> i64 {
+        self.color.size()[2]
+    }
+    pub fn width(&self) -> i64 {
+        self.color.size()[3]
+    }
+}
+
+fn planar(data: Vec<f32>, h: u32, w: u32, c: usize) -> Tensor {
+    Tensor::from_slice(&data).view([h as i64, w as i64, c as i64]).permute([2, 0, 1]).unsqueeze(0).contiguous()
+}
+
+/// Read an image file.
+pub fn read(path: &Path) -> Result<Picture> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .decode()
+        .with_context(|| format!("cannot decode {}", path.display()))?;
+    Ok(from_dynamic(img))
+}
+
+/// Convert a decoded image.
+pub fn from_dynamic(img: DynamicImage) -> Picture {
+    let (w, h) = (img.width(), img.height());
+    let sixteen_bit = matches!(
+        img,
+        DynamicImage::ImageLuma16(_) | DynamicImage::ImageLumaA16(_) | DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgba16(_)
+    ) || matches!(img, DynamicImage::ImageRgb32F(_) | DynamicImage::ImageRgba32F(_));
+    let has_alpha = img.color().has_alpha();
+    let gray = !img.color().has_color();
+    let (cc, all) = match (gray, has_alpha) {
+        (true, false) => (1, img.to_luma32f().into_raw()),
+        (true, true) => (2, luma_alpha_f32(&img)),
+        (false, false) => (3, img.to_rgb32f().into_raw()),
+        (false, true) => (4, img.to_rgba32f().into_raw()),
+    };
+    let t = planar(all, h, w, cc);
+    let color_c = if gray { 1 } else { 3 };
+    let color = t.narrow(1, 0, color_c).contiguous();
+    let alpha = has_alpha.then(|| t.narrow(1, color_c, 1).contiguous());
+    Picture { color, alpha, sixteen_bit }
+}
+
+fn luma_alpha_f32(img: &DynamicImage) -> Vec<f32> {
+    let la = img.to_luma_alpha16();
+    la.into_raw().into_iter().map(|v| v as f32 / 65535.0).collect()
+}
+
+/// Interleave planar `(1, C, H, W)` values in [0, 1] into `u16`/`u8` samples (rounded).
+fn interleaved(t: &Tensor, max: f64) -> Vec<f32> {
+    let t = (t.clamp(0.0, 1.0) * max).round().squeeze_dim(0).permute([1, 2, 0]).contiguous().to_kind(Kind::Float);
+    Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32 data")
+}
+
+/// Build a `DynamicImage` from colour (1 or 3 channels) and optional alpha.
+pub fn to_dynamic(p: &Picture) -> Result<DynamicImage> {
+    let (h, w) = (p.height() as u32, p.width() as u32);
+    let t = match &p.alpha {
+        Some(a) => Tensor::cat(&[p.color.to_kind(Kind::Float), a.to_kind(Kind::Float)], 1),
+        None => p.color.to_kind(Kind::Float),
+    };
+    let c = t.size()[1];
+    let img = if p.sixteen_bit {
+        let v: Vec<u16> = interleaved(&t, 65535.0).into_iter().map(|x| x as u16).collect();
+        match c {
+            1 => DynamicImage::ImageLuma16(ImageBuffer::<Luma<u16>, _>::from_raw(w, h, v).unwrap()),
+            2 => DynamicImage::ImageLumaA16(ImageBuffer::<LumaA<u16>, _>::from_raw(w, h, v).unwrap()),
+            3 => DynamicImage::ImageRgb16(ImageBuffer::<Rgb<u16>, _>::from_raw(w, h, v).unwrap()),
+            4 => DynamicImage::ImageRgba16(ImageBuffer::<Rgba<u16>, _>::from_raw(w, h, v).unwrap()),
+            _ => bail!("unsupported channel count {c}"),
+        }
+    } else {
+        let v: Vec<u8> = interleaved(&t, 255.0).into_iter().map(|x| x as u8).collect();
+        match c {
+            1 => DynamicImage::ImageLuma8(ImageBuffer::<Luma<u8>, _>::from_raw(w, h, v).unwrap()),
+            2 => DynamicImage::ImageLumaA8(ImageBuffer::<LumaA<u8>, _>::from_raw(w, h, v).unwrap()),
+            3 => DynamicImage::ImageRgb8(ImageBuffer::<Rgb<u8>, _>::from_raw(w, h, v).unwrap()),
+            4 => DynamicImage::ImageRgba8(ImageBuffer::<Rgba<u8>, _>::from_raw(w, h, v).unwrap()),
+            _ => bail!("unsupported channel count {c}"),
+        }
+    };
+    Ok(img)
+}
+
+/// Write atomically; the format comes from the extension (png, jpg/jpeg, tif/tiff).
+pub fn write(path: &Path, p: &Picture) -> Result<()> {
+    let fmt = ImageFormat::from_path(path).with_context(|| format!("unknown image extension: {}", path.display()))?;
+    let mut img = to_dynamic(p)?;
+    if fmt == ImageFormat::Jpeg {
+        // JPEG holds neither alpha nor 16 bits.
+        if p.alpha.is_some() {
+            bail!("{}: JPEG cannot hold the alpha channel; write PNG or TIFF", path.display());
+        }
+        img = if p.channels() == 1 { DynamicImage::ImageLuma8(img.to_luma8()) } else { DynamicImage::ImageRgb8(img.to_rgb8()) };
+    }
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, fmt).with_context(|| format!("cannot encode {}", path.display()))?;
+    davi_engine::weights::model_file::write_atomic(path, buf.get_ref()).map_err(anyhow::Error::from)
+}
+
+/// Write a raw f32 tensor as a NumPy `.npy` file (C order, little-endian, its own shape).
+pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
+    let t = t.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
+    let shape: Vec<String> = t.size().iter().map(|d| d.to_string()).collect();
+    let shape = if shape.len() == 1 { format!("{},", shape[0]) } else { shape.join(", ") };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({shape}), }}");
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - total % 64) % 64));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + t.numel() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    let v = Vec::<f32>::try_from(t.flatten(0, -1))?;
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    davi_engine::weights::model_file::write_atomic(path, &out).map_err(anyhow::Error::from)
+}
