@@ -87,12 +87,44 @@ enum Cmd {
         #[arg(long)]
         perturb_h: Option<f64>,
     },
+    /// Train a diffusion prior (the teacher) on an image folder.
+    TrainPrior(TrainArgs),
+    /// DAVI amortised training of a one-step generator from a teacher model.
+    Train(TrainArgs),
+    /// Export the EMA network of a run directory as a model file.
+    Export {
+        run_dir: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Print a model's or a preset's configuration and exact parameter count.
     Info {
         model: Option<PathBuf>,
         #[arg(long)]
         preset: Option<String>,
     },
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    /// Run config (TOML); see plugins/engine/presets/.
+    #[arg(long, conflicts_with = "preset")]
+    config: Option<PathBuf>,
+    /// A compiled-in preset, e.g. photo-prior, photo-sr4, ffhq256-gaussian.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Override any config value: --set davi.t_ikl=400 --set run.total_steps=10
+    #[arg(long = "set")]
+    set: Vec<String>,
+    /// Continue the run in run.out_dir from its checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many steps now (the run stays resumable).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Clone, Default)]
@@ -150,6 +182,13 @@ fn run(cli: Cli) -> Result<()> {
             convert_cmd(&input, &output, &preset, role.as_deref(), &op, perturb_h)
         }
         Cmd::Info { model, preset } => info(model.as_deref(), preset.as_deref()),
+        Cmd::TrainPrior(a) => train(&a, true),
+        Cmd::Train(a) => train(&a, false),
+        Cmd::Export { run_dir, output } => {
+            davi_engine::train::runner::export_run(&run_dir, &output)?;
+            eprintln!("wrote {}", output.display());
+            Ok(())
+        }
     }
 }
 
@@ -239,6 +278,31 @@ fn convert_cmd(input: &Path, output: &Path, preset: &str, role: Option<&str>, op
     };
     convert::convert(input, output, &meta)?;
     eprintln!("wrote {}", output.display());
+    Ok(())
+}
+
+fn train(a: &TrainArgs, prior: bool) -> Result<()> {
+    use davi_engine::train::{config::TrainConfig, runner};
+    let cfg = match (&a.config, &a.preset) {
+        (Some(p), None) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            TrainConfig::from_toml(&text, &a.set).with_context(|| format!("in {}", p.display()))?
+        }
+        (None, Some(n)) => TrainConfig::preset(n, &a.set)?,
+        _ => bail!("give --config FILE.toml or --preset NAME"),
+    };
+    if prior != cfg.prior.is_some() {
+        bail!("config `{}` is a {} run: use `davi {}`", cfg.name, if prior { "DAVI" } else { "prior" }, if prior { "train" } else { "train-prior" });
+    }
+    let opts = runner::RunOptions { resume: a.resume, quiet: a.quiet, max_steps_now: a.steps };
+    let r = runner::run(&cfg, &opts)?;
+    eprintln!(
+        "{} at step {} in {}{}",
+        if r.finished { "finished" } else { "paused" },
+        r.step,
+        r.out_dir.display(),
+        if r.finished { " (model.safetensors written)" } else { " (continue with --resume)" }
+    );
     Ok(())
 }
 

@@ -15,10 +15,12 @@
 pub mod device;
 pub mod diffusion;
 pub mod error;
+pub mod metrics;
 pub mod operators;
 pub mod pipeline;
 pub mod restore;
 pub mod tiling;
+pub mod train;
 pub mod unet;
 pub mod weights;
 

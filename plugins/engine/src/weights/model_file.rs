@@ -106,7 +106,7 @@ fn tensor_bytes(t: &Tensor) -> Vec<u8> {
     let t = t.to_device(Device::Cpu).contiguous();
     let n = t.numel() * t.kind().elt_size_in_bytes();
     let mut buf = vec![0u8; n];
-    t.copy_data_u8(&mut buf, n);
+    t.copy_data_u8(&mut buf, t.numel());
     buf
 }
 
@@ -274,4 +274,34 @@ impl LoadedModel {
     pub fn parameter_count(&self) -> i64 {
         self.vs.variables().values().map(|t| t.numel() as i64).sum()
     }
+}
+
+/// Write arbitrary named tensors with string metadata (used by training checkpoints).
+pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let dtype = kind_to_dtype(t.kind()).ok_or_else(|| EngineError::Weights(format!("{name}: unsupported kind {:?}", t.kind())))?;
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        owned.push((name.clone(), dtype, shape, tensor_bytes(t)));
+    }
+    let views: Vec<(String, TensorView<'_>)> =
+        owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("consistent view"))).collect();
+    let bytes = safetensors::tensor::serialize(views, &Some(metadata)).map_err(|e| EngineError::Weights(format!("serialising: {e:?}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Read every tensor and the metadata of a safetensors file; corrupt or truncated files
+/// are errors naming the file.
+pub fn read_tensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+    let (_, md) = SafeTensors::read_metadata(&bytes).map_err(|e| EngineError::model(path, format!("corrupt or truncated ({e:?})")))?;
+    let meta = md.metadata().clone().unwrap_or_default();
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| EngineError::model(path, format!("corrupt or truncated ({e:?})")))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let kind = dtype_to_kind(view.dtype()).ok_or_else(|| EngineError::model(path, format!("{name}: unsupported dtype")))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        out.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
+    }
+    Ok((out, meta))
 }

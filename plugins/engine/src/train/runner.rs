@@ -1,0 +1,312 @@
+//! The training loop: data, steps, logging, evaluation, checkpoints, resume and export.
+//!
+//! A run directory holds `config.toml` (the resolved config), `log.jsonl`,
+//! `checkpoint.safetensors` (every network, optimiser moment, the EMA and the step; written
+//! atomically), `grids/step<k>.png` (degraded | restored | reference on held-out crops),
+//! `curves.png` and, at the end or on `davi export`, `model.safetensors`: the EMA network
+//! as a self-describing model that `davi restore` and `libdavi` load.
+use super::config::TrainConfig;
+use super::data::{list_images, Dataset, Prefetcher};
+use super::davi::DaviTrainer;
+use super::monitor::{plot_log, save_grid, Monitor};
+use super::optim::AdamW;
+use super::prior::PriorTrainer;
+use super::{seed_step, Terms};
+use crate::device::device_name;
+use crate::error::{EngineError, Result};
+use crate::metrics;
+use crate::weights::{model_file, ModelMeta, ModelRole};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Tensor};
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const CHECKPOINT_FORMAT: &str = "libdavi-train-checkpoint";
+
+/// Either kind of trainer.
+pub enum Trainer {
+    Prior(Box<PriorTrainer>),
+    Davi(Box<DaviTrainer>),
+}
+
+/// Options of [`run`] that are not part of the config.
+#[derive(Default, Clone)]
+pub struct RunOptions {
+    pub resume: bool,
+    pub quiet: bool,
+    /// Stop after this many steps in this invocation (the run stays resumable).
+    pub max_steps_now: Option<u64>,
+}
+
+/// Outcome of [`run`].
+pub struct RunReport {
+    pub out_dir: PathBuf,
+    pub step: u64,
+    pub finished: bool,
+    pub last_terms: Terms,
+}
+
+fn named(prefix: &str, vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, t)| (format!("{prefix}.{k}"), t)).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn load_named(prefix: &str, vs: &mut nn::VarStore, all: &HashMap<String, Tensor>) -> Result<()> {
+    let p = format!("{prefix}.");
+    let sub: Vec<(String, Tensor)> = all.iter().filter_map(|(k, t)| k.strip_prefix(&p).map(|n| (n.to_string(), t.shallow_clone()))).collect();
+    model_file::copy_by_name(vs, sub).map_err(|e| EngineError::Weights(format!("checkpoint section `{prefix}`: {e}")))
+}
+
+impl Trainer {
+    pub fn new(cfg: &TrainConfig, device: Device) -> Result<Self> {
+        if let Some(p) = &cfg.prior {
+            return Ok(Trainer::Prior(Box::new(PriorTrainer::new(&p.unet, p.schedule, p.diffusion_steps, p.lr, p.micro_batch, device)?)));
+        }
+        let d = cfg.davi.as_ref().expect("validated: prior or davi");
+        Ok(Trainer::Davi(Box::new(DaviTrainer::new(d, cfg.data.size, device)?)))
+    }
+
+    fn state(&self) -> (Vec<(String, Tensor)>, i64) {
+        let mut out = Vec::new();
+        let opt = |out: &mut Vec<(String, Tensor)>, name: &str, o: &AdamW| out.extend(o.state(name));
+        match self {
+            Trainer::Prior(p) => {
+                out.extend(named("net", &p.vs));
+                out.extend(named("ema", &p.ema_vs));
+                opt(&mut out, "opt", &p.opt);
+                (out, p.ema.calls)
+            }
+            Trainer::Davi(d) => {
+                out.extend(named("gen", &d.gen_vs));
+                out.extend(named("ema", &d.ema_vs));
+                out.extend(named("fake", &d.fake_vs));
+                out.extend(named("disc", &d.disc_vs));
+                opt(&mut out, "opt_g", &d.opt_g);
+                opt(&mut out, "opt_s", &d.opt_s);
+                opt(&mut out, "opt_d", &d.opt_d);
+                (out, d.ema.calls)
+            }
+        }
+    }
+
+    fn load_state(&mut self, all: &HashMap<String, Tensor>, ema_calls: i64) -> Result<()> {
+        let get = |k: &str| all.get(k).map(|t| t.shallow_clone());
+        let werr = |e: String| EngineError::Weights(e);
+        match self {
+            Trainer::Prior(p) => {
+                load_named("net", &mut p.vs, all)?;
+                load_named("ema", &mut p.ema_vs, all)?;
+                p.opt.load_state("opt", &get).map_err(werr)?;
+                p.ema.calls = ema_calls;
+            }
+            Trainer::Davi(d) => {
+                load_named("gen", &mut d.gen_vs, all)?;
+                load_named("ema", &mut d.ema_vs, all)?;
+                load_named("fake", &mut d.fake_vs, all)?;
+                load_named("disc", &mut d.disc_vs, all)?;
+                d.opt_g.load_state("opt_g", &get).map_err(werr)?;
+                d.opt_s.load_state("opt_s", &get).map_err(werr)?;
+                d.opt_d.load_state("opt_d", &get).map_err(werr)?;
+                d.ema.calls = ema_calls;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, x: &Tensor, seed: u64, step: u64) -> Terms {
+        let mut rng = seed_step(seed, step);
+        match self {
+            Trainer::Prior(p) => p.step(x),
+            Trainer::Davi(d) => d.step(x, &mut rng),
+        }
+    }
+
+    /// The EMA network as a model file's metadata and var store.
+    fn export_parts(&self, cfg: &TrainConfig, step: u64, extra: serde_json::Value) -> (ModelMeta, &nn::VarStore) {
+        match self {
+            Trainer::Prior(p) => {
+                let pc = cfg.prior.as_ref().expect("prior");
+                let meta = ModelMeta {
+                    role: ModelRole::Prior,
+                    unet: pc.unet.clone(),
+                    schedule: pc.schedule,
+                    diffusion_steps: pc.diffusion_steps,
+                    operator: None,
+                    perturb_h: None,
+                    provenance: provenance(cfg, step, extra),
+                };
+                (meta, &p.ema_vs)
+            }
+            Trainer::Davi(d) => {
+                let dc = cfg.davi.as_ref().expect("davi");
+                let meta = ModelMeta {
+                    role: ModelRole::Generator,
+                    unet: d.teacher.meta.unet.clone(),
+                    schedule: d.teacher.meta.schedule,
+                    diffusion_steps: d.teacher.meta.diffusion_steps,
+                    operator: Some(dc.operator.clone()),
+                    perturb_h: Some(dc.eval_perturb_h.unwrap_or(dc.perturb_h)),
+                    provenance: provenance(cfg, step, extra),
+                };
+                (meta, &d.ema_vs)
+            }
+        }
+    }
+}
+
+fn provenance(cfg: &TrainConfig, step: u64, extra: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "trained_by": format!("libdavi {}", env!("CARGO_PKG_VERSION")),
+        "config": cfg.name,
+        "steps": step,
+        "train_dir": cfg.data.train_dir,
+        "patch_size": cfg.data.size,
+        "seed": cfg.run.seed,
+        "run": extra,
+    })
+}
+
+/// Write the checkpoint atomically.
+fn save_checkpoint(dir: &Path, cfg: &TrainConfig, trainer: &Trainer, step: u64, wall: f64) -> Result<()> {
+    let (tensors, ema_calls) = trainer.state();
+    let mut md = HashMap::new();
+    md.insert("format".into(), CHECKPOINT_FORMAT.into());
+    md.insert("config".into(), cfg.to_toml());
+    md.insert("step".into(), step.to_string());
+    md.insert("ema_calls".into(), ema_calls.to_string());
+    md.insert("wall_seconds".into(), format!("{wall:.1}"));
+    model_file::write_tensors(&dir.join(CHECKPOINT), &tensors, md)
+}
+
+/// Load a checkpoint written by [`save_checkpoint`]: returns (step, wall seconds so far).
+/// A truncated, corrupt or foreign file is refused with a message naming it.
+pub fn load_checkpoint(path: &Path, cfg: &TrainConfig, trainer: &mut Trainer) -> Result<(u64, f64)> {
+    let (all, md) = model_file::read_tensors(path)?;
+    if md.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+        return Err(EngineError::model(path, "not a libdavi training checkpoint"));
+    }
+    let saved: TrainConfig = md.get("config").and_then(|c| TrainConfig::from_toml(c, &[]).ok()).ok_or_else(|| EngineError::model(path, "checkpoint config unreadable"))?;
+    if saved.prior.is_some() != cfg.prior.is_some() || saved.data.size != cfg.data.size {
+        return Err(EngineError::model(path, format!("checkpoint is of run `{}`, whose kind or patch size differs from `{}`", saved.name, cfg.name)));
+    }
+    let step: u64 = md.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| EngineError::model(path, "step missing"))?;
+    let ema_calls: i64 = md.get("ema_calls").and_then(|s| s.parse().ok()).unwrap_or(step as i64);
+    let wall: f64 = md.get("wall_seconds").and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    trainer.load_state(&all, ema_calls).map_err(|e| EngineError::model(path, e.to_string()))?;
+    Ok((step, wall))
+}
+
+/// Evaluate on held-out crops: returns JSON metrics and writes a grid.
+fn evaluate(trainer: &Trainer, eval: Option<&Tensor>, dir: &Path, step: u64, seed: u64) -> Result<serde_json::Value> {
+    let Some(clean) = eval else { return Ok(serde_json::json!({})) };
+    match trainer {
+        Trainer::Prior(p) => Ok(serde_json::json!({ "heldout_eps_mse": p.eval_mse(clean, seed as i64) })),
+        Trainer::Davi(d) => {
+            let (y_img, x_hat) = d.evaluate(clean, seed)?;
+            let to01 = |t: &Tensor| ((t.to_device(Device::Cpu) + 1.0) / 2.0).clamp(0.0, 1.0);
+            let c = to01(clean);
+            let psnr = metrics::mean(&metrics::psnr(&to01(&x_hat), &c));
+            let ssim = metrics::mean(&metrics::ssim(&to01(&x_hat), &c));
+            let psnr_y = metrics::mean(&metrics::psnr(&to01(&y_img), &c));
+            std::fs::create_dir_all(dir.join("grids")).map_err(|e| EngineError::io(dir, e))?;
+            save_grid(&dir.join("grids").join(format!("step{step:07}.png")), &[&y_img, &x_hat, clean])?;
+            Ok(serde_json::json!({ "heldout_psnr": psnr, "heldout_ssim": ssim, "heldout_psnr_measurement": psnr_y }))
+        }
+    }
+}
+
+fn eval_set(cfg: &TrainConfig, device: Device) -> Result<Option<Tensor>> {
+    let Some(dir) = &cfg.data.heldout_dir else { return Ok(None) };
+    let files = list_images(dir)?;
+    // Centre crops at 4x the patch side (at most 128 px) keep CPU evaluation cheap.
+    let side = (cfg.data.size * 4).min(128);
+    let ds = Dataset::open(files, side, super::data::Crop::Random, 1.0, false)?;
+    let b = ds.eval_batch();
+    let m = 32;
+    let (h, w) = (b.size()[2] / m * m, b.size()[3] / m * m);
+    Ok(Some(b.narrow(2, 0, h).narrow(3, 0, w).to_device(device)))
+}
+
+/// Train according to `cfg` (creating or resuming its run directory).
+pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
+    let device = crate::device::parse_device(&cfg.run.device)?;
+    if cfg.run.threads > 0 {
+        tch::set_num_threads(cfg.run.threads);
+    }
+    let dir = cfg.run.out_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
+    let ckpt = dir.join(CHECKPOINT);
+    if ckpt.exists() && !opts.resume {
+        return Err(EngineError::InvalidInput(format!("{} already holds a run: pass --resume to continue it, or choose another run.out_dir", dir.display())));
+    }
+    model_file::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    tch::manual_seed(cfg.run.seed as i64);
+    let mut trainer = Trainer::new(cfg, device)?;
+    let (mut step, wall_before) = if opts.resume && ckpt.exists() { load_checkpoint(&ckpt, cfg, &mut trainer)? } else { (0, 0.0) };
+    let files = list_images(&cfg.data.train_dir)?;
+    let batch = cfg.prior.as_ref().map(|p| p.batch).or(cfg.davi.as_ref().map(|d| d.batch)).expect("validated");
+    let ds = Dataset::open(files, cfg.data.size, cfg.data.crop, cfg.data.min_scale, cfg.data.hflip)?;
+    let eval = eval_set(cfg, device)?;
+    let monitor = Monitor::new(&dir, step, cfg.run.total_steps).quiet(opts.quiet);
+    let prefetch = Prefetcher::start(ds, cfg.run.seed, step, batch, 2);
+    let stop_at = opts.max_steps_now.map(|n| (step + n).min(cfg.run.total_steps)).unwrap_or(cfg.run.total_steps);
+    let mut last = Terms::new();
+    while step < stop_at {
+        let x = prefetch.next(step).to_device(device);
+        last = trainer.step(&x, cfg.run.seed, step);
+        if last.values().any(|v| !v.is_finite()) {
+            save_checkpoint(&dir, cfg, &trainer, step, wall_before + monitor.elapsed())?;
+            return Err(EngineError::InvalidInput(format!("loss became non-finite at step {step}: {last:?} (checkpoint of the step before kept)")));
+        }
+        step += 1;
+        monitor.progress(step, &last);
+        if step % cfg.run.log_every == 0 || step == stop_at {
+            let mut rec = serde_json::json!({ "step": step, "wall_s": wall_before + monitor.elapsed() });
+            for (k, v) in &last {
+                rec[k] = serde_json::json!(v);
+            }
+            monitor.log(&rec)?;
+        }
+        if step % cfg.run.eval_every == 0 || step == cfg.run.total_steps {
+            let m = evaluate(&trainer, eval.as_ref(), &dir, step, cfg.run.seed)?;
+            let mut rec = serde_json::json!({ "step": step, "eval": true });
+            for (k, v) in m.as_object().into_iter().flatten() {
+                rec[k] = v.clone();
+            }
+            monitor.log(&rec)?;
+        }
+        if step % cfg.run.checkpoint_every == 0 || step == stop_at {
+            save_checkpoint(&dir, cfg, &trainer, step, wall_before + monitor.elapsed())?;
+        }
+    }
+    if !opts.quiet {
+        eprintln!();
+    }
+    let finished = step >= cfg.run.total_steps;
+    let wall = wall_before + monitor.elapsed();
+    if finished {
+        export(cfg, &trainer, step, wall, device, &dir.join("model.safetensors"))?;
+    }
+    let keys: &[&str] = if cfg.prior.is_some() { &["loss", "mse", "vb", "heldout_eps_mse"] } else { &["loss_g", "ikl", "con", "gt", "fake_score", "heldout_psnr"] };
+    if monitor.log_path.exists() {
+        plot_log(&monitor.log_path, keys, &dir.join("curves.png"))?;
+    }
+    Ok(RunReport { out_dir: dir, step, finished, last_terms: last })
+}
+
+fn export(cfg: &TrainConfig, trainer: &Trainer, step: u64, wall: f64, device: Device, out: &Path) -> Result<()> {
+    let extra = serde_json::json!({ "wall_seconds": wall.round(), "device": device_name(device), "threads": tch::get_num_threads() });
+    let (meta, vs) = trainer.export_parts(cfg, step, extra);
+    model_file::save(out, &meta, vs)
+}
+
+/// Export the EMA network of a run directory's checkpoint as a model file.
+pub fn export_run(dir: &Path, out: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(dir.join("config.toml")).map_err(|e| EngineError::io(dir.join("config.toml"), e))?;
+    let mut cfg = TrainConfig::from_toml(&text, &[])?;
+    cfg.run.device = "cpu".into();
+    let mut trainer = Trainer::new(&cfg, Device::Cpu)?;
+    let (step, wall) = load_checkpoint(&dir.join(CHECKPOINT), &cfg, &mut trainer)?;
+    export(&cfg, &trainer, step, wall, Device::Cpu, out)
+}

@@ -1,0 +1,159 @@
+//! One-step restoration: determinism, tiling consistency, model-file round trips.
+use davi_engine::diffusion::BetaSchedule;
+use davi_engine::pipeline;
+use davi_engine::restore::{RestoreOptions, Restorer};
+use davi_engine::tiling::Tiling;
+use davi_engine::unet::UNetConfig;
+use davi_engine::weights::{model_file, LoadedModel, ModelMeta, ModelRole};
+use davi_sdk::OperatorSpec;
+use tch::{Device, Kind, Tensor};
+
+fn tiny_meta() -> ModelMeta {
+    ModelMeta {
+        role: ModelRole::Generator,
+        unet: UNetConfig {
+            image_size: 32,
+            model_channels: 32,
+            num_res_blocks: 1,
+            attention_resolutions: vec![16],
+            channel_mult: vec![1, 2],
+            num_head_channels: 16,
+            norm_groups: 8,
+            ..UNetConfig::ffhq256()
+        },
+        schedule: BetaSchedule::I2sb,
+        diffusion_steps: 1000,
+        operator: Some(OperatorSpec::for_task("sr4").unwrap()),
+        perturb_h: Some(0.1),
+        provenance: serde_json::json!({"test": true}),
+    }
+}
+
+/// A random tiny generator whose zero-initialised layers are perturbed so output depends on input.
+fn tiny_model(seed: i64) -> LoadedModel {
+    let m = LoadedModel::random(tiny_meta(), Device::Cpu, seed).unwrap();
+    tch::no_grad(|| {
+        for (_, mut v) in m.vs.variables() {
+            let r = v.randn_like() * 0.02;
+            v.copy_(&(&v + r));
+        }
+    });
+    m
+}
+
+fn restore(r: &Restorer, y: &Tensor, opts: &RestoreOptions) -> Tensor {
+    r.restore_lifted(y, opts, &mut |_| true).unwrap()
+}
+
+#[test]
+fn restore_is_deterministic_for_a_seed() {
+    let r = Restorer::new(tiny_model(1), Device::Cpu);
+    let y = Tensor::rand([2, 3, 32, 48], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let o = |seed| RestoreOptions { perturb_h: Some(0.1), seed, tiling: None };
+    let a = restore(&r, &y, &o(7));
+    let b = restore(&r, &y, &o(7));
+    let c = restore(&r, &y, &o(8));
+    assert_eq!((&a - &b).abs().max().double_value(&[]), 0.0);
+    assert!((&a - &c).abs().max().double_value(&[]) > 1e-6, "the seed must matter when h > 0");
+    assert!(a.abs().max().double_value(&[]) <= 1.0, "tanh output");
+    let h0 = RestoreOptions { perturb_h: Some(0.0), seed: 1, tiling: None };
+    let d = restore(&r, &y, &h0);
+    let e = restore(&r, &y, &RestoreOptions { seed: 2, ..h0 });
+    assert_eq!((d - e).abs().max().double_value(&[]), 0.0, "h = 0 ignores the seed");
+}
+
+#[test]
+fn one_step_formula_matches_reference() {
+    // x_hat = tanh(x_in - std_fwd[999] * eps(x_in, 999)), x_in = y when h = 0.
+    let r = Restorer::new(tiny_model(2), Device::Cpu);
+    let y = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let got = restore(&r, &y, &RestoreOptions { perturb_h: Some(0.0), ..Default::default() });
+    let t = Tensor::from_slice(&[999i64]);
+    let eps = tch::no_grad(|| r.model.net.forward(&y, &t)).narrow(1, 0, 3);
+    let want = (&y - eps * 1.48132).tanh();
+    assert!((got - want).abs().max().double_value(&[]) < 1e-4);
+}
+
+#[test]
+fn tiled_restore_is_close_to_whole_image() {
+    let r = Restorer::new(tiny_model(3), Device::Cpu);
+    let y = (Tensor::rand([1, 3, 64, 96], (Kind::Float, Device::Cpu)) * 2.0 - 1.0).avg_pool2d([5, 5], [1, 1], [2, 2], false, true, None);
+    let whole = restore(&r, &y, &RestoreOptions { perturb_h: Some(0.0), tiling: Some(Tiling { tile: 128, overlap: 16 }), ..Default::default() });
+    let tiled = restore(&r, &y, &RestoreOptions { perturb_h: Some(0.0), tiling: Some(Tiling { tile: 32, overlap: 16 }), ..Default::default() });
+    assert_eq!(whole.size(), tiled.size());
+    let mean_diff = (&whole - &tiled).abs().mean(Kind::Float).double_value(&[]);
+    assert!(mean_diff < 0.05, "tiles must blend into the whole-image result, mean |d| = {mean_diff}");
+    let bad = r.restore_lifted(&y, &RestoreOptions { tiling: Some(Tiling { tile: 30, overlap: 8 }), ..Default::default() }, &mut |_| true);
+    assert!(bad.is_err(), "tile not a multiple of the down-sampling factor");
+    let cancelled = r.restore_lifted(&y, &RestoreOptions { tiling: Some(Tiling { tile: 32, overlap: 8 }), ..Default::default() }, &mut |f| f < 0.3);
+    assert!(matches!(cancelled, Err(davi_engine::EngineError::Cancelled)));
+}
+
+#[test]
+fn model_file_round_trip_and_corruption() {
+    let dir = std::env::temp_dir().join(format!("davi-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.safetensors");
+    let m = tiny_model(4);
+    m.save(&path).unwrap();
+    let back = model_file::load(&path, Device::Cpu).unwrap();
+    assert_eq!(back.meta, m.meta);
+    let y = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[999i64]);
+    let d = tch::no_grad(|| (m.net.forward(&y, &t) - back.net.forward(&y, &t)).abs().max().double_value(&[]));
+    assert_eq!(d, 0.0);
+    // truncated file
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(dir.join("trunc.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = model_file::load(&dir.join("trunc.safetensors"), Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("trunc.safetensors"), "{e}");
+    // garbage
+    std::fs::write(dir.join("junk.safetensors"), b"not a model at all, just some bytes").unwrap();
+    assert!(model_file::load(&dir.join("junk.safetensors"), Device::Cpu).is_err());
+    // header bit flip in the JSON
+    let mut flipped = bytes.clone();
+    flipped[12] ^= 0xff;
+    assert!(model_file::load_bytes(&flipped, Device::Cpu).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn mis_shaped_and_missing_tensors_are_named() {
+    let m = tiny_model(5);
+    let mut named: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let meta = m.meta.clone();
+    // wrong shape
+    let mut bad = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<Vec<_>>();
+    let i = bad.iter().position(|(n, _)| n == "out.2.weight").unwrap();
+    bad[i].1 = Tensor::zeros([6, 32, 3, 1], (Kind::Float, Device::Cpu));
+    let e = model_file::load_bytes(&model_file::to_bytes(&meta, &bad).unwrap(), Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("out.2.weight"), "{e}");
+    // missing
+    let missing: Vec<_> = named.iter().filter(|(n, _)| n != "time_embed.0.bias").map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    let e = model_file::load_bytes(&model_file::to_bytes(&meta, &missing).unwrap(), Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("time_embed.0.bias"), "{e}");
+    // extra
+    let mut extra: Vec<_> = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    extra.push(("label_emb.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
+    let e = model_file::load_bytes(&model_file::to_bytes(&meta, &extra).unwrap(), Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("label_emb.weight"), "{e}");
+}
+
+#[test]
+fn pipeline_round_trip_shapes() {
+    let r = Restorer::new(tiny_model(6), Device::Cpu);
+    let clean = Tensor::rand([1, 3, 64, 64], (Kind::Float, Device::Cpu));
+    for task in davi_sdk::spec::TASKS {
+        let spec = OperatorSpec::for_task(task).unwrap();
+        let spec = match spec {
+            OperatorSpec::GaussianBlur(mut b) => { b.size = 9; b.sigma = 2.0; OperatorSpec::GaussianBlur(b) }
+            s => s,
+        };
+        let obs = pipeline::simulate_observation(&spec, &clean, 3).unwrap();
+        let obs = if matches!(spec, OperatorSpec::Colorization(_)) { obs } else { obs.clamp(0.0, 1.0) };
+        let p = pipeline::problem_from_observation(&spec, &obs, 3, Device::Cpu).unwrap();
+        let x = r.restore(p.op.as_ref(), &p.y, &RestoreOptions::default(), &mut |_| true).unwrap();
+        assert_eq!(x.size(), vec![1, 3, 64, 64], "{task}");
+    }
+}
