@@ -409,3 +409,22 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod spec_files {
+    use super::*;
+
+    /// Every spec file shipped in docs/specs parses and validates.
+    #[test]
+    fn shipped_spec_files_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/specs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            OperatorSpec::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+        assert!(n >= 8, "expected the shipped spec files, found {n}");
+    }
+}

@@ -47,7 +47,8 @@ enum Cmd {
         /// values in [-1, 1], before clamping and quantisation).
         #[arg(short, long)]
         output: PathBuf,
-        /// Model file (.safetensors written by `davi convert` or the trainer).
+        /// Model file (.safetensors written by `davi convert` or the trainer). Default: the
+        /// shipped model for the task (see docs/models.md).
         #[arg(long)]
         model: Option<PathBuf>,
         #[command(flatten)]
@@ -214,8 +215,16 @@ fn degrade(input: &Path, output: &Path, op: &OpArgs, seed: u64) -> Result<()> {
 
 fn restore(input: &Path, output: &Path, model: Option<&Path>, op: &OpArgs, device: &str, opts: &RestoreOptions) -> Result<()> {
     let device = davi_engine::parse_device(device)?;
-    let model_path = model.ok_or_else(|| anyhow!("no model given: pass --model MODEL.safetensors (see README)"))?;
-    let loaded = model_file::load(model_path, device)?;
+    let model_path = match model {
+        Some(m) => m.to_path_buf(),
+        None => {
+            let spec = op.spec()?.ok_or_else(|| anyhow!("say which degradation to undo: --task T, or --op SPEC, or --model MODEL"))?;
+            let task = davi_engine::defaults::task_for_spec(&spec)
+                .ok_or_else(|| anyhow!("no default model restores {spec}; pass --model"))?;
+            davi_engine::defaults::model_path(task)?
+        }
+    };
+    let loaded = model_file::load(&model_path, device)?;
     let spec = match (op.spec()?, &loaded.meta.operator) {
         (Some(s), _) => s,
         (None, Some(s)) => s.clone(),
