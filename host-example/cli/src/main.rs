@@ -5,6 +5,9 @@
 //! davi restore IN -o OUT [--model M] [--task T | --op SPEC] ...  restore a photograph
 //! davi convert CKPT.pt -o MODEL.safetensors --preset P ...       official checkpoint → model
 //! davi info (MODEL | --preset P)                                  config and parameter count
+//! davi train-prior / train (--config F | --preset P) [--set k=v]... [--resume]
+//! davi export RUN_DIR -o MODEL.safetensors                       EMA network of a run
+//! davi eval --images DIR --task T ...                             DAVI vs DPS vs classical
 //! ```
 //! Errors are one line on stderr and a non-zero exit; outputs are written atomically.
 mod imageio;
@@ -78,13 +81,14 @@ enum Cmd {
         #[arg(long)]
         preset: String,
         /// What the checkpoint is: `generator` (DAVI `{deg}_ema.pt`) or `prior` (a teacher
-        /// such as `ffhq_10m.pt`). Default: detected from the file's layout.
+        /// such as `ffhq_10m.pt`). Default: a DAVI checkpoint layout, or a given --task/--op,
+        /// means generator; a plain state dict means prior.
         #[arg(long)]
         role: Option<String>,
         #[command(flatten)]
         op: OpArgs,
-        /// Perturbation h the generator was trained for (official: 0.1; ImageNet SR,
-        /// inpainting, denoising and colorization evaluate with 0.01).
+        /// Perturbation h to restore with (default 0.1; the official ImageNet SR, inpainting,
+        /// denoising and colorization rows evaluate with 0.01 — pass it for those).
         #[arg(long)]
         perturb_h: Option<f64>,
     },
@@ -225,11 +229,7 @@ fn restore(input: &Path, output: &Path, model: Option<&Path>, op: &OpArgs, devic
         }
     };
     let loaded = model_file::load(&model_path, device)?;
-    let spec = match (op.spec()?, &loaded.meta.operator) {
-        (Some(s), _) => s,
-        (None, Some(s)) => s.clone(),
-        (None, None) => bail!("the model does not say which degradation it restores: pass --task or --op"),
-    };
+    let spec = resolve_spec(op, loaded.meta.operator.as_ref())?;
     let channels = loaded.meta.unet.in_channels;
     let restorer = Restorer::new(loaded, device);
     let pic = imageio::read(input)?;
@@ -262,30 +262,66 @@ fn restore(input: &Path, output: &Path, model: Option<&Path>, op: &OpArgs, devic
     imageio::write(output, &imageio::Picture { color, alpha, sixteen_bit: pic.sixteen_bit })
 }
 
+/// The operator to restore with. `--op` is taken as given; `--task` selects the model's own
+/// trained operator when the kinds agree (so `--task deblur` with a model trained on a
+/// 9-tap σ=1.5 blur uses that blur); a kind the model was not trained for is an error.
+fn resolve_spec(op: &OpArgs, trained: Option<&OperatorSpec>) -> Result<OperatorSpec> {
+    let asked = op.spec()?;
+    match (asked, trained) {
+        (None, Some(t)) => Ok(t.clone()),
+        (None, None) => bail!("the model does not say which degradation it restores: pass --task or --op"),
+        (Some(a), None) => Ok(a),
+        (Some(a), Some(t)) if a.kind_name() != t.kind_name() => {
+            bail!("the model was trained for {}, not {}", t.kind_name(), a.kind_name())
+        }
+        (Some(a), Some(t)) if op.op.is_none() => {
+            // --task: keep the trained parameters, honour an explicit --noise-sigma.
+            let mut s = t.clone();
+            if op.noise_sigma.is_some() {
+                s.set_noise_sigma(Some(a.noise_sigma()));
+            }
+            let _ = a;
+            Ok(s)
+        }
+        (Some(a), Some(_)) => Ok(a),
+    }
+}
+
 fn convert_cmd(input: &Path, output: &Path, preset: &str, role: Option<&str>, op: &OpArgs, perturb_h: Option<f64>) -> Result<()> {
+    use davi_engine::weights::convert::CheckpointLayout;
     let unet = UNetConfig::preset(preset)?;
     let operator = op.spec()?;
-    let role = match role {
-        Some("generator") => ModelRole::Generator,
-        Some("prior") => ModelRole::Prior,
+    let forced = match role {
+        Some("generator") => Some(ModelRole::Generator),
+        Some("prior") => Some(ModelRole::Prior),
         Some(other) => bail!("--role must be generator or prior, got `{other}`"),
-        None if operator.is_some() => ModelRole::Generator,
-        None => ModelRole::Prior,
+        None => None,
     };
-    let meta = ModelMeta {
-        role,
-        unet,
-        schedule: BetaSchedule::I2sb,
-        diffusion_steps: 1000,
-        operator,
-        perturb_h: perturb_h.or((role == ModelRole::Generator).then_some(0.1)),
-        provenance: serde_json::json!({
-            "converted_from": input.file_name().map(|n| n.to_string_lossy().to_string()),
-            "preset": preset,
-            "tool": format!("davi {}", env!("CARGO_PKG_VERSION")),
-        }),
-    };
-    convert::convert(input, output, &meta)?;
+    let mut resolved = None;
+    convert::convert_with(input, output, |layout| {
+        let role = forced.unwrap_or(match layout {
+            CheckpointLayout::DaviEma => ModelRole::Generator,
+            CheckpointLayout::StateDict if operator.is_some() => ModelRole::Generator,
+            CheckpointLayout::StateDict => ModelRole::Prior,
+        });
+        resolved = Some(role);
+        ModelMeta {
+            role,
+            unet,
+            schedule: BetaSchedule::I2sb,
+            diffusion_steps: 1000,
+            operator: operator.clone(),
+            perturb_h: perturb_h.or((role == ModelRole::Generator).then_some(0.1)),
+            provenance: serde_json::json!({
+                "converted_from": input.file_name().map(|n| n.to_string_lossy().to_string()),
+                "preset": preset,
+                "tool": format!("davi {}", env!("CARGO_PKG_VERSION")),
+            }),
+        }
+    })?;
+    if resolved == Some(ModelRole::Generator) && operator.is_none() {
+        eprintln!("note: no --task/--op given; pass one at restore time or re-convert with --task");
+    }
     eprintln!("wrote {}", output.display());
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! - [`device`]: `auto | cpu | cuda:N` selection.
 //!
 //! It builds as an rlib (linked by the `davi` CLI and tests) and as a cdylib (the plugin).
+pub mod defaults;
 pub mod device;
 pub mod diffusion;
 pub mod error;

@@ -22,14 +22,12 @@ pub struct Restorer {
     pub model: LoadedModel,
     pub bridge: Bridge,
     pub device: Device,
-    /// Compute kind for the network (f32 by default; bf16/f16 on CUDA for speed).
-    pub kind: Kind,
 }
 
 impl Restorer {
     pub fn new(model: LoadedModel, device: Device) -> Self {
         let d = Diffusion::new(model.meta.schedule, model.meta.diffusion_steps);
-        Restorer { bridge: Bridge::new(&d), model, device, kind: Kind::Float }
+        Restorer { bridge: Bridge::new(&d), model, device }
     }
 
     /// The perturbation `h` to use: the explicit value, else the model's, else 0.1.
@@ -89,7 +87,7 @@ impl Restorer {
         let (ph, pw) = ((m - h % m) % m, (m - w % m) % m);
         let padded = if ph > 0 || pw > 0 { pad_reflect(x_in, ph, pw) } else { x_in.shallow_clone() };
         let t = timesteps(t_val, b, self.device);
-        let out = self.model.net.forward(&padded.to_kind(self.kind), &t);
+        let out = self.model.net.forward(&padded, &t);
         let eps = out.narrow(1, 0, c).to_kind(Kind::Float).narrow(2, 0, h).narrow(3, 0, w);
         self.bridge.generator_output(&t, x_in, &eps)
     }

@@ -260,9 +260,9 @@ mod tests {
     fn official_rows_match_reference_table() {
         let row = |n: &str| TrainConfig::preset(n, &[]).unwrap().davi.unwrap();
         let g = row("ffhq256-gaussian");
-        assert_eq!((g.t_ikl, g.weight_con, g.reg_coeff, g.perturb_h, g.batch), (400, 0.5, 0.25, 0.1, 8));
+        assert_eq!((g.t_ikl, g.weight_con, g.reg_coeff, g.perturb_h, g.batch, g.micro_batch), (400, 0.5, 0.25, 0.1, 32, Some(8)));
         let c = row("imagenet256-colorization");
-        assert_eq!((c.perturb_h, c.eval_perturb_h, c.disc_lr, c.batch, c.micro_batch), (0.1, Some(0.01), 1e-3, 12, Some(3)));
+        assert_eq!((c.perturb_h, c.eval_perturb_h, c.disc_lr, c.batch, c.micro_batch), (0.1, Some(0.01), 1e-3, 48, Some(3)));
         let i = row("imagenet256-inpainting");
         assert_eq!((i.t_ikl, i.weight_con, i.reg_coeff, i.perturb_h), (400, 0.01, 0.1, 0.01));
     }

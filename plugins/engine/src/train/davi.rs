@@ -78,6 +78,9 @@ impl DaviTrainer {
     pub fn new(cfg: &DaviConfig, size: i64, device: Device) -> Result<Self> {
         let teacher = model_file::load(&cfg.teacher, device)?;
         let unet = teacher.meta.unet.clone();
+        if unet.out_channels != 2 * unet.in_channels {
+            return Err(EngineError::model(&cfg.teacher, "the teacher must predict ε and a learned variance (out_channels = 2 × in_channels)"));
+        }
         let diffusion = Diffusion::new(teacher.meta.schedule, teacher.meta.diffusion_steps);
         let mk = || -> Result<(nn::VarStore, UNetModel)> {
             let mut vs = nn::VarStore::new(device);

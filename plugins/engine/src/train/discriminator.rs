@@ -16,7 +16,7 @@ impl Discriminator {
     pub fn new(vs: &nn::Path, in_channels: i64, ndf: i64, n_layers: usize) -> Self {
         let init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
         let conv = |p: nn::Path, i: i64, o: i64, stride: i64| {
-            nn::conv2d(p, i, o, 4, nn::ConvConfig { stride, padding: 2, ws_init: init, ..Default::default() })
+            nn::conv2d(p, i, o, 4, nn::ConvConfig { stride, padding: 2, ws_init: init, bs_init: crate::unet::resblock::torch_default(i * 16), ..Default::default() })
         };
         let bn = |p: nn::Path, c: i64| {
             nn::batch_norm2d(p, c, nn::BatchNormConfig { ws_init: nn::Init::Randn { mean: 1.0, stdev: 0.02 }, bs_init: nn::Init::Const(0.0), ..Default::default() })

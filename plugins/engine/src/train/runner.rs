@@ -223,7 +223,10 @@ fn eval_set(cfg: &TrainConfig, device: Device) -> Result<Option<Tensor>> {
     let side = (cfg.data.size * 4).min(128);
     let ds = Dataset::open(files, side, super::data::Crop::Random, 1.0, false)?;
     let b = ds.eval_batch();
-    let m = 32;
+    let m = match (&cfg.prior, &cfg.davi) {
+        (Some(p), _) => p.unet.size_multiple(),
+        _ => 32,
+    };
     let (h, w) = (b.size()[2] / m * m, b.size()[3] / m * m);
     Ok(Some(b.narrow(2, 0, h).narrow(3, 0, w).to_device(device)))
 }
@@ -256,8 +259,11 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
         let x = prefetch.next(step).to_device(device);
         last = trainer.step(&x, cfg.run.seed, step);
         if last.values().any(|v| !v.is_finite()) {
-            save_checkpoint(&dir, cfg, &trainer, step, wall_before + monitor.elapsed())?;
-            return Err(EngineError::InvalidInput(format!("loss became non-finite at step {step}: {last:?} (checkpoint of the step before kept)")));
+            // The weights are already updated from a non-finite loss: do not save them; the
+            // last checkpoint on disk stays the last good state.
+            return Err(EngineError::InvalidInput(format!(
+                "loss became non-finite at step {step}: {last:?} (the last checkpoint is kept; lower the learning rate and --resume)"
+            )));
         }
         step += 1;
         monitor.progress(step, &last);

@@ -6,7 +6,7 @@
 //! weights into the "new" order (q/k/v split before heads) runs but gives wrong results.
 //! Logits use `(q·ch^-1/4)ᵀ(k·ch^-1/4)` = `qᵀk/√ch`, i.e. standard scaled dot-product
 //! attention, which lets libtorch pick its fused kernels.
-use super::resblock::{group_norm, norm_f32};
+use super::resblock::{conv_cfg, group_norm, norm_f32};
 use tch::{nn, nn::Module, Tensor};
 
 #[derive(Debug)]
@@ -23,7 +23,7 @@ impl AttentionBlock {
         AttentionBlock {
             heads,
             norm: group_norm(vs / "norm", norm_groups, channels),
-            qkv: nn::conv1d(vs / "qkv", channels, 3 * channels, 1, Default::default()),
+            qkv: nn::conv1d(vs / "qkv", channels, 3 * channels, 1, conv_cfg(channels, 1, 0)),
             proj_out: nn::conv1d(vs / "proj_out", channels, channels, 1, zero),
         }
     }

@@ -134,16 +134,13 @@ impl UNetConfig {
             if *m <= 0 || ch % self.norm_groups != 0 {
                 return bad(format!("channels {ch} not divisible by norm_groups {}", self.norm_groups));
             }
-            if self.num_head_channels > 0 && self.attention_at_level(*m) && ch % self.num_head_channels != 0 {
+            if self.num_head_channels > 0 && !self.attention_resolutions.is_empty() && ch % self.num_head_channels != 0 {
                 return bad(format!("channels {ch} not divisible by num_head_channels {}", self.num_head_channels));
             }
         }
         Ok(())
     }
 
-    fn attention_at_level(&self, _mult: i64) -> bool {
-        !self.attention_resolutions.is_empty()
-    }
 
     /// The image side must be a multiple of this (one halving per level but the last).
     pub fn size_multiple(&self) -> i64 {
@@ -229,8 +226,8 @@ impl UNetModel {
         let emb_dim = c.time_embed_dim();
         let rates = c.attention_rates();
         let te = vs / "time_embed";
-        let time_embed_0 = nn::linear(&te / 0, mc, emb_dim, Default::default());
-        let time_embed_2 = nn::linear(&te / 2, emb_dim, emb_dim, Default::default());
+        let time_embed_0 = resblock::linear(&te / 0, mc, emb_dim);
+        let time_embed_2 = resblock::linear(&te / 2, emb_dim, emb_dim);
         let rcfg = |cin: i64, cout: i64| ResBlockConfig {
             in_channels: cin,
             out_channels: cout,
@@ -243,9 +240,9 @@ impl UNetModel {
 
         let ib = vs / "input_blocks";
         let mut ch = c.channel_mult[0] * mc;
-        let pad1 = nn::ConvConfig { padding: 1, ..Default::default() };
+        let conv_in = resblock::conv_cfg(c.in_channels * 9, 1, 1);
         let mut input_blocks =
-            vec![TimestepBlock(vec![Layer::Conv(nn::conv2d(&ib / 0 / 0, c.in_channels, ch, 3, pad1))])];
+            vec![TimestepBlock(vec![Layer::Conv(nn::conv2d(&ib / 0 / 0, c.in_channels, ch, 3, conv_in))])];
         let mut chans = vec![ch];
         let mut ds = 1;
         for (level, mult) in c.channel_mult.iter().enumerate() {

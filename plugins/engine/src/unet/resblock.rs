@@ -6,6 +6,24 @@
 //! **scale = first half, shift = second half**: `h = GN(h)·(1 + scale) + shift`.
 use tch::{nn, nn::Module, Kind, Tensor};
 
+/// PyTorch's default initialisation of conv/linear weights and biases (kaiming-uniform with
+/// a = √5, i.e. U(±1/√fan_in)), which guided diffusion keeps for every layer it does not
+/// zero. tch's own default (ReLU gain, zero bias) is 2.45× wider.
+pub fn torch_default(fan_in: i64) -> nn::Init {
+    let b = 1.0 / (fan_in as f64).sqrt();
+    nn::Init::Uniform { lo: -b, up: b }
+}
+
+/// A conv config with PyTorch's default initialisation for `fan_in = C_in·k·k`.
+pub fn conv_cfg(fan_in: i64, stride: i64, padding: i64) -> nn::ConvConfig {
+    nn::ConvConfig { stride, padding, ws_init: torch_default(fan_in), bs_init: torch_default(fan_in), ..Default::default() }
+}
+
+/// A linear layer initialised as PyTorch does.
+pub fn linear(vs: nn::Path, i: i64, o: i64) -> nn::Linear {
+    nn::linear(vs, i, o, nn::LinearConfig { ws_init: torch_default(i), bs_init: Some(torch_default(i)), bias: true })
+}
+
 /// GroupNorm with ADM's settings (eps 1e-5, affine).
 pub fn group_norm(vs: nn::Path, groups: i64, channels: i64) -> nn::GroupNorm {
     nn::group_norm(vs, groups, channels, nn::GroupNormConfig { eps: 1e-5, ..Default::default() })
@@ -61,7 +79,6 @@ pub struct ResBlock {
 impl ResBlock {
     pub fn new(vs: &nn::Path, cfg: &ResBlockConfig) -> Self {
         let (cin, cout) = (cfg.in_channels, cfg.out_channels);
-        let pad1 = nn::ConvConfig { padding: 1, ..Default::default() };
         let zero = nn::ConvConfig {
             padding: 1,
             ws_init: nn::Init::Const(0.0),
@@ -74,11 +91,11 @@ impl ResBlock {
         ResBlock {
             cfg: *cfg,
             in_norm: group_norm(&il / 0, cfg.norm_groups, cin),
-            in_conv: nn::conv2d(&il / 2, cin, cout, 3, pad1),
-            emb_linear: nn::linear(vs / "emb_layers" / 1, cfg.emb_channels, emb_out, Default::default()),
+            in_conv: nn::conv2d(&il / 2, cin, cout, 3, conv_cfg(cin * 9, 1, 1)),
+            emb_linear: linear(vs / "emb_layers" / 1, cfg.emb_channels, emb_out),
             out_norm: group_norm(&ol / 0, cfg.norm_groups, cout),
             out_conv: nn::conv2d(&ol / 3, cout, cout, 3, zero),
-            skip: (cin != cout).then(|| nn::conv2d(vs / "skip_connection", cin, cout, 1, Default::default())),
+            skip: (cin != cout).then(|| nn::conv2d(vs / "skip_connection", cin, cout, 1, conv_cfg(cin, 1, 0))),
         }
     }
 
@@ -114,8 +131,7 @@ pub struct Downsample(Option<nn::Conv2D>);
 
 impl Downsample {
     pub fn new(vs: &nn::Path, ch: i64, use_conv: bool) -> Self {
-        let cfg = nn::ConvConfig { stride: 2, padding: 1, ..Default::default() };
-        Downsample(use_conv.then(|| nn::conv2d(vs / "op", ch, ch, 3, cfg)))
+        Downsample(use_conv.then(|| nn::conv2d(vs / "op", ch, ch, 3, conv_cfg(ch * 9, 2, 1))))
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match &self.0 {
@@ -131,8 +147,7 @@ pub struct Upsample(Option<nn::Conv2D>);
 
 impl Upsample {
     pub fn new(vs: &nn::Path, ch: i64, use_conv: bool) -> Self {
-        let cfg = nn::ConvConfig { padding: 1, ..Default::default() };
-        Upsample(use_conv.then(|| nn::conv2d(vs / "conv", ch, ch, 3, cfg)))
+        Upsample(use_conv.then(|| nn::conv2d(vs / "conv", ch, ch, 3, conv_cfg(ch * 9, 1, 1))))
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let x = resample(x, true, false);

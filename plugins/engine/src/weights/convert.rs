@@ -40,6 +40,11 @@ fn raw_to_tensor(name: &str, raw: &RawTensor) -> Result<Tensor> {
 
 /// The U-Net tensors of an official checkpoint, with prefixes stripped.
 pub fn unet_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    Ok(unet_tensors_and_layout(path)?.0)
+}
+
+/// [`unet_tensors`] plus the layout the file had.
+pub fn unet_tensors_and_layout(path: &Path) -> Result<(Vec<(String, Tensor)>, CheckpointLayout)> {
     let all = torch_pickle::read_pt_tensors(path).map_err(|e| EngineError::model(path, e.to_string()))?;
     let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
     let layout = detect_layout(&names);
@@ -57,13 +62,20 @@ pub fn unet_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if out.is_empty() {
         return Err(EngineError::model(path, "no tensors found"));
     }
-    Ok(out)
+    Ok((out, layout))
 }
 
 /// Convert an official checkpoint into a model file at `out`, checking every tensor
 /// against the architecture in `meta`.
 pub fn convert(input: &Path, out: &Path, meta: &ModelMeta) -> Result<()> {
-    let tensors = unet_tensors(input)?;
+    convert_with(input, out, |_| meta.clone())
+}
+
+/// Like [`convert`], with the metadata decided once the file's layout is known (a DAVI
+/// checkpoint holds a generator, a plain state dict usually a prior).
+pub fn convert_with(input: &Path, out: &Path, make_meta: impl FnOnce(CheckpointLayout) -> ModelMeta) -> Result<()> {
+    let (tensors, layout) = unet_tensors_and_layout(input)?;
+    let meta = &make_meta(layout);
     let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
     tch::no_grad(|| crate::unet::UNetModel::new(&vs.root(), &meta.unet))?;
     model_file::copy_by_name(&mut vs, tensors).map_err(|e| match e {

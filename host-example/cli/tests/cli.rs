@@ -1,0 +1,117 @@
+//! End-to-end tests of the `davi` binary: real files in, real files out, exit codes.
+use davi_engine::diffusion::BetaSchedule;
+use davi_engine::unet::UNetConfig;
+use davi_engine::weights::{LoadedModel, ModelMeta, ModelRole};
+use davi_sdk::OperatorSpec;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn davi(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_davi")).args(args).output().expect("run davi")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("davi-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tiny_model(dir: &Path, task: &str) -> PathBuf {
+    let meta = ModelMeta {
+        role: ModelRole::Generator,
+        unet: UNetConfig {
+            image_size: 32,
+            model_channels: 32,
+            num_res_blocks: 1,
+            attention_resolutions: vec![16],
+            channel_mult: vec![1, 2],
+            num_head_channels: 16,
+            norm_groups: 8,
+            ..UNetConfig::ffhq256()
+        },
+        schedule: BetaSchedule::I2sb,
+        diffusion_steps: 1000,
+        operator: Some(OperatorSpec::for_task(task).unwrap()),
+        perturb_h: Some(0.1),
+        provenance: serde_json::json!({}),
+    };
+    let p = dir.join(format!("{task}.safetensors"));
+    LoadedModel::random(meta, tch::Device::Cpu, 0).unwrap().save(&p).unwrap();
+    p
+}
+
+fn write_rgba16(path: &Path, w: u32, h: u32) {
+    let img = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::from_fn(w, h, |x, y| {
+        image::Rgba([(x * 900) as u16, (y * 700) as u16, ((x + y) * 400) as u16, (1000 + x * 37 + y * 11) as u16])
+    });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn degrade_then_restore_keeps_alpha_and_depth() {
+    let d = tmp("roundtrip");
+    let clean = d.join("clean.png");
+    write_rgba16(&clean, 64, 48);
+    let small = d.join("small.png");
+    let o = davi(&["degrade", clean.to_str().unwrap(), "-o", small.to_str().unwrap(), "--task", "sr4", "--seed", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = image::open(&small).unwrap();
+    assert_eq!((s.width(), s.height()), (16, 12));
+    assert!(matches!(s, image::DynamicImage::ImageRgba16(_)));
+
+    let model = tiny_model(&d, "denoise");
+    let noisy = d.join("noisy.png");
+    assert!(davi(&["degrade", clean.to_str().unwrap(), "-o", noisy.to_str().unwrap(), "--task", "denoise"]).status.success());
+    let out = d.join("out.png");
+    let o = davi(&["restore", noisy.to_str().unwrap(), "-o", out.to_str().unwrap(), "--model", model.to_str().unwrap(), "--device", "cpu"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (image::open(&clean).unwrap().to_rgba16(), image::open(&out).unwrap().to_rgba16());
+    assert_eq!(b.dimensions(), (64, 48));
+    for (pa, pb) in a.pixels().zip(b.pixels()) {
+        assert_eq!(pa[3], pb[3], "alpha must be carried through untouched");
+    }
+
+    let npy = d.join("raw.npy");
+    let o = davi(&["restore", noisy.to_str().unwrap(), "-o", npy.to_str().unwrap(), "--model", model.to_str().unwrap(), "--perturb-h", "0"]);
+    assert!(o.status.success());
+    let bytes = std::fs::read(&npy).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let header = String::from_utf8_lossy(&bytes[10..128]);
+    assert!(header.contains("'shape': (3, 48, 64)"), "{header}");
+    assert_eq!(bytes.len() - 128, 3 * 48 * 64 * 4);
+    // h = 0: same bytes twice
+    let npy2 = d.join("raw2.npy");
+    assert!(davi(&["restore", noisy.to_str().unwrap(), "-o", npy2.to_str().unwrap(), "--model", model.to_str().unwrap(), "--perturb-h", "0", "--seed", "9"]).status.success());
+    assert_eq!(bytes, std::fs::read(&npy2).unwrap());
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn errors_are_one_line_and_leave_nothing_behind() {
+    let d = tmp("errors");
+    let out = d.join("never.png");
+    let o = davi(&["restore", d.join("missing.png").to_str().unwrap(), "-o", out.to_str().unwrap(), "--task", "sr4", "--model", "/nonexistent.safetensors"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with("davi: error:") && err.trim_end().lines().count() == 1, "{err}");
+    assert!(!out.exists());
+
+    let spec = d.join("bad.toml");
+    std::fs::write(&spec, "kind = \"gaussian_blur\"\nsigam = 2\n").unwrap();
+    let clean = d.join("c.png");
+    write_rgba16(&clean, 32, 32);
+    let o = davi(&["degrade", clean.to_str().unwrap(), "-o", out.to_str().unwrap(), "--op", spec.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sigam"));
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn info_reports_exact_parameter_counts() {
+    let o = davi(&["info", "--preset", "ffhq256"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["parameters"], 93_563_910);
+    assert_eq!(v["tensors"], 362);
+}
