@@ -218,17 +218,26 @@ fn evaluate(trainer: &Trainer, eval: Option<&Tensor>, dir: &Path, step: u64, see
 
 fn eval_set(cfg: &TrainConfig, device: Device) -> Result<Option<Tensor>> {
     let Some(dir) = &cfg.data.heldout_dir else { return Ok(None) };
-    let files = list_images(dir)?;
-    // Centre crops at 4x the patch side (at most 128 px) keep CPU evaluation cheap.
-    let side = (cfg.data.size * 4).min(128);
-    let ds = Dataset::open(files, side, super::data::Crop::Random, 1.0, false)?;
-    let b = ds.eval_batch();
+    let images = list_images(dir)?.iter().map(|f| super::data::load_rgb(f)).collect::<Result<Vec<_>>>()?;
     let m = match (&cfg.prior, &cfg.davi) {
         (Some(p), _) => p.unet.size_multiple(),
         _ => 32,
     };
-    let (h, w) = (b.size()[2] / m * m, b.size()[3] / m * m);
-    Ok(Some(b.narrow(2, 0, h).narrow(3, 0, w).to_device(device)))
+    // Centre crops of a common side: 4x the patch (at most 128 px, keeping CPU evaluation
+    // cheap), no larger than the smallest image, a multiple of the network's factor.
+    let smallest = images.iter().map(|i| i.size()[1].min(i.size()[2])).min().unwrap_or(0);
+    let side = (cfg.data.size * 4).min(128).min(smallest) / m * m;
+    if side < m {
+        return Err(EngineError::InvalidInput(format!("held-out images in {} are too small to evaluate", dir.display())));
+    }
+    let crops: Vec<Tensor> = images
+        .iter()
+        .map(|img| {
+            let (_, h, w) = img.size3().expect("3-D");
+            img.narrow(1, (h - side) / 2, side).narrow(2, (w - side) / 2, side) * 2.0 - 1.0
+        })
+        .collect();
+    Ok(Some(Tensor::stack(&crops, 0).to_device(device)))
 }
 
 /// Train according to `cfg` (creating or resuming its run directory).
