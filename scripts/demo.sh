@@ -8,7 +8,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 ./scripts/setup.sh
 ./scripts/fetch-photos.sh
-cargo build --locked -p davi-cli
+cargo build --locked -p davi-cli -p davi-classical
 davi=target/debug/davi
 out=demo-out
 mkdir -p "$out"
@@ -18,9 +18,14 @@ for t in "${tasks[@]}"; do
     echo "demo: models/photo-$t.safetensors is missing; skipping $t (see docs/models.md)" >&2
     continue
   fi
+  for img in data/photos/heldout/*; do
+    name="$(basename "${img%.*}")"
+    "$davi" degrade "$img" -o "$out/$t-$name-degraded.png" --task "$t" --seed 0
+    "$davi" restore "$out/$t-$name-degraded.png" -o "$out/$t-$name-restored.png" --task "$t" --seed 0
+    "$davi" montage "$out/$t-$name-degraded.png" "$out/$t-$name-restored.png" "$img" -o "$out/$t-$name-side-by-side.png"
+  done
   "$davi" eval --images data/photos/heldout --task "$t" --model "models/photo-$t.safetensors" \
-    --methods davi,classical,lift --max-side 256 --seed 0 \
-    --grid-dir "$out/$t" --json "$out/$t.json" --markdown "$out/$t.md"
+    --methods davi,classical,lift --seed 0 --quiet --json "$out/$t.json" --markdown "$out/$t.md" > /dev/null
   echo "== $t"; cat "$out/$t.md"
 done
 echo "demo: side-by-side images and tables are in $out/"

@@ -10,7 +10,9 @@
 //! davi eval --images DIR --task T ...                             DAVI vs DPS vs classical
 //! ```
 //! Errors are one line on stderr and a non-zero exit; outputs are written atomically.
+mod eval_cmd;
 mod imageio;
+mod plugins;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -71,6 +73,13 @@ enum Cmd {
         /// Overlap between neighbouring tiles, blended smoothly.
         #[arg(long, default_value_t = 32)]
         overlap: i64,
+        /// Restore through a plugin loaded from this folder or file (repeatable) instead of
+        /// the built-in engine; see `davi plugins`.
+        #[arg(long)]
+        plugin: Vec<PathBuf>,
+        /// Use the plugin with this id (e.g. `classical`, `davi`); implies the plugin path.
+        #[arg(long)]
+        plugin_id: Option<String>,
     },
     /// Convert an official PyTorch checkpoint into a self-describing model file.
     Convert {
@@ -101,6 +110,23 @@ enum Cmd {
         run_dir: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
+    },
+    /// Score DAVI against DPS, the classical plugin and the lift of y on clean images.
+    Eval(eval_cmd::EvalArgs),
+    /// List the restoration plugins found (and files refused, with the reason).
+    Plugins {
+        /// Extra plugin folders or files to search first.
+        #[arg(long)]
+        plugin: Vec<PathBuf>,
+    },
+    /// Put images side by side (same height, scaled by nearest neighbour) into one PNG.
+    Montage {
+        inputs: Vec<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Height of every panel (default: the tallest input).
+        #[arg(long)]
+        height: Option<u32>,
     },
     /// Print a model's or a preset's configuration and exact parameter count.
     Info {
@@ -179,14 +205,20 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Degrade { input, output, op, seed } => degrade(&input, &output, &op, seed),
-        Cmd::Restore { input, output, model, op, device, seed, perturb_h, tile, overlap } => {
+        Cmd::Restore { input, output, model, op, device, seed, perturb_h, tile, overlap, plugin, plugin_id } => {
+            if !plugin.is_empty() || plugin_id.is_some() {
+                return restore_with_plugin(&input, &output, model.as_deref(), &op, &device, &plugin, plugin_id.as_deref());
+            }
             let opts = RestoreOptions { perturb_h, seed, tiling: Some(Tiling { tile, overlap }) };
             restore(&input, &output, model.as_deref(), &op, &device, &opts)
         }
+        Cmd::Plugins { plugin } => plugins::list(&plugin),
+        Cmd::Montage { inputs, output, height } => montage(&inputs, &output, height),
         Cmd::Convert { input, output, preset, role, op, perturb_h } => {
             convert_cmd(&input, &output, &preset, role.as_deref(), &op, perturb_h)
         }
         Cmd::Info { model, preset } => info(model.as_deref(), preset.as_deref()),
+        Cmd::Eval(a) => eval_cmd::run(&a),
         Cmd::TrainPrior(a) => train(&a, true),
         Cmd::Train(a) => train(&a, false),
         Cmd::Export { run_dir, output } => {
@@ -285,6 +317,58 @@ fn resolve_spec(op: &OpArgs, trained: Option<&OperatorSpec>) -> Result<OperatorS
         }
         (Some(a), Some(_)) => Ok(a),
     }
+}
+
+/// Restore through the plugin loader: the same path a C host takes.
+fn restore_with_plugin(
+    input: &Path,
+    output: &Path,
+    model: Option<&Path>,
+    op: &OpArgs,
+    device: &str,
+    paths: &[PathBuf],
+    id: Option<&str>,
+) -> Result<()> {
+    let spec = match (op.spec()?, model) {
+        (Some(s), _) => s,
+        (None, Some(m)) => model_file::read_meta(m)?.operator.ok_or_else(|| anyhow!("pass --task or --op"))?,
+        (None, None) => bail!("pass --task or --op"),
+    };
+    let reg = plugins::registry(paths)?;
+    let pic = imageio::read(input)?;
+    let options = davi_sdk::PluginOptions { model_path: model.map(Path::to_path_buf), device: device.to_string() };
+    let color = plugins::restore(&reg, id, &options, &spec, &pic.color, &mut |_| true).map_err(|e| anyhow!("{}: {}", e.status.as_str(), e.message))?;
+    let alpha = pic.alpha.as_ref().map(|a| {
+        let (h, w) = (color.size()[2], color.size()[3]);
+        if a.size()[2] == h && a.size()[3] == w { a.shallow_clone() } else { a.upsample_bilinear2d([h, w], false, None, None).clamp(0.0, 1.0) }
+    });
+    imageio::write(output, &imageio::Picture { color, alpha, sixteen_bit: pic.sixteen_bit })
+}
+
+fn montage(inputs: &[PathBuf], output: &Path, height: Option<u32>) -> Result<()> {
+    if inputs.is_empty() {
+        bail!("give at least one image");
+    }
+    let pics = inputs.iter().map(|p| imageio::read(p)).collect::<Result<Vec<_>>>()?;
+    let h = height.map(i64::from).unwrap_or_else(|| pics.iter().map(|p| p.height()).max().unwrap_or(1));
+    let panels: Vec<tch::Tensor> = pics
+        .iter()
+        .map(|p| {
+            let c = if p.channels() == 1 { p.color.repeat([1, 3, 1, 1]) } else { p.color.shallow_clone() };
+            let w = (p.width() * h + p.height() / 2) / p.height();
+            c.upsample_nearest2d([h, w.max(1)], None, None)
+        })
+        .collect();
+    let sep = tch::Tensor::ones([1, 3, h, 4], (tch::Kind::Float, tch::Device::Cpu));
+    let mut row = Vec::new();
+    for (i, p) in panels.into_iter().enumerate() {
+        if i > 0 {
+            row.push(sep.shallow_clone());
+        }
+        row.push(p);
+    }
+    let color = tch::Tensor::cat(&row, 3);
+    imageio::write(output, &imageio::Picture { color, alpha: None, sixteen_bit: false })
 }
 
 fn convert_cmd(input: &Path, output: &Path, preset: &str, role: Option<&str>, op: &OpArgs, perturb_h: Option<f64>) -> Result<()> {
