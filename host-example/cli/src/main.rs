@@ -13,6 +13,7 @@
 mod eval_cmd;
 mod imageio;
 mod plugins;
+mod video;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -113,6 +114,34 @@ enum Cmd {
     },
     /// Score DAVI against DPS, the classical plugin and the lift of y on clean images.
     Eval(eval_cmd::EvalArgs),
+    /// Restore raw video frames from stdin to stdout (for ffmpeg pipes; see docs/hosts/video.md).
+    Video {
+        #[arg(long)]
+        width: usize,
+        #[arg(long)]
+        height: usize,
+        #[arg(long, value_enum, default_value = "rgb24")]
+        pix_fmt: video::PixFmt,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[command(flatten)]
+        op: OpArgs,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Frames per network evaluation.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        perturb_h: Option<f64>,
+        /// One JSON object per batch on stderr: {"frame": N, "fps": F}.
+        #[arg(long)]
+        progress_json: bool,
+        /// Print the output frame size as WxH and exit.
+        #[arg(long)]
+        print_output_size: bool,
+    },
     /// List the restoration plugins found (and files refused, with the reason).
     Plugins {
         /// Extra plugin folders or files to search first.
@@ -213,6 +242,41 @@ fn run(cli: Cli) -> Result<()> {
             restore(&input, &output, model.as_deref(), &op, &device, &opts)
         }
         Cmd::Plugins { plugin } => plugins::list(&plugin),
+        Cmd::Video { width, height, pix_fmt, model, op, device, batch, seed, perturb_h, progress_json, print_output_size } => {
+            if width == 0 || height == 0 || width > 16384 || height > 16384 {
+                bail!("--width and --height must be in 1..=16384");
+            }
+            if batch == 0 {
+                bail!("--batch must be at least 1");
+            }
+            let device = davi_engine::parse_device(&device)?;
+            let (loaded, spec) = load_generator(model.as_deref(), &op, device)?;
+            spec.validate_for_size(height, width).or_else(|e| match &spec {
+                OperatorSpec::SuperResolution(_) => Ok(()),
+                _ => Err(e),
+            })?;
+            let restorer = Restorer::new(loaded, device);
+            let job = video::VideoJob {
+                restorer: &restorer,
+                spec: &spec,
+                fmt: pix_fmt,
+                width,
+                height,
+                batch,
+                opts: RestoreOptions { perturb_h, seed, tiling: None },
+                progress_json,
+            };
+            if print_output_size {
+                let (w, h) = job.output_size();
+                println!("{w}x{h}");
+                return Ok(());
+            }
+            let n = job.run(&mut std::io::stdin().lock(), &mut std::io::stdout().lock())?;
+            if n == 0 {
+                bail!("no frames on stdin");
+            }
+            Ok(())
+        }
         Cmd::Montage { inputs, output, height } => montage(&inputs, &output, height),
         Cmd::Convert { input, output, preset, role, op, perturb_h } => {
             convert_cmd(&input, &output, &preset, role.as_deref(), &op, perturb_h)
@@ -251,17 +315,7 @@ fn degrade(input: &Path, output: &Path, op: &OpArgs, seed: u64) -> Result<()> {
 
 fn restore(input: &Path, output: &Path, model: Option<&Path>, op: &OpArgs, device: &str, opts: &RestoreOptions) -> Result<()> {
     let device = davi_engine::parse_device(device)?;
-    let model_path = match model {
-        Some(m) => m.to_path_buf(),
-        None => {
-            let spec = op.spec()?.ok_or_else(|| anyhow!("say which degradation to undo: --task T, or --op SPEC, or --model MODEL"))?;
-            let task = davi_engine::defaults::task_for_spec(&spec)
-                .ok_or_else(|| anyhow!("no default model restores {spec}; pass --model"))?;
-            davi_engine::defaults::model_path(task)?
-        }
-    };
-    let loaded = model_file::load(&model_path, device)?;
-    let spec = resolve_spec(op, loaded.meta.operator.as_ref())?;
+    let (loaded, spec) = load_generator(model, op, device)?;
     let channels = loaded.meta.unet.in_channels;
     let restorer = Restorer::new(loaded, device);
     let pic = imageio::read(input)?;
@@ -317,6 +371,23 @@ fn resolve_spec(op: &OpArgs, trained: Option<&OperatorSpec>) -> Result<OperatorS
         }
         (Some(a), Some(_)) => Ok(a),
     }
+}
+
+/// The generator to use (the given file, else the shipped default for the task) and the
+/// operator to restore with.
+fn load_generator(model: Option<&Path>, op: &OpArgs, device: tch::Device) -> Result<(davi_engine::weights::LoadedModel, OperatorSpec)> {
+    let model_path = match model {
+        Some(m) => m.to_path_buf(),
+        None => {
+            let spec = op.spec()?.ok_or_else(|| anyhow!("say which degradation to undo: --task T, or --op SPEC, or --model MODEL"))?;
+            let task = davi_engine::defaults::task_for_spec(&spec)
+                .ok_or_else(|| anyhow!("no default model restores {spec}; pass --model"))?;
+            davi_engine::defaults::model_path(task)?
+        }
+    };
+    let loaded = model_file::load(&model_path, device)?;
+    let spec = resolve_spec(op, loaded.meta.operator.as_ref())?;
+    Ok((loaded, spec))
 }
 
 /// Restore through the plugin loader: the same path a C host takes.
