@@ -111,6 +111,9 @@ pub fn richardson_lucy(
     // Aᵀ1: the fraction of each pixel's light that stays inside the image.
     let mut norm = vec![0.0f32; n];
     blur(&vec![1.0; n], w, h, k, &mut tmp, &mut norm);
+    // The spec's blur is zero-padded in the network's [-1, 1] units, which is mid-gray (0.5)
+    // padding in [0, 1]: the padding's light enters the forward model as a known background.
+    let pad_light: Vec<f32> = norm.iter().map(|v| 0.5 * (1.0 - v)).collect();
     let data: Vec<f32> = y.iter().map(|v| v.max(0.0) + b).collect();
     let mut x: Vec<f32> = y.iter().map(|v| v.clamp(0.0, 1.0)).collect();
     let mut ax = vec![0.0f32; n];
@@ -120,7 +123,7 @@ pub fn richardson_lucy(
     for it in 0..p.iterations {
         blur(&x, w, h, k, &mut tmp, &mut ax);
         for i in 0..n {
-            ratio[i] = data[i] / (ax[i] + b);
+            ratio[i] = data[i] / (ax[i] + pad_light[i] + b);
         }
         blur(&ratio, w, h, k, &mut tmp, &mut corr);
         if p.tv_weight > 0.0 {

@@ -102,7 +102,9 @@ pub fn add_noise(img: &mut PlanarImage, sigma: f64, seed: u64) {
     }
 }
 
-/// Zero-padded 2-D convolution with the outer product of the spec's 1-D Gaussian (all taps).
+/// 2-D convolution with the outer product of the spec's 1-D Gaussian (all taps), zero-padded
+/// in the network's [-1, 1] units as the engine's operator is — i.e. mid-gray (0.5) padding
+/// in these [0, 1] images.
 pub fn gaussian_blur(img: &PlanarImage, sigma: f64, size: usize) -> PlanarImage {
     let r = (size / 2) as i64;
     let k1: Vec<f64> = (-r..=r)
@@ -128,10 +130,10 @@ pub fn gaussian_blur(img: &PlanarImage, sigma: f64, size: usize) -> PlanarImage 
                         }
                         acc += k1[(dy + r) as usize]
                             * k1[(dx + r) as usize]
-                            * img.get(c, sy as usize, sx as usize) as f64;
+                            * (img.get(c, sy as usize, sx as usize) as f64 - 0.5);
                     }
                 }
-                out.data[(c * img.height + y as usize) * img.width + x as usize] = acc as f32;
+                out.data[(c * img.height + y as usize) * img.width + x as usize] = (acc + 0.5) as f32;
             }
         }
     }
