@@ -68,12 +68,13 @@ enum Cmd {
         /// Bridge perturbation h (default: the model's; 0 = deterministic).
         #[arg(long)]
         perturb_h: Option<f64>,
-        /// Tile size in pixels (a multiple of the network's down-sampling factor).
-        #[arg(long, default_value_t = 256)]
-        tile: i64,
-        /// Overlap between neighbouring tiles, blended smoothly.
-        #[arg(long, default_value_t = 32)]
-        overlap: i64,
+        /// Tile size in pixels (a multiple of the network's down-sampling factor). Default:
+        /// the model's preferred tile (its training patch size), else 256.
+        #[arg(long)]
+        tile: Option<i64>,
+        /// Overlap between neighbouring tiles, blended smoothly (default: a quarter tile).
+        #[arg(long)]
+        overlap: Option<i64>,
         /// Restore through a plugin loaded from this folder or file (repeatable) instead of
         /// the built-in engine; see `davi plugins`.
         #[arg(long)]
@@ -238,7 +239,8 @@ fn run(cli: Cli) -> Result<()> {
             if !plugin.is_empty() || plugin_id.is_some() {
                 return restore_with_plugin(&input, &output, model.as_deref(), &op, &device, &plugin, plugin_id.as_deref());
             }
-            let opts = RestoreOptions { perturb_h, seed, tiling: Some(Tiling { tile, overlap }) };
+            let tiling = tile.map(|t| Tiling { tile: t, overlap: overlap.unwrap_or(t / 4) });
+            let opts = RestoreOptions { perturb_h, seed, tiling };
             restore(&input, &output, model.as_deref(), &op, &device, &opts)
         }
         Cmd::Plugins { plugin } => plugins::list(&plugin),
@@ -467,6 +469,7 @@ fn convert_cmd(input: &Path, output: &Path, preset: &str, role: Option<&str>, op
             diffusion_steps: 1000,
             operator: operator.clone(),
             perturb_h: perturb_h.or((role == ModelRole::Generator).then_some(0.1)),
+            restore_tile: None,
             provenance: serde_json::json!({
                 "converted_from": input.file_name().map(|n| n.to_string_lossy().to_string()),
                 "preset": preset,

@@ -33,6 +33,7 @@ fn tiny_model(dir: &Path, task: &str) -> PathBuf {
         diffusion_steps: 1000,
         operator: Some(OperatorSpec::for_task(task).unwrap()),
         perturb_h: Some(0.1),
+        restore_tile: None,
         provenance: serde_json::json!({}),
     };
     let p = dir.join(format!("{task}.safetensors"));

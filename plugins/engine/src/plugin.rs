@@ -77,7 +77,9 @@ impl From<EngineError> for DaviError {
 /// can't allocate memory", "not enough memory").
 fn is_out_of_memory(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("not enough memory")
+    m.contains("out of memory")
+        || m.contains("can't allocate memory")
+        || m.contains("not enough memory")
 }
 
 /// A DAVI generator loaded on a device, ready to restore planar images.
@@ -124,14 +126,21 @@ impl Generator {
     }
 
     /// Wrap an already loaded model (tests, hosts that build models in memory).
-    pub fn from_model(model: LoadedModel, device: Device, origin: String) -> Result<Self, DaviError> {
+    pub fn from_model(
+        model: LoadedModel,
+        device: Device,
+        origin: String,
+    ) -> Result<Self, DaviError> {
         if model.meta.role != ModelRole::Generator {
             return Err(DaviError::new(
                 DaviStatus::ModelError,
                 format!("{origin} is a diffusion prior (a training teacher), not a DAVI generator"),
             ));
         }
-        Ok(Generator { restorer: Restorer::new(model, device), origin })
+        Ok(Generator {
+            restorer: Restorer::new(model, device),
+            origin,
+        })
     }
 
     /// The operator the model was trained for, if its file says.
@@ -150,7 +159,7 @@ impl Generator {
     }
 
     /// Colour channels the network works on (3 for every shipped model).
-    pub fn model_channels(&self) -> i64 {
+    pub fn colour_channels(&self) -> i64 {
         self.restorer.model.meta.unet.in_channels
     }
 
@@ -163,12 +172,14 @@ impl Generator {
     /// names no operator accepts every kind).
     pub fn check_kind(&self, spec: &OperatorSpec) -> Result<(), DaviError> {
         match self.trained_spec() {
-            Some(t) if t.kind_name() != spec.kind_name() => Err(DaviError::unsupported_operator(format!(
-                "the model {} restores {}, not {}",
-                self.origin,
-                t.kind_name(),
-                spec.kind_name()
-            ))),
+            Some(t) if t.kind_name() != spec.kind_name() => {
+                Err(DaviError::unsupported_operator(format!(
+                    "the model {} restores {}, not {}",
+                    self.origin,
+                    t.kind_name(),
+                    spec.kind_name()
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -188,22 +199,35 @@ impl Generator {
         self.check_kind(spec)?;
         let (w, h, c) = (input.width, input.height, input.channels);
         if c != 1 && c != 3 {
-            return Err(DaviError::unsupported_format(format!("expected 1 or 3 colour channels, got {c}")));
+            return Err(DaviError::unsupported_format(format!(
+                "expected 1 or 3 colour channels, got {c}"
+            )));
         }
         if input.data.len() != w * h * c {
-            return Err(DaviError::invalid_argument("planar image data does not match its size"));
+            return Err(DaviError::invalid_argument(
+                "planar image data does not match its size",
+            ));
         }
-        let dim = |v: usize| i64::try_from(v).map_err(|_| DaviError::invalid_argument("image too large"));
+        let dim =
+            |v: usize| i64::try_from(v).map_err(|_| DaviError::invalid_argument("image too large"));
         let (oh, ow) = crate::pipeline::output_size(spec, dim(h)?, dim(w)?);
         spec.validate_for_size(oh as usize, ow as usize)?;
         if let Some(i) = input.data.iter().position(|v| !v.is_finite()) {
-            return Err(DaviError::invalid_argument(format!("input sample {i} is not finite")));
+            return Err(DaviError::invalid_argument(format!(
+                "input sample {i} is not finite"
+            )));
         }
         let device = self.restorer.device;
         let obs = Tensor::from_slice(&input.data).view([1, c as i64, h as i64, w as i64]);
-        let problem = problem_from_observation(spec, &obs, self.model_channels(), device)?;
-        let x_hat = self.restorer.restore(problem.op.as_ref(), &problem.y, options, progress)?;
-        let picture = tch::no_grad(|| to_picture(&x_hat, problem.gray_out).to_device(Device::Cpu).to_kind(Kind::Float));
+        let problem = problem_from_observation(spec, &obs, self.colour_channels(), device)?;
+        let x_hat = self
+            .restorer
+            .restore(problem.op.as_ref(), &problem.y, options, progress)?;
+        let picture = tch::no_grad(|| {
+            to_picture(&x_hat, problem.gray_out)
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+        });
         drop(x_hat);
         let (_, pc, ph, pw) = picture.size4().map_err(EngineError::from)?;
         if (ph, pw) != (oh, ow) {
@@ -211,14 +235,20 @@ impl Generator {
                 "the engine produced a {pw}x{ph} image, {ow}x{oh} was expected"
             )));
         }
-        let data = Vec::<f32>::try_from(&picture.contiguous().view([-1])).map_err(EngineError::from)?;
+        let data =
+            Vec::<f32>::try_from(&picture.contiguous().view([-1])).map_err(EngineError::from)?;
         if data.iter().any(|v| !v.is_finite()) {
             return Err(DaviError::new(
                 DaviStatus::ModelError,
                 format!("the model {} produced non-finite values", self.origin),
             ));
         }
-        Ok(PlanarImage::from_vec(ow as usize, oh as usize, pc as usize, data)?)
+        Ok(PlanarImage::from_vec(
+            ow as usize,
+            oh as usize,
+            pc as usize,
+            data,
+        )?)
     }
 }
 
@@ -275,7 +305,11 @@ impl RestorePlugin for DaviPlugin {
             Some(path) => Some(Generator::from_file(path, device)?),
             None => None,
         };
-        Ok(DaviPlugin { device, explicit, defaults: Vec::new() })
+        Ok(DaviPlugin {
+            device,
+            explicit,
+            defaults: Vec::new(),
+        })
     }
 
     fn restore(
@@ -322,7 +356,10 @@ mod tests {
     fn table_describes_the_engine() {
         let api = api_of::<DaviPlugin>();
         assert_eq!(unsafe { CStr::from_ptr(api.id) }, c"davi");
-        assert_eq!(api.flags & DAVI_PLUGIN_FLAG_LEARNED, DAVI_PLUGIN_FLAG_LEARNED);
+        assert_eq!(
+            api.flags & DAVI_PLUGIN_FLAG_LEARNED,
+            DAVI_PLUGIN_FLAG_LEARNED
+        );
         assert_eq!(davi_sdk::OperatorKind::in_mask(api.operator_kinds).len(), 5);
         assert_eq!(api.devices, DAVI_DEVICE_CPU | DAVI_DEVICE_CUDA);
     }
@@ -333,18 +370,35 @@ mod tests {
         assert_eq!(s(EngineError::Cancelled), DaviStatus::Cancelled);
         assert_eq!(s(EngineError::Device("x".into())), DaviStatus::DeviceError);
         assert_eq!(s(EngineError::Weights("x".into())), DaviStatus::ModelError);
-        assert_eq!(s(EngineError::InvalidInput("x".into())), DaviStatus::InvalidArgument);
+        assert_eq!(
+            s(EngineError::InvalidInput("x".into())),
+            DaviStatus::InvalidArgument
+        );
         let nf = std::io::Error::from(std::io::ErrorKind::NotFound);
         assert_eq!(s(EngineError::io("/nope", nf)), DaviStatus::NotFound);
         assert!(is_out_of_memory("CUDA out of memory. Tried to allocate"));
-        assert!(is_out_of_memory("DefaultCPUAllocator: can't allocate memory: you tried"));
+        assert!(is_out_of_memory(
+            "DefaultCPUAllocator: can't allocate memory: you tried"
+        ));
     }
 
     #[test]
     fn a_bad_device_or_model_path_fails_instance_creation() {
-        let opts = PluginOptions { model_path: None, device: "gpu".into() };
-        assert_eq!(DaviPlugin::new(&opts).err().map(|e| e.status), Some(DaviStatus::DeviceError));
-        let opts = PluginOptions { model_path: Some("/nonexistent/model.safetensors".into()), device: "cpu".into() };
-        assert_eq!(DaviPlugin::new(&opts).err().map(|e| e.status), Some(DaviStatus::NotFound));
+        let opts = PluginOptions {
+            model_path: None,
+            device: "gpu".into(),
+        };
+        assert_eq!(
+            DaviPlugin::new(&opts).err().map(|e| e.status),
+            Some(DaviStatus::DeviceError)
+        );
+        let opts = PluginOptions {
+            model_path: Some("/nonexistent/model.safetensors".into()),
+            device: "cpu".into(),
+        };
+        assert_eq!(
+            DaviPlugin::new(&opts).err().map(|e| e.status),
+            Some(DaviStatus::NotFound)
+        );
     }
 }

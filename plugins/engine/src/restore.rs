@@ -62,7 +62,7 @@ impl Restorer {
         let h = self.perturb_h(opts.perturb_h);
         let t_val = RESTORE_T.min(self.model.meta.diffusion_steps as i64 - 1);
         let m = cfg.size_multiple();
-        let tiling = opts.tiling.unwrap_or_default();
+        let tiling = opts.tiling.unwrap_or_else(|| self.default_tiling());
         if tiling.tile < m || tiling.tile % m != 0 || tiling.overlap < 0 || tiling.overlap >= tiling.tile {
             return Err(EngineError::InvalidInput(format!(
                 "tile size {} must be a positive multiple of {m} and larger than the overlap {}",
@@ -79,6 +79,15 @@ impl Restorer {
             let mut report = |done: usize, total: usize| progress(done as f32 / total.max(1) as f32);
             map_tiles(&x_in, tiling, &mut run, &mut report).ok_or(EngineError::Cancelled)
         })
+    }
+
+    /// The model's preferred tiling: its `restore_tile` (a quarter of it as overlap), else
+    /// 256-pixel tiles with 32 pixels of overlap.
+    pub fn default_tiling(&self) -> Tiling {
+        match self.model.meta.restore_tile {
+            Some(t) if t > 0 => Tiling { tile: t, overlap: t / 4 },
+            _ => Tiling::default(),
+        }
     }
 
     /// One network evaluation on a tile of the perturbed input, `x̂ = tanh(x - std_fwd·ε)`.
@@ -113,8 +122,9 @@ pub struct RestoreOptions {
     pub perturb_h: Option<f64>,
     /// Seed of the perturbation noise.
     pub seed: u64,
-    /// Tile geometry; `None` = 256-pixel tiles with 32 pixels of overlap (the official
-    /// training size). Images no larger than a tile run in one pass.
+    /// Tile geometry; `None` = the model's preferred tiling (`restore_tile`, else 256-pixel
+    /// tiles with 32 pixels of overlap, the official training size). Images no larger than a
+    /// tile run in one pass.
     pub tiling: Option<Tiling>,
 }
 

@@ -42,6 +42,7 @@ fn meta() -> ModelMeta {
         diffusion_steps: 1000,
         operator: None,
         perturb_h: None,
+        restore_tile: None,
         provenance: serde_json::json!({}),
     }
 }

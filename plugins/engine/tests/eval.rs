@@ -40,6 +40,7 @@ fn tiny(role: ModelRole, schedule: BetaSchedule, steps: usize, operator: Option<
         diffusion_steps: steps,
         operator,
         perturb_h: (role == ModelRole::Generator).then_some(0.1),
+        restore_tile: None,
         provenance: serde_json::json!({"test": true}),
     };
     let m = LoadedModel::random(meta, CPU, seed).unwrap();

@@ -25,6 +25,7 @@ fn tiny_meta() -> ModelMeta {
         diffusion_steps: 1000,
         operator: Some(OperatorSpec::for_task("sr4").unwrap()),
         perturb_h: Some(0.1),
+        restore_tile: None,
         provenance: serde_json::json!({"test": true}),
     }
 }

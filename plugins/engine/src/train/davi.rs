@@ -48,6 +48,8 @@ pub struct DaviTrainer {
     pub op: Box<dyn Operator>,
     /// Number of observed values per image (inpainting's `A x` length), for L_gt.
     observed: f64,
+    /// Training image side: evaluation tiles at this size, as restoration does.
+    size: i64,
     device: Device,
 }
 
@@ -116,6 +118,7 @@ impl DaviTrainer {
             disc,
             op,
             observed,
+            size,
             device,
         })
     }
@@ -246,8 +249,15 @@ impl DaviTrainer {
             if h % m != 0 || w % m != 0 {
                 return Err(EngineError::InvalidInput(format!("eval crops must be multiples of {m}")));
             }
-            let eps = self.ema_net.forward(&x_in, &t).narrow(1, 0, c);
-            Ok((y_img, self.bridge.generator_output(&t, &x_in, &eps)))
+            // Tiles of the training size, blended, exactly as `Restorer` does for this model.
+            let tiling = crate::tiling::Tiling { tile: self.size, overlap: self.size / 4 };
+            let mut run = |tile: &Tensor| {
+                let tt = crate::diffusion::schedule::timesteps(t.int64_value(&[0]), tile.size()[0], self.device);
+                let eps = self.ema_net.forward(tile, &tt).narrow(1, 0, c);
+                self.bridge.generator_output(&tt, tile, &eps)
+            };
+            let x_hat = crate::tiling::map_tiles(&x_in, tiling, &mut run, &mut |_, _| true).expect("never cancelled");
+            Ok((y_img, x_hat))
         })
     }
 }

@@ -134,6 +134,7 @@ impl Trainer {
                     diffusion_steps: pc.diffusion_steps,
                     operator: None,
                     perturb_h: None,
+                    restore_tile: None,
                     provenance: provenance(cfg, step, extra),
                 };
                 (meta, &p.ema_vs)
@@ -147,6 +148,7 @@ impl Trainer {
                     diffusion_steps: d.teacher.meta.diffusion_steps,
                     operator: Some(dc.operator.clone()),
                     perturb_h: Some(dc.eval_perturb_h.unwrap_or(dc.perturb_h)),
+                    restore_tile: (cfg.data.crop == super::data::Crop::Random).then_some(cfg.data.size),
                     provenance: provenance(cfg, step, extra),
                 };
                 (meta, &d.ema_vs)

@@ -51,6 +51,10 @@ pub struct ModelMeta {
     /// The bridge perturbation `h` used at inference (official 0.1 or 0.01).
     #[serde(default)]
     pub perturb_h: Option<f64>,
+    /// Tile side the network restores best with: the patch size a patch-trained model saw
+    /// (GroupNorm statistics and attention span depend on the input size). `None`: 256.
+    #[serde(default)]
+    pub restore_tile: Option<i64>,
     /// Free-form provenance: source checkpoint, training run, steps, data, metrics.
     #[serde(default)]
     pub provenance: serde_json::Value,
