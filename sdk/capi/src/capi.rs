@@ -1,0 +1,800 @@
+//! The exported `davi_*` functions: a thin adapter from C to [`crate::context`].
+//!
+//! Every function follows the same steps, in this order: enter the panic boundary
+//! ([`crate::boundary::guard`]); check every pointer for NULL and every caller struct's
+//! `struct_size` before reading through it; decode C values (enums arrive as `uint32_t`);
+//! call safe Rust; write out-parameters only on success. Calls that take a context record
+//! their outcome as the context's last-error message (empty after a success).
+//!
+//! Anchor: `xiph/rav1e: src/capi.rs` (opaque handles over a safe Rust API, status enum plus
+//! `rav1e_status_to_str`), `rustls/rustls-ffi` (NULL checks, out-parameters on success only).
+
+use crate::boundary::{arg, arg_mut, c_str, guard, guard_value, opt_c_str, struct_size_at_least};
+use crate::context::{self, Context, ModelSource, RestoreParams};
+use crate::types::{
+    DaviBlurMode, DaviContext, DaviContextOptions, DaviDownsampleMethod, DaviRestoreOptions,
+    DaviSpec, CONTEXT_MAGIC, CONTEXT_OPTIONS_V1, RESTORE_OPTIONS_V1, SPEC_MAGIC,
+};
+use davi_sdk::spec::{OperatorSpec, Rect};
+use davi_sdk::status::write_message;
+use davi_sdk::{DaviError, DaviImage, DaviStatus, DaviStatusCode, ImageView, ImageViewMut};
+use std::cell::Cell;
+use std::ffi::{c_char, CStr};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+const VERSION: &CStr = davi_sdk::cstr!(env!("CARGO_PKG_VERSION"));
+const ABI_VERSION: u32 = parse_u32(env!("DAVI_ABI_VERSION"));
+
+/// `build.rs` passes the ABI revision of `Cargo.toml` as text; parse it at compile time.
+const fn parse_u32(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut v: u32 = 0;
+    assert!(!b.is_empty(), "DAVI_ABI_VERSION is empty");
+    while i < b.len() {
+        assert!(b[i].is_ascii_digit(), "DAVI_ABI_VERSION is not a number");
+        v = v * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    v
+}
+
+fn status(r: Result<(), DaviError>) -> DaviStatus {
+    match r {
+        Ok(()) => DaviStatus::Ok,
+        Err(e) => e.status,
+    }
+}
+
+/// Status of `r`, and its message copied into `err_buf` on failure.
+unsafe fn status_with_message(
+    r: Result<(), DaviError>,
+    err_buf: *mut c_char,
+    err_len: usize,
+) -> DaviStatus {
+    match r {
+        Ok(()) => DaviStatus::Ok,
+        Err(e) => {
+            write_message(err_buf, err_len, &e.message);
+            e.status
+        }
+    }
+}
+
+/// Record the outcome of a call as the context's last error.
+fn record(ctx: &DaviContext, r: Result<(), DaviError>) -> DaviStatus {
+    let mut slot = ctx.last_error.lock().unwrap_or_else(|p| p.into_inner());
+    match r {
+        Ok(()) => {
+            slot.clear();
+            DaviStatus::Ok
+        }
+        Err(e) => {
+            *slot = e.message;
+            e.status
+        }
+    }
+}
+
+unsafe fn context<'a>(p: *const DaviContext) -> Result<&'a DaviContext, DaviError> {
+    let ctx = arg(p, "ctx")?;
+    if ctx.magic != CONTEXT_MAGIC {
+        return Err(DaviError::invalid_argument(
+            "`ctx` is not a live DaviContext",
+        ));
+    }
+    Ok(ctx)
+}
+
+unsafe fn spec_ref<'a>(p: *const DaviSpec) -> Result<&'a DaviSpec, DaviError> {
+    let spec = arg(p, "spec")?;
+    if spec.magic != SPEC_MAGIC {
+        return Err(DaviError::invalid_argument("`spec` is not a live DaviSpec"));
+    }
+    Ok(spec)
+}
+
+unsafe fn spec_mut<'a>(p: *mut DaviSpec) -> Result<&'a mut DaviSpec, DaviError> {
+    spec_ref(p)?;
+    Ok(&mut *p)
+}
+
+/// Copy a message into `buf` (`len` bytes, NUL-terminated, truncated at a UTF-8 boundary) and
+/// its full length into `*out_len`. `buf` may be NULL only with `len == 0`.
+unsafe fn copy_text(
+    text: &str,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> Result<(), DaviError> {
+    if buf.is_null() && len != 0 {
+        return Err(DaviError::null_argument("buf"));
+    }
+    write_message(buf, len, text);
+    if !out_len.is_null() {
+        *out_len = text.len();
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Versions and statuses
+
+/// The library version, `"MAJOR.MINOR.PATCH"` (equal to the DAVI_VERSION_* macros of the
+/// header it was built with). Static: never free it.
+#[no_mangle]
+pub extern "C" fn davi_version() -> *const c_char {
+    VERSION.as_ptr()
+}
+
+/// The C ABI revision the library implements. A host built against header revision
+/// `DAVI_ABI_VERSION` may use everything that header declares if
+/// `davi_abi_version() >= DAVI_ABI_VERSION`.
+#[no_mangle]
+pub extern "C" fn davi_abi_version() -> u32 {
+    ABI_VERSION
+}
+
+/// A static, NUL-terminated English sentence for a `DaviStatus` value (`"unknown status"` for
+/// values this library does not know). Never NULL; never free it; valid for the whole process.
+#[no_mangle]
+pub extern "C" fn davi_status_string(status: DaviStatusCode) -> *const c_char {
+    guard_value(c"internal error".as_ptr(), || {
+        match DaviStatus::from_code(status) {
+            Some(s) => s.as_ptr(),
+            None => c"unknown status".as_ptr(),
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contexts
+
+/// Fill `*options` with the defaults (no model source, device "auto", default threads) and set
+/// its `struct_size`. `options_size` is `sizeof(DaviContextOptions)` as the caller compiled it.
+///
+/// # Safety
+/// `options` must be NULL or valid for writes of `options_size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn davi_context_options_init(
+    options: *mut DaviContextOptions,
+    options_size: usize,
+) -> DaviStatus {
+    status(guard(|| {
+        let options = arg_mut(options, "options")?;
+        if options_size < CONTEXT_OPTIONS_V1 {
+            return Err(DaviError::invalid_argument(format!(
+                "options_size {options_size} is smaller than DaviContextOptions ({CONTEXT_OPTIONS_V1} bytes)"
+            )));
+        }
+        options.write(DaviContextOptions {
+            struct_size: CONTEXT_OPTIONS_V1 as u32,
+            threads: 0,
+            model_path: std::ptr::null(),
+            model_bytes: std::ptr::null(),
+            model_len: 0,
+            task: std::ptr::null(),
+            device: std::ptr::null(),
+        });
+        Ok(())
+    }))
+}
+
+/// Load a model and make a context that restores with it.
+///
+/// Exactly one model source must be set in `options`: `model_path`, `model_bytes` +
+/// `model_len`, or `task` (the installed default model of that task). On success `*out`
+/// receives a new context, which the caller frees with `davi_context_free`; on failure `*out`
+/// is untouched and, if `err_buf` is not NULL, a NUL-terminated message (truncated to
+/// `err_len` bytes) says why. `options` and the memory it points to are only read during the
+/// call. Loading takes time and memory (the model's weights): make a context once, restore
+/// many times.
+///
+/// # Safety
+/// `options` must be NULL or point to a `DaviContextOptions` of its `struct_size` bytes whose
+/// strings are NULL or NUL-terminated and whose `model_bytes` (if set) has `model_len` bytes;
+/// `out` must be NULL or writable; `err_buf` must be NULL or writable for `err_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn davi_context_new(
+    options: *const DaviContextOptions,
+    out: *mut *mut DaviContext,
+    err_buf: *mut c_char,
+    err_len: usize,
+) -> DaviStatus {
+    let r = guard(|| {
+        if options.is_null() {
+            return Err(DaviError::null_argument("options"));
+        }
+        let out = arg_mut(out, "out")?;
+        struct_size_at_least(options, CONTEXT_OPTIONS_V1, "DaviContextOptions")?;
+        let o = std::ptr::read(options);
+        let path = if o.model_path.is_null() {
+            None
+        } else {
+            let bytes = CStr::from_ptr(o.model_path).to_bytes();
+            if bytes.is_empty() {
+                return Err(DaviError::invalid_argument(
+                    "options.model_path is empty (use NULL for none)",
+                ));
+            }
+            Some(path_from_bytes(bytes)?)
+        };
+        let bytes = match (o.model_bytes.is_null(), o.model_len) {
+            (true, 0) => None,
+            (true, n) => {
+                return Err(DaviError::invalid_argument(format!(
+                    "options.model_len is {n} but options.model_bytes is NULL"
+                )))
+            }
+            (false, 0) => {
+                return Err(DaviError::invalid_argument(
+                    "options.model_bytes is set but model_len is 0",
+                ))
+            }
+            (false, n) if n > isize::MAX as usize => {
+                return Err(DaviError::invalid_argument(format!(
+                    "options.model_len {n} is too large"
+                )))
+            }
+            (false, n) => Some(std::slice::from_raw_parts(o.model_bytes, n)),
+        };
+        let task = opt_c_str(o.task, "options.task")?;
+        let device = opt_c_str(o.device, "options.device")?.unwrap_or("auto");
+        let source = match (&path, bytes, task) {
+            (Some(p), None, None) => ModelSource::File(p),
+            (None, Some(b), None) => ModelSource::Bytes(b),
+            (None, None, Some(t)) => ModelSource::Task(t),
+            (None, None, None) => {
+                return Err(DaviError::invalid_argument(
+                    "no model: set options.model_path, options.model_bytes or options.task",
+                ))
+            }
+            _ => {
+                return Err(DaviError::invalid_argument(
+                    "set only one of options.model_path, options.model_bytes and options.task",
+                ))
+            }
+        };
+        let inner = Context::new(source, device, o.threads)?;
+        let ctx = Box::new(DaviContext {
+            magic: CONTEXT_MAGIC,
+            inner,
+            last_error: Mutex::new(String::new()),
+        });
+        out.write(Box::into_raw(ctx));
+        Ok(())
+    });
+    status_with_message(r, err_buf, err_len)
+}
+
+#[cfg(unix)]
+fn path_from_bytes(b: &[u8]) -> Result<PathBuf, DaviError> {
+    use std::os::unix::ffi::OsStrExt;
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(b)))
+}
+
+#[cfg(not(unix))]
+fn path_from_bytes(b: &[u8]) -> Result<PathBuf, DaviError> {
+    std::str::from_utf8(b)
+        .map(PathBuf::from)
+        .map_err(|_| DaviError::invalid_argument("options.model_path is not UTF-8"))
+}
+
+/// Free a context and its model. NULL is a no-op. The context must not be in use by another
+/// thread; the handle is invalid afterwards.
+///
+/// # Safety
+/// `ctx` must be NULL or a context from `davi_context_new` not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn davi_context_free(ctx: *mut DaviContext) {
+    if ctx.is_null() {
+        return;
+    }
+    // A free has no status to return: a panic in a destructor is swallowed, never unwound.
+    let _ = guard(|| {
+        context(ctx)?;
+        (*ctx).magic = 0;
+        drop(Box::from_raw(ctx));
+        Ok(())
+    });
+}
+
+/// Copy the message of the last failed call on `ctx` (empty if the last call succeeded) into
+/// `buf`: at most `len` bytes including the terminating NUL, cut at a UTF-8 character
+/// boundary. If `out_len` is not NULL it receives the message's full length in bytes (without
+/// the NUL): when it is `>= len` the copy was truncated. `buf` may be NULL only with `len` 0
+/// (to ask for the length). Does not change the last error. Safe to call from any thread,
+/// also while another thread restores on `ctx`.
+///
+/// # Safety
+/// `ctx` must be NULL or a live context; `buf` NULL or writable for `len` bytes; `out_len`
+/// NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn davi_context_last_error(
+    ctx: *const DaviContext,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> DaviStatus {
+    status(guard(|| {
+        let ctx = context(ctx)?;
+        let message = ctx
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        copy_text(&message, buf, len, out_len)
+    }))
+}
+
+/// The operator the context's model was trained for, as a new spec the caller frees with
+/// `davi_spec_free` (and may change before restoring). `DAVI_STATUS_NOT_FOUND` if the model
+/// file does not say; `*out` is written on success only.
+///
+/// # Safety
+/// `ctx` must be NULL or a live context; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn davi_context_spec(
+    ctx: *const DaviContext,
+    out: *mut *mut DaviSpec,
+) -> DaviStatus {
+    let r = guard(|| {
+        let ctx = context(ctx)?;
+        let r = (|| {
+            let out = arg_mut(out, "out")?;
+            let spec = ctx.inner.trained_spec().cloned().ok_or_else(|| {
+                DaviError::new(
+                    DaviStatus::NotFound,
+                    format!(
+                        "the model {} does not name the operator it was trained for",
+                        ctx.inner.origin()
+                    ),
+                )
+            })?;
+            out.write(new_spec(spec));
+            Ok(())
+        })();
+        Ok(record(ctx, r))
+    });
+    r.unwrap_or_else(|e| e.status)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator specs
+
+fn new_spec(spec: OperatorSpec) -> *mut DaviSpec {
+    Box::into_raw(Box::new(DaviSpec {
+        magic: SPEC_MAGIC,
+        spec,
+    }))
+}
+
+/// A new spec with the official operator of a task: `"deblur"` (Gaussian blur σ 3, 61 taps),
+/// `"sr4"`, `"sr2"`, `"sr8"` (average pooling), `"inpaint"` (centred half box), `"denoise"`,
+/// `"colorize"`. Unknown names are `DAVI_STATUS_INVALID_SPEC`. Free with `davi_spec_free`.
+///
+/// # Safety
+/// `task` must be NULL or NUL-terminated; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn davi_spec_new_task(
+    task: *const c_char,
+    out: *mut *mut DaviSpec,
+) -> DaviStatus {
+    status(guard(|| {
+        let task = c_str(task, "task")?;
+        let out = arg_mut(out, "out")?;
+        let spec = OperatorSpec::for_task(task)?;
+        out.write(new_spec(spec));
+        Ok(())
+    }))
+}
+
+/// Parse a spec from TOML or JSON text (JSON if the first non-blank character is `{`), e.g.
+/// `kind = "gaussian_blur"\nsigma = 1.5\nsize = 9`. Unknown keys, unknown kinds and values out
+/// of range are `DAVI_STATUS_INVALID_SPEC`, with a message naming the key in `err_buf` (if
+/// not NULL; `err_len` bytes). Free the result with `davi_spec_free`.
+///
+/// # Safety
+/// `text` must be NULL or NUL-terminated; `out` NULL or writable; `err_buf` NULL or writable
+/// for `err_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn davi_spec_parse(
+    text: *const c_char,
+    out: *mut *mut DaviSpec,
+    err_buf: *mut c_char,
+    err_len: usize,
+) -> DaviStatus {
+    let r = guard(|| {
+        if text.is_null() {
+            return Err(DaviError::null_argument("text"));
+        }
+        let out = arg_mut(out, "out")?;
+        let text = CStr::from_ptr(text)
+            .to_str()
+            .map_err(|_| DaviError::invalid_spec("the spec text is not UTF-8"))?;
+        let spec = OperatorSpec::parse(text)?;
+        out.write(new_spec(spec));
+        Ok(())
+    });
+    status_with_message(r, err_buf, err_len)
+}
+
+/// Free a spec. NULL is a no-op.
+///
+/// # Safety
+/// `spec` must be NULL or a spec not yet freed, not in use by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn davi_spec_free(spec: *mut DaviSpec) {
+    if spec.is_null() {
+        return;
+    }
+    let _ = guard(|| {
+        spec_ref(spec)?;
+        (*spec).magic = 0;
+        drop(Box::from_raw(spec));
+        Ok(())
+    });
+}
+
+/// The spec's operator kind as a static string: `"gaussian_blur"`, `"super_resolution"`,
+/// `"inpainting"`, `"denoising"` or `"colorization"` (NULL if `spec` is NULL or not a spec).
+/// Never free it.
+///
+/// # Safety
+/// `spec` must be NULL or a live spec.
+#[no_mangle]
+pub unsafe extern "C" fn davi_spec_kind(spec: *const DaviSpec) -> *const c_char {
+    guard_value(std::ptr::null(), || match spec_ref(spec) {
+        Ok(s) => match s.spec {
+            OperatorSpec::GaussianBlur(_) => c"gaussian_blur".as_ptr(),
+            OperatorSpec::SuperResolution(_) => c"super_resolution".as_ptr(),
+            OperatorSpec::Inpainting(_) => c"inpainting".as_ptr(),
+            OperatorSpec::Denoising(_) => c"denoising".as_ptr(),
+            OperatorSpec::Colorization(_) => c"colorization".as_ptr(),
+        },
+        Err(_) => std::ptr::null(),
+    })
+}
+
+/// Apply `edit` to a copy of the spec, validate it, and keep it only if valid.
+unsafe fn edit_spec(
+    spec: *mut DaviSpec,
+    edit: impl FnOnce(&mut OperatorSpec) -> Result<(), DaviError>,
+) -> DaviStatus {
+    status(guard(|| {
+        let s = spec_mut(spec)?;
+        let mut copy = s.spec.clone();
+        edit(&mut copy)?;
+        copy.validate()
+            .map_err(|e| DaviError::invalid_argument(e.to_string()))?;
+        s.spec = copy;
+        Ok(())
+    }))
+}
+
+fn wrong_kind(setter: &str, wanted: &str, spec: &OperatorSpec) -> DaviError {
+    DaviError::invalid_argument(format!(
+        "{setter} applies to {wanted} specs, this one is {}",
+        spec.kind_name()
+    ))
+}
+
+/// Set the measurement noise level (standard deviation in [-1, 1] image units, in [0, 2]);
+/// NaN restores the kind's default (0.20 for denoising, 0.05 otherwise). Out of range is
+/// `DAVI_STATUS_INVALID_ARGUMENT` and leaves the spec unchanged (as for every setter).
+///
+/// # Safety
+/// `spec` must be NULL or a live spec.
+#[no_mangle]
+pub unsafe extern "C" fn davi_spec_set_noise_sigma(spec: *mut DaviSpec, sigma: f64) -> DaviStatus {
+    edit_spec(spec, |s| {
+        s.set_noise_sigma(if sigma.is_nan() { None } else { Some(sigma) });
+        Ok(())
+    })
+}
+
+/// Gaussian blur parameters: kernel σ in pixels (0, 100], an odd tap count 1..=1001 and a
+/// `DaviBlurMode` value. Only for `gaussian_blur` specs.
+///
+/// # Safety
+/// `spec` must be NULL or a live spec.
+#[no_mangle]
+pub unsafe extern "C" fn davi_spec_set_blur(
+    spec: *mut DaviSpec,
+    sigma: f64,
+    size: u32,
+    mode: u32,
+) -> DaviStatus {
+    edit_spec(spec, |s| match s {
+        OperatorSpec::GaussianBlur(b) => {
+            b.sigma = sigma;
+            b.size = size as usize;
+            b.mode = DaviBlurMode::decode(mode)?;
+            Ok(())
+        }
+        other => Err(wrong_kind("davi_spec_set_blur", "gaussian_blur", other)),
+    })
+}
+
+/// Super-resolution factor: 2, 4 or 8. Only for `super_resolution` specs.
+///
+/// # Safety
+/// `spec` must be NULL or a live spec.
+#[no_mangle]
+pub unsafe extern "C" fn davi_spec_set_sr_factor(spec: *mut DaviSpec, factor: u32) -> DaviStatus {
+    edit_spec(spec, |s| match s {
+        OperatorSpec::SuperResolution(sr) => {
+            sr.factor = factor as usize;
+            Ok(())
+        }
+        other => Err(wrong_kind(
+            "davi_spec_set_sr_factor",
+            "super_resolution",
+            other,
+        )),
+    })
+}
+
+/// How the small image was down-sampled: a `DaviDownsampleMethod` value. Only for
+/// `super_resolution` specs.
+///
+/// # Safety
+/// `spec` must be NULL or a live spec.
+#[no_mangle]
+pub unsafe extern "C" fn davi_spec_set_sr_method(spec: *mut DaviSpec, method: u32) -> DaviStatus {
+    edit_spec(spec, |s| match s {
+        OperatorSpec::SuperResolution(sr) => {
+            sr.method = DaviDownsampleMethod::decode(method)?;
+            Ok(())
+        }
+        other => Err(wrong_kind(
+            "davi_spec_set_sr_method",
+            "super_resolution",
+            other,
+        )),
+    })
+}
+
+/// Add a missing rectangle (in pixels of the image to restore; non-empty). A spec without
+/// boxes uses the centred half-size box. Boxes must lie inside the image, which
+/// `davi_restore` and `davi_output_size` check. Only for `inpainting` specs.
+///
+/// # Safety
+/// `spec` must be NULL or a live spec.
+#[no_mangle]
+pub unsafe extern "C" fn davi_spec_add_box(
+    spec: *mut DaviSpec,
+    top: u32,
+    left: u32,
+    height: u32,
+    width: u32,
+) -> DaviStatus {
+    edit_spec(spec, |s| match s {
+        OperatorSpec::Inpainting(p) => {
+            p.boxes.push(Rect {
+                top: top as usize,
+                left: left as usize,
+                height: height as usize,
+                width: width as usize,
+            });
+            Ok(())
+        }
+        other => Err(wrong_kind("davi_spec_add_box", "inpainting", other)),
+    })
+}
+
+/// Weights of red, green and blue in the gray observation (finite, >= 0, not all zero). Only
+/// for `colorization` specs.
+///
+/// # Safety
+/// `spec` must be NULL or a live spec.
+#[no_mangle]
+pub unsafe extern "C" fn davi_spec_set_gray_weights(
+    spec: *mut DaviSpec,
+    red: f64,
+    green: f64,
+    blue: f64,
+) -> DaviStatus {
+    edit_spec(spec, |s| match s {
+        OperatorSpec::Colorization(c) => {
+            c.weights = [red, green, blue];
+            Ok(())
+        }
+        other => Err(wrong_kind(
+            "davi_spec_set_gray_weights",
+            "colorization",
+            other,
+        )),
+    })
+}
+
+/// The spec as TOML text (what `davi_spec_parse` reads back), copied into `buf` like
+/// `davi_context_last_error` copies messages: at most `len` bytes with the NUL, the full
+/// length in `*out_len` (optional). `buf` may be NULL only with `len` 0.
+///
+/// # Safety
+/// `spec` must be NULL or a live spec; `buf` NULL or writable for `len` bytes; `out_len` NULL
+/// or writable.
+#[no_mangle]
+pub unsafe extern "C" fn davi_spec_to_text(
+    spec: *const DaviSpec,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> DaviStatus {
+    status(guard(|| {
+        let spec = spec_ref(spec)?;
+        copy_text(&spec.spec.to_toml(), buf, len, out_len)
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restoring
+
+/// Fill `*options` with the defaults (256-pixel tiles, automatic overlap, the model's
+/// perturbation, seed 0, no callback) and set its `struct_size`. `options_size` is
+/// `sizeof(DaviRestoreOptions)` as the caller compiled it.
+///
+/// # Safety
+/// `options` must be NULL or valid for writes of `options_size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn davi_restore_options_init(
+    options: *mut DaviRestoreOptions,
+    options_size: usize,
+) -> DaviStatus {
+    status(guard(|| {
+        let options = arg_mut(options, "options")?;
+        if options_size < RESTORE_OPTIONS_V1 {
+            return Err(DaviError::invalid_argument(format!(
+                "options_size {options_size} is smaller than DaviRestoreOptions ({RESTORE_OPTIONS_V1} bytes)"
+            )));
+        }
+        options.write(DaviRestoreOptions {
+            struct_size: RESTORE_OPTIONS_V1 as u32,
+            tile: 256,
+            overlap: 0,
+            reserved: 0,
+            perturb_h: f64::NAN,
+            seed: 0,
+            progress: None,
+            user_data: std::ptr::null_mut(),
+        });
+        Ok(())
+    }))
+}
+
+/// Size of the image `davi_restore` produces from an `in_width x in_height` input under
+/// `spec`: multiplied by the factor for super-resolution, unchanged otherwise. Checks the spec
+/// against the size (inpainting boxes inside the image: `DAVI_STATUS_INVALID_SPEC`). Writes
+/// `*out_width` and `*out_height` on success only.
+///
+/// # Safety
+/// `spec` must be NULL or a live spec; `out_width`, `out_height` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn davi_output_size(
+    spec: *const DaviSpec,
+    in_width: u32,
+    in_height: u32,
+    out_width: *mut u32,
+    out_height: *mut u32,
+) -> DaviStatus {
+    status(guard(|| {
+        let spec = spec_ref(spec)?;
+        let out_width = arg_mut(out_width, "out_width")?;
+        let out_height = arg_mut(out_height, "out_height")?;
+        let (w, h) = context::output_size(&spec.spec, in_width as usize, in_height as usize)?;
+        out_width.write(w);
+        out_height.write(h);
+        Ok(())
+    }))
+}
+
+/// Prefix a descriptor error with the image it concerns.
+fn about(which: &str, e: impl Into<DaviError>) -> DaviError {
+    let e = e.into();
+    DaviError::new(e.status, format!("{which} image: {}", e.message))
+}
+
+/// Restore `input` into `output` under `spec`.
+///
+/// - `input`: the degraded image (for super-resolution the small one), any `DaviSampleType`
+///   and `DaviChannelLayout`, signed `row_stride` (negative for bottom-up memory, `data` then
+///   points at the top row). Read only.
+/// - `output`: where the result goes; its size must be `davi_output_size` of the input. Its
+///   sample type and layout may differ from the input's (gray results are replicated into RGB
+///   layouts; colorization needs an RGB or RGBA output). It may be the same memory as `input`
+///   (in place) when sizes and formats agree. Written only when `DAVI_STATUS_OK` is returned.
+/// - Alpha is never restored: it is copied from the input bit for bit (bilinearly resampled
+///   when the size changes, converted when the sample type does); an output with alpha from
+///   an input without is opaque.
+/// - `options`: NULL for the defaults (see `davi_restore_options_init`).
+///
+/// Runs on the calling thread and returns when done, cancelled or failed; the progress
+/// callback, if any, is called on this thread between tiles. The descriptors and pixel memory
+/// must stay valid and unchanged by others during the call; nothing is kept afterwards. On
+/// failure `davi_context_last_error` says why.
+///
+/// # Safety
+/// Each pointer must be NULL or valid as described; the pixel memory each descriptor
+/// describes must be readable (input) or writable (output) for the whole call.
+#[no_mangle]
+pub unsafe extern "C" fn davi_restore(
+    ctx: *mut DaviContext,
+    input: *const DaviImage,
+    output: *mut DaviImage,
+    spec: *const DaviSpec,
+    options: *const DaviRestoreOptions,
+) -> DaviStatus {
+    let r = guard(|| {
+        let ctx = context(ctx)?;
+        let r = guard(|| restore(ctx, input, output, spec, options));
+        Ok(record(ctx, r))
+    });
+    r.unwrap_or_else(|e| e.status)
+}
+
+unsafe fn restore(
+    ctx: &DaviContext,
+    input: *const DaviImage,
+    output: *const DaviImage,
+    spec: *const DaviSpec,
+    options: *const DaviRestoreOptions,
+) -> Result<(), DaviError> {
+    if input.is_null() {
+        return Err(DaviError::null_argument("input"));
+    }
+    if output.is_null() {
+        return Err(DaviError::null_argument("output"));
+    }
+    let spec = &spec_ref(spec)?.spec;
+    let (params, progress, user_data) = if options.is_null() {
+        (RestoreParams::default(), None, std::ptr::null_mut())
+    } else {
+        struct_size_at_least(options, RESTORE_OPTIONS_V1, "DaviRestoreOptions")?;
+        let o = std::ptr::read(options);
+        if o.reserved != 0 {
+            return Err(DaviError::invalid_argument("options.reserved must be 0"));
+        }
+        let params = RestoreParams {
+            tile: (o.tile != 0).then_some(o.tile),
+            overlap: (o.overlap != 0).then_some(o.overlap),
+            perturb_h: (!o.perturb_h.is_nan()).then_some(o.perturb_h),
+            seed: o.seed,
+        };
+        (params, o.progress, o.user_data)
+    };
+
+    // Validate both descriptors and the whole request before reading a pixel. The output view
+    // is dropped at once and made again for writing, after the input has been read in full:
+    // the two may describe the same memory.
+    let (color, alpha) = {
+        let in_view = ImageView::from_descriptor(input).map_err(|e| about("input", e))?;
+        let out_format = ImageViewMut::from_descriptor(output)
+            .map_err(|e| about("output", e))?
+            .format();
+        ctx.inner.check(spec, &in_view.format(), &out_format)?;
+        context::read_planar(&in_view)?
+    };
+
+    let cancelled = Cell::new(false);
+    let mut report = |fraction: f32| match progress {
+        None => true,
+        Some(callback) => {
+            let go_on = callback(user_data, fraction) == 0;
+            if !go_on {
+                cancelled.set(true);
+            }
+            go_on
+        }
+    };
+    let restored = ctx.inner.restore_planar(spec, &color, &params, &mut report);
+    if cancelled.get() {
+        return Err(DaviError::cancelled());
+    }
+    let restored = restored?;
+    drop(color);
+
+    let mut out_view = ImageViewMut::from_descriptor(output).map_err(|e| about("output", e))?;
+    context::write_planar(&mut out_view, &restored, alpha.as_ref())
+}

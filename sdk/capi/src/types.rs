@@ -1,0 +1,160 @@
+//! The C-visible types of `libdavi` that are not shared with plugins: option structs, the
+//! progress callback, the opaque handles and the enums of spec setters.
+//!
+//! The image descriptor (`DaviImage`, `DaviSampleType`, `DaviChannelLayout`) and the status
+//! enum (`DaviStatus`) come from the SDK, so the host and plugin boundaries agree on them.
+//!
+//! Layout rules (see `docs/C_API.md`): structs passed by pointer start with `uint32_t
+//! struct_size`; fields are only ever appended; padding is explicit (`reserved`); enums that
+//! come *from* the caller travel as `uint32_t` and are decoded here, because a Rust enum
+//! holding an unknown value would be undefined behaviour. `tests/capi.rs` pins the ABI 1
+//! layouts.
+
+use davi_sdk::spec::{BlurMode, DownsampleMethod};
+use davi_sdk::{DaviError, OperatorSpec};
+use std::ffi::{c_char, c_void};
+use std::mem::size_of;
+
+/// Progress callback of `davi_restore`.
+///
+/// Called on the thread that called `davi_restore`, synchronously, only while that call runs:
+/// before each tile and once after the last, with `fraction` in [0, 1], never decreasing.
+/// `user_data` is `DaviRestoreOptions.user_data`, passed back untouched; it must stay valid
+/// until `davi_restore` returns. Return 0 to continue, non-zero to cancel: `davi_restore` then
+/// returns `DAVI_STATUS_CANCELLED` before the next tile starts and leaves the output untouched.
+/// The callback must not unwind (C++ exceptions, `longjmp`) through libdavi, and must not
+/// restore on the same context (that call would fail as busy).
+pub type DaviProgressFn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, fraction: f32) -> i32>;
+
+/// Options of `davi_context_new` (ABI 1). Fill with `davi_context_options_init`, then set
+/// at most one model source: `model_path`, or `model_bytes` + `model_len`, or `task`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DaviContextOptions {
+    /// `sizeof(DaviContextOptions)` as the caller compiled it.
+    pub struct_size: u32,
+    /// Intra-op CPU threads libtorch uses for this context's restores; 0 = libtorch's default.
+    /// libtorch keeps this setting per process on some builds: contexts with different values
+    /// in one process may affect each other's speed, never their results.
+    pub threads: u32,
+    /// NUL-terminated path of a model file (`*.safetensors` written by libdavi), or NULL.
+    pub model_path: *const c_char,
+    /// The bytes of a model file held in memory, or NULL. Read during `davi_context_new` only.
+    pub model_bytes: *const u8,
+    /// Length of `model_bytes` in bytes; 0 when `model_bytes` is NULL.
+    pub model_len: usize,
+    /// When neither `model_path` nor `model_bytes` is given: the task whose installed default
+    /// model to load, NUL-terminated: `"deblur"`, `"sr4"`, `"inpaint"`, `"denoise"` or
+    /// `"colorize"`. Defaults are searched in `$DAVI_MODEL_DIR`, then beside the program
+    /// (`models/`, `../share/libdavi/models/`).
+    pub task: *const c_char,
+    /// NUL-terminated device: `"auto"` (first CUDA device, else CPU), `"cpu"`, `"cuda"`,
+    /// `"cuda:N"`; NULL means `"auto"`.
+    pub device: *const c_char,
+}
+
+/// Options of one `davi_restore` call (ABI 1). Fill with `davi_restore_options_init`; NULL
+/// options mean exactly those defaults.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DaviRestoreOptions {
+    /// `sizeof(DaviRestoreOptions)` as the caller compiled it.
+    pub struct_size: u32,
+    /// Tile edge in output pixels; the network runs on one tile at a time, so its working
+    /// memory depends on the tile, not the image. 0 = 256. Must be a multiple of the model's
+    /// down-sampling factor (4 for the shipped models).
+    pub tile: u32,
+    /// Pixels neighbouring tiles share and cross-fade over (seam-free blending); 0 = automatic:
+    /// 32, or a quarter of the tile for tiles under 128. Must be smaller than the tile.
+    pub overlap: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+    /// DAVI's bridge perturbation `h`; NaN = the model's value (official 0.1 or 0.01). 0 makes
+    /// the result a deterministic function of the input and the model. Finite, >= 0.
+    pub perturb_h: f64,
+    /// Seed of the perturbation noise: equal inputs, options and seeds give equal pixels.
+    pub seed: u64,
+    /// Progress and cancellation, or NULL. See `DaviProgressFn`.
+    pub progress: DaviProgressFn,
+    /// Passed to `progress` untouched.
+    pub user_data: *mut c_void,
+}
+
+/// How a Gaussian blur spec realises the blur (`davi_spec_set_blur`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DaviBlurMode {
+    /// Separable convolution with zero padding: what an out-of-focus photo looks like.
+    ZeroPadded = 0,
+    /// The operator the official DAVI code applies (DDRM's SVD form), to reproduce its numbers.
+    Ddrm = 1,
+}
+
+/// How a super-resolution spec down-sampled the image (`davi_spec_set_sr_method`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DaviDownsampleMethod {
+    /// Mean over factor×factor blocks (the official `sr_averagepooling`).
+    AvgPool = 0,
+    /// Cubic kernel, stride = factor (the official `bicubic`).
+    Bicubic = 1,
+}
+
+impl DaviBlurMode {
+    pub(crate) fn decode(v: u32) -> Result<BlurMode, DaviError> {
+        match v {
+            0 => Ok(BlurMode::ZeroPadded),
+            1 => Ok(BlurMode::Ddrm),
+            _ => Err(DaviError::invalid_argument(format!(
+                "unknown blur mode {v} (0 = zero padded, 1 = ddrm)"
+            ))),
+        }
+    }
+}
+
+impl DaviDownsampleMethod {
+    pub(crate) fn decode(v: u32) -> Result<DownsampleMethod, DaviError> {
+        match v {
+            0 => Ok(DownsampleMethod::AvgPool),
+            1 => Ok(DownsampleMethod::Bicubic),
+            _ => Err(DaviError::invalid_argument(format!(
+                "unknown down-sampling method {v} (0 = average pooling, 1 = bicubic)"
+            ))),
+        }
+    }
+}
+
+/// Size of the ABI 1 `DaviContextOptions`.
+pub(crate) const CONTEXT_OPTIONS_V1: usize = size_of::<DaviContextOptions>();
+/// Size of the ABI 1 `DaviRestoreOptions`.
+pub(crate) const RESTORE_OPTIONS_V1: usize = size_of::<DaviRestoreOptions>();
+
+/// Handle magic numbers: a pointer of the wrong kind, or one already freed and reused, is
+/// refused with `DAVI_STATUS_INVALID_ARGUMENT` in most cases instead of being used (a check,
+/// not a guarantee: a dangling pointer is still undefined behaviour).
+pub(crate) const CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"DAVIctx1");
+pub(crate) const SPEC_MAGIC: u64 = u64::from_le_bytes(*b"DAVIspec");
+
+/// An operator spec: which degradation to undo and its parameters.
+///
+/// Made by `davi_spec_new_task`, `davi_spec_parse` or `davi_context_spec`; changed by the
+/// `davi_spec_set_*` / `davi_spec_add_box` functions; freed by `davi_spec_free`. A spec is
+/// plain data: it may be read by many threads at once (for example by restores on several
+/// contexts), but must not be changed while another thread reads it.
+pub struct DaviSpec {
+    pub(crate) magic: u64,
+    pub(crate) spec: OperatorSpec,
+}
+
+/// A loaded DAVI generator on a device, with a detailed message about its last failed call.
+///
+/// Made by `davi_context_new`, used by `davi_restore`, freed by `davi_context_free`. A context
+/// may be used from any thread, one call at a time: a `davi_restore` that finds the context
+/// busy fails with `DAVI_STATUS_INVALID_ARGUMENT` instead of waiting. For parallel restores,
+/// make one context per thread; they share nothing.
+pub struct DaviContext {
+    pub(crate) magic: u64,
+    pub(crate) inner: crate::context::Context,
+    pub(crate) last_error: std::sync::Mutex<String>,
+}

@@ -1,0 +1,268 @@
+//! Helpers shared by the integration tests: paths of the built libraries, tiny random model
+//! files, deterministic test pictures, PNM files, PSNR, and compiling the C/C++ hosts.
+#![allow(dead_code)]
+
+use davi_engine::diffusion::BetaSchedule;
+use davi_engine::unet::UNetConfig;
+use davi_engine::weights::{LoadedModel, ModelMeta, ModelRole};
+use davi_sdk::OperatorSpec;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use tch::Device;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// The directory holding this run's freshly built `libdavi.so` and plugin libraries: the test
+/// binary's own directory (`target/<profile>/deps`), where cargo puts the libraries it built
+/// for this test; `target/<profile>` as a fallback.
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("deps dir").to_path_buf();
+    for dir in [
+        deps.clone(),
+        deps.parent().expect("profile dir").to_path_buf(),
+    ] {
+        if dir.join("libdavi.so").is_file() {
+            return dir;
+        }
+    }
+    panic!(
+        "libdavi.so not found next to {} (cargo builds it with the tests)",
+        exe.display()
+    );
+}
+
+/// This process's scratch root, `target/tmp/davi-capi/<pid>`: concurrent `cargo test` runs
+/// never share files, and the roots of finished runs are removed when the next run starts
+/// (the last one stays for inspection).
+fn run_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let parent = Path::new(env!("CARGO_TARGET_TMPDIR")).join("davi-capi");
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            for e in entries.flatten() {
+                let gone = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+                if gone {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        parent.join(std::process::id().to_string())
+    })
+}
+
+/// A fresh, empty scratch directory of this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = run_root().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+fn tiny_meta(operator: Option<OperatorSpec>) -> ModelMeta {
+    ModelMeta {
+        role: ModelRole::Generator,
+        unet: UNetConfig {
+            image_size: 32,
+            model_channels: 32,
+            num_res_blocks: 1,
+            attention_resolutions: vec![16],
+            channel_mult: vec![1, 2],
+            num_head_channels: 16,
+            norm_groups: 8,
+            ..UNetConfig::ffhq256()
+        },
+        schedule: BetaSchedule::I2sb,
+        diffusion_steps: 1000,
+        operator,
+        perturb_h: Some(0.1),
+        restore_tile: None,
+        provenance: serde_json::json!({"test": "davi-capi tiny random generator"}),
+    }
+}
+
+/// Write a tiny random generator (down-sampling factor 2) whose zero-initialised layers are
+/// perturbed so its output depends on its input.
+fn write_tiny_model(path: &Path, operator: Option<OperatorSpec>, seed: i64) {
+    let m = LoadedModel::random(tiny_meta(operator), Device::Cpu, seed).expect("random model");
+    tch::no_grad(|| {
+        for (_, mut v) in m.vs.variables() {
+            let r = v.randn_like() * 0.02;
+            v.copy_(&(&v + r));
+        }
+    });
+    m.save(path).expect("save tiny model");
+}
+
+/// A tiny generator whose file names no operator (it accepts every kind). Written once per
+/// test binary.
+pub fn any_kind_model() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let p = scratch("models-any").join("tiny-any.safetensors");
+        write_tiny_model(&p, None, 11);
+        p
+    })
+}
+
+/// A tiny generator trained (in name) for denoising.
+pub fn denoise_model() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let p = scratch("models-denoise").join("tiny-denoise.safetensors");
+        write_tiny_model(&p, Some(OperatorSpec::for_task("denoise").unwrap()), 12);
+        p
+    })
+}
+
+/// A deterministic, smooth-plus-texture test picture, `channels` interleaved u8 samples per
+/// pixel.
+pub fn picture_u8(width: usize, height: usize, channels: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(width * height * channels);
+    for y in 0..height {
+        for x in 0..width {
+            for c in 0..channels {
+                let base =
+                    40.0 + 150.0 * (x as f64 / width as f64) + 40.0 * ((y as f64) * 0.5).sin();
+                let texture = 20.0 * (((x * 7 + y * 13 + c * 29) % 17) as f64 / 17.0);
+                v.push((base + texture + 10.0 * c as f64).clamp(0.0, 255.0) as u8);
+            }
+        }
+    }
+    v
+}
+
+/// PSNR in dB of two equally long u8 buffers.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10()
+}
+
+/// An 8-bit binary PNM: P5 (gray) or P6 (RGB).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pnm {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    pub data: Vec<u8>,
+}
+
+pub fn write_pnm(path: &Path, img: &Pnm) {
+    let magic = if img.channels == 1 { "P5" } else { "P6" };
+    let mut bytes = format!("{magic}\n{} {}\n255\n", img.width, img.height).into_bytes();
+    bytes.extend_from_slice(&img.data);
+    std::fs::write(path, bytes).expect("write pnm");
+}
+
+pub fn read_pnm(path: &Path) -> Pnm {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        while bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if bytes[i] == b'#' {
+            while bytes[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        let start = i;
+        while !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        fields.push(String::from_utf8(bytes[start..i].to_vec()).unwrap());
+    }
+    let channels = match fields[0].as_str() {
+        "P5" => 1,
+        "P6" => 3,
+        other => panic!("{}: not a binary PNM ({other})", path.display()),
+    };
+    assert_eq!(fields[3], "255", "8-bit PNM expected");
+    let (width, height) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+    let data = bytes[i + 1..].to_vec();
+    assert_eq!(
+        data.len(),
+        width * height * channels,
+        "{}: truncated",
+        path.display()
+    );
+    Pnm {
+        width,
+        height,
+        channels,
+        data,
+    }
+}
+
+/// A directory with `libdavi.so.0` and `libdavi.so` pointing at this run's library, so hosts
+/// link and run as they would against an installed one (the SONAME is `libdavi.so.0`).
+pub fn soname_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch("lib");
+        let lib = lib_dir().join("libdavi.so");
+        for name in ["libdavi.so.0", "libdavi.so"] {
+            std::os::unix::fs::symlink(&lib, dir.join(name)).expect("symlink libdavi");
+        }
+        dir
+    })
+    .clone()
+}
+
+/// Run a command, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Compile a host: `compiler` (`cc` or `c++`) with the strict flags of its language, against
+/// `include/davi.h` and this run's `libdavi.so`, plus `extra` flags (sanitizers).
+pub fn build_host(compiler: &str, source: &Path, out: &Path, extra: &[&str]) {
+    let std_flag = if compiler == "cc" {
+        "-std=c11"
+    } else {
+        "-std=c++17"
+    };
+    let lib = soname_dir();
+    let mut cmd = Command::new(compiler);
+    cmd.args([std_flag, "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-g"])
+        .args(extra)
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(source)
+        .arg("-o")
+        .arg(out)
+        .arg(format!("-L{}", lib.display()))
+        .arg("-ldavi")
+        .arg(format!("-Wl,-rpath,{}", lib.display()));
+    run(&mut cmd);
+}

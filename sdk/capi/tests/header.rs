@@ -1,0 +1,91 @@
+//! The committed `include/davi.h` is what the pinned cbindgen generates from the sources, and
+//! its version macros are the ones of `Cargo.toml` and of the built library.
+#[path = "../gen/header.rs"]
+mod header;
+
+use std::ffi::CStr;
+
+fn committed() -> String {
+    let path = header::header_path();
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The value of `#define NAME value` in the header.
+fn define<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("#define ")?
+                .strip_prefix(name)?
+                .strip_prefix(' ')
+        })
+        .unwrap_or_else(|| panic!("include/davi.h has no #define {name}"))
+        .trim()
+}
+
+#[test]
+fn committed_header_equals_a_fresh_generation() {
+    let fresh = header::generate().expect("generate the header");
+    let old = committed();
+    if fresh != old {
+        let line = fresh
+            .lines()
+            .zip(old.lines())
+            .position(|(a, b)| a != b)
+            .map(|i| i + 1);
+        panic!(
+            "include/davi.h is stale (first difference at line {}; {} vs {} lines): run \
+             `cargo run -p davi-capi --example gen-header` and commit the result",
+            line.map_or("end".to_string(), |l| l.to_string()),
+            old.lines().count(),
+            fresh.lines().count()
+        );
+    }
+}
+
+#[test]
+fn version_macros_equal_cargo_toml_and_the_library() {
+    let text = committed();
+    assert_eq!(
+        define(&text, "DAVI_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MAJOR")
+    );
+    assert_eq!(
+        define(&text, "DAVI_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_MINOR")
+    );
+    assert_eq!(
+        define(&text, "DAVI_VERSION_PATCH"),
+        env!("CARGO_PKG_VERSION_PATCH")
+    );
+    assert_eq!(
+        define(&text, "DAVI_VERSION_STRING"),
+        format!("\"{}\"", env!("CARGO_PKG_VERSION"))
+    );
+    let abi: u32 = define(&text, "DAVI_ABI_VERSION").parse().expect("a number");
+    assert_eq!(
+        abi,
+        header::abi_version(),
+        "DAVI_ABI_VERSION vs [package.metadata.davi]"
+    );
+    // The library reports the same numbers at run time.
+    assert_eq!(davi::davi_abi_version(), abi);
+    let v = unsafe { CStr::from_ptr(davi::davi_version()) };
+    assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn every_exported_function_is_declared() {
+    let text = committed();
+    let src = std::fs::read_to_string(header::crate_dir().join("src/capi.rs")).unwrap();
+    let mut n = 0;
+    for line in src.lines() {
+        let Some(rest) = line.split("extern \"C\" fn ").nth(1) else {
+            continue;
+        };
+        let name = rest.split('(').next().unwrap();
+        let declared = text.contains(&format!(" {name}(")) || text.contains(&format!("*{name}("));
+        assert!(declared, "{name} is exported but not in include/davi.h");
+        n += 1;
+    }
+    assert!(n >= 20, "found only {n} exported functions");
+}
