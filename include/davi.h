@@ -247,7 +247,8 @@ typedef struct DaviRestoreOptions {
     uint32_t struct_size;
     /**
      * Tile edge in output pixels; the network runs on one tile at a time, so its working
-     * memory depends on the tile, not the image. 0 = 256. Must be a multiple of the model's
+     * memory depends on the tile, not the image. 0 = the model's preferred tile (its training
+     * patch size; 256 for the official models). Must be a multiple of the model's
      * down-sampling factor (4 for the shipped models).
      */
     uint32_t tile;
@@ -544,7 +545,7 @@ enum DaviStatus davi_spec_to_text(const struct DaviSpec *spec,
                                   size_t *out_len);
 
 /**
- * Fill `*options` with the defaults (256-pixel tiles, automatic overlap, the model's
+ * Fill `*options` with the defaults (the model's preferred tiles, automatic overlap, the model's
  * perturbation, seed 0, no callback) and set its `struct_size`. `options_size` is
  * `sizeof(DaviRestoreOptions)` as the caller compiled it.
  *

@@ -632,7 +632,7 @@ pub unsafe extern "C" fn davi_spec_to_text(
 // ---------------------------------------------------------------------------------------------
 // Restoring
 
-/// Fill `*options` with the defaults (256-pixel tiles, automatic overlap, the model's
+/// Fill `*options` with the defaults (the model's preferred tiles, automatic overlap, the model's
 /// perturbation, seed 0, no callback) and set its `struct_size`. `options_size` is
 /// `sizeof(DaviRestoreOptions)` as the caller compiled it.
 ///

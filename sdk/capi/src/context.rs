@@ -37,7 +37,7 @@ pub enum ModelSource<'a> {
 /// Options of one restore, decoded from `DaviRestoreOptions`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RestoreParams {
-    /// Tile edge in output pixels; `None` = 256.
+    /// Tile edge in output pixels; `None` = the model's preferred tile (`restore_tile`, else 256).
     pub tile: Option<u32>,
     /// Tile overlap; `None` = 32 (a quarter of the tile below 128).
     pub overlap: Option<u32>,
@@ -56,17 +56,17 @@ impl RestoreParams {
                 )));
             }
         }
-        let tile = self.tile.unwrap_or(256) as i64;
-        let overlap = match self.overlap {
-            Some(o) => o as i64,
-            None if tile < 128 => tile / 4,
-            None => 32,
-        };
-        Ok(RestoreOptions {
-            perturb_h: self.perturb_h,
-            seed: self.seed,
-            tiling: Some(Tiling { tile, overlap }),
-        })
+        // No tile given: the model's preferred tiling (its training patch size, else 256).
+        let tiling = self.tile.map(|t| {
+            let tile = t as i64;
+            let overlap = match self.overlap {
+                Some(o) => o as i64,
+                None if tile < 128 => tile / 4,
+                None => 32,
+            };
+            Tiling { tile, overlap }
+        });
+        Ok(RestoreOptions { perturb_h: self.perturb_h, seed: self.seed, tiling })
     }
 }
 

@@ -62,7 +62,8 @@ pub struct DaviRestoreOptions {
     /// `sizeof(DaviRestoreOptions)` as the caller compiled it.
     pub struct_size: u32,
     /// Tile edge in output pixels; the network runs on one tile at a time, so its working
-    /// memory depends on the tile, not the image. 0 = 256. Must be a multiple of the model's
+    /// memory depends on the tile, not the image. 0 = the model's preferred tile (its training
+    /// patch size; 256 for the official models). Must be a multiple of the model's
     /// down-sampling factor (4 for the shipped models).
     pub tile: u32,
     /// Pixels neighbouring tiles share and cross-fade over (seam-free blending); 0 = automatic:
