@@ -304,8 +304,24 @@ fn degrade(input: &Path, output: &Path, op: &OpArgs, seed: u64) -> Result<()> {
         (pic.color.shallow_clone(), pic.channels() == 1)
     };
     let _ = gray;
+    // Super-resolution needs a size divisible by the factor: crop the right/bottom remainder.
+    let (clean, alpha_src) = match &spec {
+        OperatorSpec::SuperResolution(s) => {
+            let f = s.factor as i64;
+            let (h, w) = (pic.height() / f * f, pic.width() / f * f);
+            if h == 0 || w == 0 {
+                bail!("the image is smaller than the super-resolution factor {f}");
+            }
+            if h != pic.height() || w != pic.width() {
+                eprintln!("note: cropped {}x{} to {w}x{h} (a multiple of the factor {f})", pic.width(), pic.height());
+            }
+            let crop = |t: &tch::Tensor| t.narrow(2, 0, h).narrow(3, 0, w);
+            (crop(&clean), pic.alpha.as_ref().map(crop))
+        }
+        _ => (clean, pic.alpha.as_ref().map(|a| a.shallow_clone())),
+    };
     let obs = pipeline::simulate_observation(&spec, &clean, seed)?;
-    let alpha = match (&pic.alpha, &spec) {
+    let alpha = match (&alpha_src, &spec) {
         (Some(a), OperatorSpec::SuperResolution(s)) => {
             let f = s.factor as i64;
             Some(a.avg_pool2d([f, f], [f, f], [0, 0], false, true, None))
