@@ -1,7 +1,5 @@
 //! End-to-end tests of the `davi` binary: real files in, real files out, exit codes.
-use davi_engine::diffusion::BetaSchedule;
-use davi_engine::unet::UNetConfig;
-use davi_engine::weights::{LoadedModel, ModelMeta, ModelRole};
+use davi_engine::weights::{LoadedModel, ModelMeta};
 use davi_sdk::OperatorSpec;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,25 +15,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn tiny_model(dir: &Path, task: &str) -> PathBuf {
-    let meta = ModelMeta {
-        role: ModelRole::Generator,
-        unet: UNetConfig {
-            image_size: 32,
-            model_channels: 32,
-            num_res_blocks: 1,
-            attention_resolutions: vec![16],
-            channel_mult: vec![1, 2],
-            num_head_channels: 16,
-            norm_groups: 8,
-            ..UNetConfig::ffhq256()
-        },
-        schedule: BetaSchedule::I2sb,
-        diffusion_steps: 1000,
-        operator: Some(OperatorSpec::for_task(task).unwrap()),
-        perturb_h: Some(0.1),
-        restore_tile: None,
-        provenance: serde_json::json!({}),
-    };
+    let meta = ModelMeta::tiny_generator(Some(OperatorSpec::for_task(task).unwrap()));
     let p = dir.join(format!("{task}.safetensors"));
     LoadedModel::random(meta, tch::Device::Cpu, 0).unwrap().save(&p).unwrap();
     p

@@ -64,6 +64,33 @@ fn thousand() -> usize {
     1000
 }
 
+impl ModelMeta {
+    /// A tiny generator (32 base channels, two levels, GroupNorm of 8 groups; about 0.3 M
+    /// parameters) on the official schedule: the one configuration tests, examples and smoke
+    /// runs across the workspace share.
+    pub fn tiny_generator(operator: Option<OperatorSpec>) -> Self {
+        ModelMeta {
+            role: ModelRole::Generator,
+            unet: UNetConfig {
+                image_size: 32,
+                model_channels: 32,
+                num_res_blocks: 1,
+                attention_resolutions: vec![16],
+                channel_mult: vec![1, 2],
+                num_head_channels: 16,
+                norm_groups: 8,
+                ..UNetConfig::ffhq256()
+            },
+            schedule: BetaSchedule::I2sb,
+            diffusion_steps: 1000,
+            operator,
+            perturb_h: Some(0.1),
+            restore_tile: None,
+            provenance: serde_json::json!({ "note": "tiny generator for tests" }),
+        }
+    }
+}
+
 /// A network rebuilt from a model file, its variables on `device`.
 pub struct LoadedModel {
     pub meta: ModelMeta,

@@ -2,9 +2,7 @@
 //! files, deterministic test pictures, PNM files, PSNR, and compiling the C/C++ hosts.
 #![allow(dead_code)]
 
-use davi_engine::diffusion::BetaSchedule;
-use davi_engine::unet::UNetConfig;
-use davi_engine::weights::{LoadedModel, ModelMeta, ModelRole};
+use davi_engine::weights::{LoadedModel, ModelMeta};
 use davi_sdk::OperatorSpec;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,25 +69,7 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 fn tiny_meta(operator: Option<OperatorSpec>) -> ModelMeta {
-    ModelMeta {
-        role: ModelRole::Generator,
-        unet: UNetConfig {
-            image_size: 32,
-            model_channels: 32,
-            num_res_blocks: 1,
-            attention_resolutions: vec![16],
-            channel_mult: vec![1, 2],
-            num_head_channels: 16,
-            norm_groups: 8,
-            ..UNetConfig::ffhq256()
-        },
-        schedule: BetaSchedule::I2sb,
-        diffusion_steps: 1000,
-        operator,
-        perturb_h: Some(0.1),
-        restore_tile: None,
-        provenance: serde_json::json!({"test": "davi-capi tiny random generator"}),
-    }
+    ModelMeta::tiny_generator(operator)
 }
 
 /// Write a tiny random generator (down-sampling factor 2) whose zero-initialised layers are
