@@ -23,7 +23,9 @@
 //!   `suggest_memory_format` recognises), channels-last activations *and* conv weights
 //!   (weights re-strided in place with `set_data`), autograd left on (what `no_grad` saves;
 //!   tch 0.24 exposes no inference-mode guard), and bf16 weights/activations (fast on CPUs
-//!   with AMX/AVX512-BF16, but not within 1e-4). Every variant reports max |Δ| against the
+//!   with AMX/AVX512-BF16, but not within 1e-4), also with channels-last. Every variant is
+//!   timed *paired* with its baseline (alternating call by call) and reports wall and
+//!   process CPU time, and max |Δ| against the
 //!   f32 reference output. The `Restorer` always feeds the network f32, so bf16 one-step
 //!   latency is measured with the same steps composed in this file (`one_step_in`, checked
 //!   bit-identical to `restore_lifted` in f32).
@@ -40,6 +42,7 @@
 //! | `DAVI_BENCH_DEVICE` | `cpu` | `cuda`/`cuda:N`: fp32 (TF32 convolutions, libtorch's cuDNN default) and bf16, batch 1 and 32 |
 //! | `DAVI_BENCH_BATCHES` | `1,32` | batch sizes of the CUDA run |
 //! | `DAVI_BENCH_MATRIX` | unset | `1`: run the CUDA matrix on the CPU (dry run of the GPU script) |
+//! | `DAVI_BENCH_MALLOPT` | unset | `MMAP_BYTES,TRIM_BYTES`: glibc `mallopt` thresholds set at start (see docs/performance.md) |
 //! | `DAVI_BENCH_SERVE` | unset | `1`: co-process for `bench_pytorch.py --tch-bin` (paired tch/PyTorch timing) |
 use davi_engine::diffusion::schedule::timesteps;
 use davi_engine::restore::{seeded_normal, RestoreOptions, Restorer};
@@ -332,7 +335,39 @@ fn one_step_in(r: &Restorer, y: &Tensor, kind: Kind) -> Tensor {
     })
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" {
+    /// glibc's `mallopt(3)` (declared here so the bench needs no `libc` dependency).
+    fn mallopt(param: i32, value: i32) -> i32;
+}
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+unsafe fn mallopt(_param: i32, _value: i32) -> i32 {
+    0 // not glibc: nothing to tune
+}
+const M_TRIM_THRESHOLD: i32 = -1;
+const M_MMAP_THRESHOLD: i32 = -3;
+
+/// `DAVI_BENCH_MALLOPT=MMAP_BYTES,TRIM_BYTES`: set glibc's malloc thresholds before anything
+/// is allocated. With the defaults, the multi-megabyte activations are mmap'd and unmapped
+/// (or trimmed) on every forward and page-faulted in again on the next one; raising both
+/// thresholds keeps that memory in the heap across calls.
+fn apply_mallopt() {
+    let Ok(v) = std::env::var("DAVI_BENCH_MALLOPT") else { return };
+    if v.trim().is_empty() {
+        return;
+    }
+    let parts: Vec<i32> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+    if parts.len() != 2 {
+        eprintln!("bench: DAVI_BENCH_MALLOPT wants MMAP_BYTES,TRIM_BYTES (got {v:?})");
+        std::process::exit(2);
+    }
+    // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
+    let (a, b) = unsafe { (mallopt(M_MMAP_THRESHOLD, parts[0]), mallopt(M_TRIM_THRESHOLD, parts[1])) };
+    println!("mallopt(M_MMAP_THRESHOLD, {}) = {a}, mallopt(M_TRIM_THRESHOLD, {}) = {b} (1 = accepted)", parts[0], parts[1]);
+}
+
 fn main() {
+    apply_mallopt();
     let device_s = std::env::var("DAVI_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
     let device = davi_engine::parse_device(&device_s).unwrap_or_else(|e| {
         eprintln!("bench: {e}");
