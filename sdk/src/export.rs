@@ -381,6 +381,31 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// How many panic boundaries the calling thread is inside (for tests of the boundary).
+#[doc(hidden)]
+pub fn boundary_depth() -> u32 {
+    DEPTH.with(|d| d.get())
+}
+
+/// Run `f` inside the panic boundary: a panic becomes `Err` with [`DaviStatus::Panic`] and
+/// "`who` panicked: <message>", and stays off the host's stderr. Shared by the plugin
+/// trampolines here and by every exported function of `libdavi` (`sdk/capi`).
+pub fn catch_panics<T>(who: &str, f: impl FnOnce() -> Result<T, DaviError>) -> Result<T, DaviError> {
+    install_panic_hook();
+    DEPTH.with(|d| d.set(d.get() + 1));
+    let outcome = catch_unwind(AssertUnwindSafe(f));
+    DEPTH.with(|d| d.set(d.get() - 1));
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => {
+            let msg = panic_message(&*payload);
+            // Dropping a payload can itself panic; never let that escape.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            Err(DaviError::new(DaviStatus::Panic, format!("{who} panicked: {msg}")))
+        }
+    }
+}
+
 /// Run `f` inside the panic boundary and turn its outcome into a status code, copying the
 /// message of a failure into `err_buf`.
 ///
@@ -391,19 +416,9 @@ pub unsafe fn boundary(
     err_len: usize,
     f: impl FnOnce() -> Result<(), DaviError>,
 ) -> DaviStatusCode {
-    install_panic_hook();
-    DEPTH.with(|d| d.set(d.get() + 1));
-    let outcome = catch_unwind(AssertUnwindSafe(f));
-    DEPTH.with(|d| d.set(d.get() - 1));
-    let err = match outcome {
-        Ok(Ok(())) => return DaviStatus::Ok.code(),
-        Ok(Err(e)) => e,
-        Err(payload) => {
-            let msg = panic_message(&*payload);
-            // Dropping a payload can itself panic; never let that escape.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            DaviError::new(DaviStatus::Panic, format!("plugin panicked: {msg}"))
-        }
+    let err = match catch_panics("plugin", f) {
+        Ok(()) => return DaviStatus::Ok.code(),
+        Err(e) => e,
     };
     write_message(err_buf, err_len, &err.message);
     err.status.code()

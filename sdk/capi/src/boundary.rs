@@ -13,58 +13,15 @@
 //! Anchor: `rustls/rustls-ffi: librustls/src/panic.rs` (`ffi_panic_boundary!`) and
 //! `librustls/src/ffi.rs` (`try_ref_from_ptr!`).
 
-use davi_sdk::{DaviError, DaviStatus};
-use std::cell::Cell;
+use davi_sdk::DaviError;
+#[cfg(test)]
+use davi_sdk::DaviStatus;
 use std::ffi::{c_char, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Once;
 
-thread_local! {
-    /// How many boundaries this thread is inside.
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
-}
-
-static HOOK: Once = Once::new();
-
-fn install_panic_hook() {
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if DEPTH.with(|d| d.get()) == 0 {
-                previous(info);
-            }
-        }));
-    });
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
-}
-
-/// Run `f`; a panic becomes `Err` with [`DaviStatus::Panic`] and the panic's message.
+/// Run `f`; a panic becomes `Err` with [`DaviStatus::Panic`] and the panic's message (the
+/// SDK's boundary, shared with the plugin trampolines).
 pub fn guard<T>(f: impl FnOnce() -> Result<T, DaviError>) -> Result<T, DaviError> {
-    install_panic_hook();
-    DEPTH.with(|d| d.set(d.get() + 1));
-    let outcome = catch_unwind(AssertUnwindSafe(f));
-    DEPTH.with(|d| d.set(d.get() - 1));
-    match outcome {
-        Ok(result) => result,
-        Err(payload) => {
-            let msg = panic_message(&*payload);
-            // Dropping a payload can panic too; never let that escape.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            Err(DaviError::new(
-                DaviStatus::Panic,
-                format!("libdavi panicked: {msg}"),
-            ))
-        }
-    }
+    davi_sdk::export::catch_panics("libdavi", f)
 }
 
 /// [`guard`] for functions that return a value instead of a status: a panic yields `fallback`.
@@ -146,7 +103,7 @@ mod tests {
         assert_eq!(guard_value(3, || -> i32 { panic!("x") }), 3);
         assert_eq!(guard(|| Ok(5)).unwrap(), 5);
         // The depth counter is balanced after a panic.
-        assert_eq!(DEPTH.with(|d| d.get()), 0);
+        assert_eq!(davi_sdk::export::boundary_depth(), 0);
     }
 
     #[test]
