@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every test of the project, on a fresh machine: set-up (idempotent), then the Rust test
-# suite of the whole workspace (unit, integration, C/C++ host and golden tests).
+# suite of the whole workspace (unit, integration, C/C++/GIMP/Python/ffmpeg host and golden
+# tests). scripts/setup-hosts.sh installs gimp, libgimp2.0-dev and ffmpeg from Debian.
 # Heavier checks are opt-in: `cargo test -- --ignored` (see docs/testing.md).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 ./scripts/setup.sh
+./scripts/setup-hosts.sh
 ./scripts/fetch-photos.sh
 cargo test --workspace --locked "$@"

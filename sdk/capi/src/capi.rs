@@ -652,7 +652,7 @@ pub unsafe extern "C" fn davi_restore_options_init(
         }
         options.write(DaviRestoreOptions {
             struct_size: RESTORE_OPTIONS_V1 as u32,
-            tile: 256,
+            tile: 0,
             overlap: 0,
             reserved: 0,
             perturb_h: f64::NAN,

@@ -14,15 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-fn c_host() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = scratch("c-host").join("restore");
-        build_host("cc", &root().join("host-example/c/restore.c"), &out, &[]);
-        out
-    })
-}
-
 fn cpp_host() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -35,76 +26,6 @@ fn cpp_host() -> &'static Path {
         );
         out
     })
-}
-
-/// The default denoising model; a missing one fails the test.
-fn default_denoise_model() -> PathBuf {
-    let model = root().join("models/photo-denoise.safetensors");
-    assert!(
-        model.is_file(),
-        "{} is missing: the default denoising model is trained by the project (preset \
-         photo-denoise, docs/models.md) and committed; this test needs it and does not skip",
-        model.display()
-    );
-    model
-}
-
-/// A crop of a held-out photograph (never trained on) as 8-bit RGB.
-fn photo(width: usize, height: usize) -> Pnm {
-    let path = root().join("data/photos/heldout/chelsea.png");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-photos.sh",
-        path.display()
-    );
-    let rgb = image::open(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
-    let (x0, y0) = (
-        (rgb.width() as usize - width) / 2,
-        (rgb.height() as usize - height) / 2,
-    );
-    let mut data = Vec::with_capacity(width * height * 3);
-    for y in 0..height {
-        for x in 0..width {
-            data.extend_from_slice(&rgb.get_pixel((x0 + x) as u32, (y0 + y) as u32).0);
-        }
-    }
-    Pnm {
-        width,
-        height,
-        channels: 3,
-        data,
-    }
-}
-
-/// Degrade `clean` with the operator the model was trained for, as the engine simulates it,
-/// quantised to 8 bits.
-fn degrade(clean: &Pnm, model: &Path, seed: u64) -> Pnm {
-    use tch::{Device, Kind, Tensor};
-    let meta = davi_engine::weights::model_file::read_meta(model).unwrap();
-    let spec = meta.operator.expect("the default model names its operator");
-    assert_eq!(spec.kind_name(), "denoising");
-    let (w, h) = (clean.width as i64, clean.height as i64);
-    let x = Tensor::from_slice(&clean.data)
-        .to_kind(Kind::Float)
-        .view([h, w, 3])
-        .permute([2, 0, 1])
-        .unsqueeze(0)
-        / 255.0;
-    let y = davi_engine::pipeline::simulate_observation(&spec, &x.to_device(Device::Cpu), seed)
-        .unwrap();
-    let y = (y.clamp(0.0, 1.0) * 255.0)
-        .round()
-        .to_kind(Kind::Uint8)
-        .squeeze_dim(0)
-        .permute([1, 2, 0])
-        .contiguous();
-    let data = Vec::<u8>::try_from(&y.view([-1])).unwrap();
-    Pnm {
-        data,
-        ..clean.clone()
-    }
 }
 
 /// Restore a noisy crop of a real photo with a host and check it beats the noisy input.

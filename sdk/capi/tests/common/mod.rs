@@ -246,3 +246,90 @@ pub fn build_host(compiler: &str, source: &Path, out: &Path, extra: &[&str]) {
         .arg(format!("-Wl,-rpath,{}", lib.display()));
     run(&mut cmd);
 }
+
+/// The C host of `host-example/c/restore.c`, built once per test binary.
+pub fn c_host() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = scratch("c-host").join("restore");
+        build_host("cc", &root().join("host-example/c/restore.c"), &out, &[]);
+        out
+    })
+}
+
+/// The default denoising model; a missing one fails the test.
+pub fn default_denoise_model() -> PathBuf {
+    default_model("denoise")
+}
+
+/// The default model of `task` (`models/photo-<task>.safetensors`); a missing one fails the test.
+pub fn default_model(task: &str) -> PathBuf {
+    let model = root().join(format!("models/photo-{task}.safetensors"));
+    assert!(
+        model.is_file(),
+        "{} is missing: the default {task} model is trained by the project (preset \
+         photo-{task}, docs/models.md) and committed; this test needs it and does not skip",
+        model.display()
+    );
+    model
+}
+
+/// A crop of a held-out photograph (never trained on) as 8-bit RGB.
+pub fn photo(width: usize, height: usize) -> Pnm {
+    let path = root().join("data/photos/heldout/chelsea.png");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-photos.sh",
+        path.display()
+    );
+    let rgb = image::open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    let (x0, y0) = (
+        (rgb.width() as usize - width) / 2,
+        (rgb.height() as usize - height) / 2,
+    );
+    let mut data = Vec::with_capacity(width * height * 3);
+    for y in 0..height {
+        for x in 0..width {
+            data.extend_from_slice(&rgb.get_pixel((x0 + x) as u32, (y0 + y) as u32).0);
+        }
+    }
+    Pnm {
+        width,
+        height,
+        channels: 3,
+        data,
+    }
+}
+
+/// Degrade `clean` with the operator the model was trained for, as the engine simulates it,
+/// quantised to 8 bits (smaller for super-resolution, one channel for colorization).
+pub fn degrade(clean: &Pnm, model: &Path, seed: u64) -> Pnm {
+    use tch::{Device, Kind, Tensor};
+    let meta = davi_engine::weights::model_file::read_meta(model).unwrap();
+    let spec = meta.operator.expect("the default model names its operator");
+    let (w, h) = (clean.width as i64, clean.height as i64);
+    let x = Tensor::from_slice(&clean.data)
+        .to_kind(Kind::Float)
+        .view([h, w, 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0)
+        / 255.0;
+    let y = davi_engine::pipeline::simulate_observation(&spec, &x.to_device(Device::Cpu), seed)
+        .unwrap();
+    let (_, c, yh, yw) = y.size4().unwrap();
+    let y = (y.clamp(0.0, 1.0) * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .squeeze_dim(0)
+        .permute([1, 2, 0])
+        .contiguous();
+    Pnm {
+        width: yw as usize,
+        height: yh as usize,
+        channels: c as usize,
+        data: Vec::<u8>::try_from(&y.view([-1])).unwrap(),
+    }
+}
+
