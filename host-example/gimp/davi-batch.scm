@@ -21,15 +21,15 @@
 ; result (a new one for "sr4").
 (define (davi-run-task task img l seed)
   (cond
-    ((equal? task "deblur") (plug-in-davi-deblur RUN-NONINTERACTIVE img l -1 seed 0 -1) img)
-    ((equal? task "denoise") (plug-in-davi-denoise RUN-NONINTERACTIVE img l -1 seed 0) img)
-    ((equal? task "colorize") (plug-in-davi-colorize RUN-NONINTERACTIVE img l -1 seed 0) img)
-    ((equal? task "sr4") (car (plug-in-davi-sr4 RUN-NONINTERACTIVE img l -1 seed 0 TRUE)))
+    ((equal? task "deblur") (plug-in-davi-deblur RUN-NONINTERACTIVE img l seed -1 0) img)
+    ((equal? task "denoise") (plug-in-davi-denoise RUN-NONINTERACTIVE img l seed -1 0) img)
+    ((equal? task "colorize") (plug-in-davi-colorize RUN-NONINTERACTIVE img l seed -1 0) img)
+    ((equal? task "sr4") (car (plug-in-davi-sr4 RUN-NONINTERACTIVE img l seed -1 0 TRUE)))
     ((equal? task "inpaint")
       (let ((w (car (gimp-image-width img))) (h (car (gimp-image-height img))))
         (gimp-image-select-rectangle img CHANNEL-OP-REPLACE
           (quotient w 4) (quotient h 4) (quotient w 2) (quotient h 2))
-        (plug-in-davi-inpaint RUN-NONINTERACTIVE img l -1 seed 0)
+        (plug-in-davi-inpaint RUN-NONINTERACTIVE img l seed -1 0)
         (gimp-selection-none img)
         img))
     (else (error (string-append "davi-batch: unknown task " task)))))

@@ -9,13 +9,14 @@
  *   plug-in-davi-sr4       (4x super-resolution into a new image, or scales the image in place)
  *
  * Common parameters after run-mode, image, drawable:
- *   noise-level  FLOAT  noise standard deviation of the input in 8-bit levels (0-255 scale);
- *                       negative = the level the model was trained for
  *   seed         INT32  seed of DAVI's bridge perturbation (equal seeds give equal pixels)
+ *   variation    FLOAT  DAVI's perturbation h: 0 = one deterministic result, larger values
+ *                       draw different plausible results per seed; negative = the model's
  *   tile         INT32  tile edge in pixels; 0 = the model's own tile
- * plug-in-davi-deblur adds  blur-sigma FLOAT (pixels; negative = the model's blur);
- * plug-in-davi-sr4 adds     new-image INT32 (TRUE: open the result as a new image and return
- *                           it; FALSE: scale the image 4x and restore the layer in place).
+ * plug-in-davi-sr4 adds  new-image INT32 (TRUE: open the result as a new image and return
+ *                        it; FALSE: scale the image 4x and restore the layer in place).
+ * Each model undoes the degradation it was trained for (docs/models.md: blur width, noise
+ * level); its one network evaluation takes no strength setting.
  *
  * The drawable is read and written through GEGL in its own precision's family: 8-bit and
  * 16-bit integer images as u8 / u16 samples, every other precision as float, always in the
@@ -37,14 +38,13 @@
 #include <libgimp/gimp.h>
 #include <libgimp/gimpui.h>
 
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #define PLUG_IN_BINARY "davi-gimp"
 #define MENU_PATH "<Image>/Filters/Enhance/DAVI Restore"
 
-typedef enum { EXTRA_NONE, EXTRA_BLUR, EXTRA_NEW_IMAGE } Extra;
+typedef enum { EXTRA_NONE, EXTRA_NEW_IMAGE } Extra;
 
 typedef struct {
     const char *proc;   /* PDB name */
@@ -56,7 +56,7 @@ typedef struct {
 
 static const Task TASKS[] = {
     {"plug-in-davi-deblur", "deblur", "_Deblur…",
-     "Remove Gaussian blur with a one-step DAVI generator", EXTRA_BLUR},
+     "Remove Gaussian blur with a one-step DAVI generator", EXTRA_NONE},
     {"plug-in-davi-denoise", "denoise", "De_noise…",
      "Remove Gaussian noise with a one-step DAVI generator", EXTRA_NONE},
     {"plug-in-davi-sr4", "sr4", "_Super-resolution 4×…",
@@ -70,14 +70,13 @@ static const Task TASKS[] = {
 
 /* Values kept between runs (gimp_set_data), one block per procedure. */
 typedef struct {
-    gdouble noise_level;  /* < 0: the model's */
     gint32 seed;
+    gdouble variation;  /* perturbation h; < 0: the model's */
     gint32 tile;
-    gdouble blur_sigma;   /* < 0: the model's */
     gint32 new_image;
 } Values;
 
-static const Values DEFAULTS = {-1.0, 0, 0, -1.0, TRUE};
+static const Values DEFAULTS = {0, -1.0, 0, TRUE};
 
 static void query(void);
 static void run(const gchar *name, gint nparams, const GimpParam *param, gint *nreturn_vals,
@@ -100,13 +99,12 @@ static void query(void)
         {GIMP_PDB_INT32, "run-mode", "The run mode { RUN-INTERACTIVE (0), RUN-NONINTERACTIVE (1) }"},
         {GIMP_PDB_IMAGE, "image", "Input image"},
         {GIMP_PDB_DRAWABLE, "drawable", "Input drawable"},
-        {GIMP_PDB_FLOAT, "noise-level",
-         "Noise standard deviation of the input in 8-bit levels (0-255); negative = the model's"},
         {GIMP_PDB_INT32, "seed", "Seed of the bridge perturbation noise"},
+        {GIMP_PDB_FLOAT, "variation",
+         "DAVI's perturbation h: 0 = deterministic, larger = more varied results; negative = "
+         "the model's"},
         {GIMP_PDB_INT32, "tile", "Tile edge in pixels; 0 = the model's tile"},
     };
-    static const GimpParamDef blur = {GIMP_PDB_FLOAT, "blur-sigma",
-                                      "Blur standard deviation in pixels; negative = the model's"};
     static const GimpParamDef new_image = {
         GIMP_PDB_INT32, "new-image",
         "TRUE: open the 4x result as a new image; FALSE: scale the image 4x in place"};
@@ -120,7 +118,6 @@ static void query(void)
         GimpParamDef params[8];
         gint n = n_common;
         memcpy(params, common, sizeof common);
-        if (t->extra == EXTRA_BLUR) params[n++] = blur;
         if (t->extra == EXTRA_NEW_IMAGE) params[n++] = new_image;
         gchar *help = g_strdup_printf(
             "%s. One network evaluation of a DAVI generator (libdavi %s), run in overlapping "
@@ -169,12 +166,10 @@ static gboolean dialog(const Task *t, Values *v)
     gtk_container_set_border_width(GTK_CONTAINER(table), 12);
     gtk_box_pack_start(GTK_BOX(gtk_dialog_get_content_area(GTK_DIALOG(dlg))), table, TRUE, TRUE, 0);
     int row = 0;
-    GtkWidget *noise = spin_row(table, row++, "_Noise level (-1 = model's):", -1, 255, 1, 1,
-                                v->noise_level);
     GtkWidget *seed = spin_row(table, row++, "_Seed:", 0, G_MAXINT32, 1, 0, v->seed);
-    GtkWidget *blur = NULL, *toggle = NULL;
-    if (t->extra == EXTRA_BLUR)
-        blur = spin_row(table, row++, "_Blur sigma (-1 = model's):", -1, 100, 0.1, 2, v->blur_sigma);
+    GtkWidget *variation = spin_row(table, row++, "_Variation (-1 = model's):", -1, 1, 0.01, 2,
+                                    v->variation);
+    GtkWidget *toggle = NULL;
     if (t->extra == EXTRA_NEW_IMAGE) {
         toggle = gtk_check_button_new_with_mnemonic("Open the result as a new _image");
         gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(toggle), v->new_image);
@@ -184,9 +179,8 @@ static gboolean dialog(const Task *t, Values *v)
     gtk_widget_show_all(dlg);
     gboolean ok = gimp_dialog_run(GIMP_DIALOG(dlg)) == GTK_RESPONSE_OK;
     if (ok) {
-        v->noise_level = gtk_spin_button_get_value(GTK_SPIN_BUTTON(noise));
         v->seed = gtk_spin_button_get_value_as_int(GTK_SPIN_BUTTON(seed));
-        if (blur) v->blur_sigma = gtk_spin_button_get_value(GTK_SPIN_BUTTON(blur));
+        v->variation = gtk_spin_button_get_value(GTK_SPIN_BUTTON(variation));
         if (toggle) v->new_image = gtk_toggle_button_get_active(GTK_TOGGLE_BUTTON(toggle));
     }
     gtk_widget_destroy(dlg);
@@ -319,15 +313,6 @@ static gboolean restore(const Task *t, const Values *v, gint32 image, gint32 dra
     DaviSpec *spec = NULL;
     gboolean ok = TRUE;
     if ((s = davi_context_spec(ctx, &spec)) != DAVI_STATUS_OK) ok = fail("model operator", s, ctx);
-    if (ok && v->noise_level >= 0 &&
-        (s = davi_spec_set_noise_sigma(spec, v->noise_level / 255.0 * 2.0)) != DAVI_STATUS_OK)
-        ok = fail("noise level", s, NULL);
-    if (ok && t->extra == EXTRA_BLUR && v->blur_sigma > 0) {
-        uint32_t taps = 2u * (uint32_t)ceil(3.0 * v->blur_sigma) + 1u;
-        if ((s = davi_spec_set_blur(spec, v->blur_sigma, taps, DAVI_BLUR_MODE_ZERO_PADDED)) !=
-            DAVI_STATUS_OK)
-            ok = fail("blur sigma", s, NULL);
-    }
     if (ok && is_inpaint &&
         (s = davi_spec_add_box(spec, (uint32_t)sel_y, (uint32_t)sel_x, (uint32_t)sel_h,
                                (uint32_t)sel_w)) != DAVI_STATUS_OK)
@@ -356,6 +341,7 @@ static gboolean restore(const Task *t, const Values *v, gint32 image, gint32 dra
         davi_restore_options_init(&ro, sizeof ro);
         ro.seed = (uint64_t)(uint32_t)v->seed;
         ro.tile = (uint32_t)(v->tile > 0 ? v->tile : 0);
+        if (v->variation >= 0) ro.perturb_h = v->variation;
         ro.progress = on_progress;
         DaviImage din = describe(&f, w, h, in), dout = describe(&f, ow, oh, out);
         gimp_progress_init_printf("DAVI %s", t->task);
@@ -444,10 +430,9 @@ static void run(const gchar *name, gint nparams, const GimpParam *param, gint *n
             values[0].data.d_status = GIMP_PDB_CALLING_ERROR;
             return;
         }
-        v.noise_level = param[3].data.d_float;
-        v.seed = param[4].data.d_int32;
+        v.seed = param[3].data.d_int32;
+        v.variation = param[4].data.d_float;
         v.tile = param[5].data.d_int32;
-        if (t->extra == EXTRA_BLUR) v.blur_sigma = param[6].data.d_float;
         if (t->extra == EXTRA_NEW_IMAGE) v.new_image = param[6].data.d_int32 != 0;
         break;
     }

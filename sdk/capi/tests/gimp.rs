@@ -122,7 +122,7 @@ fn gimp_denoises_a_photo_like_the_library_at_8_bit_16_bit_and_float_precision() 
             "(let* ((img (car (gimp-file-load RUN-NONINTERACTIVE {i} {i}))) \
                     (l (car (gimp-image-get-active-drawable img)))) \
                (gimp-image-convert-precision img {precision}) \
-               (plug-in-davi-denoise RUN-NONINTERACTIVE img l -1 0 0) \
+               (plug-in-davi-denoise RUN-NONINTERACTIVE img l 0 -1 0) \
                (gimp-image-convert-precision img PRECISION-U8-GAMMA) \
                (gimp-file-save RUN-NONINTERACTIVE img l {out} {out}) \
                (gimp-image-delete img))",
@@ -191,10 +191,10 @@ fn gimp_reports_failures_as_pdb_execution_errors_with_the_message() {
             i = scm_str(&input)
         )
     };
-    // Inpainting with nothing selected, and a noise level the library refuses.
+    // Inpainting with nothing selected, and a tile size the library refuses (its message).
     let batch = vec![
-        call("(plug-in-davi-inpaint RUN-NONINTERACTIVE img l -1 0 0)"),
-        call("(plug-in-davi-denoise RUN-NONINTERACTIVE img l 1000 0 0)"),
+        call("(plug-in-davi-inpaint RUN-NONINTERACTIVE img l 0 -1 0)"),
+        call("(plug-in-davi-denoise RUN-NONINTERACTIVE img l 0 -1 7)"),
     ];
     let log = gimp(&dir, &batch);
     assert_eq!(
@@ -203,5 +203,8 @@ fn gimp_reports_failures_as_pdb_execution_errors_with_the_message() {
         "{log}"
     );
     assert!(log.contains("select the region to fill first"), "{log}");
-    assert!(log.contains("DAVI Restore: noise level: "), "{log}");
+    assert!(
+        log.contains("DAVI Restore: restore: an argument is out of range: tile 7 must be"),
+        "{log}"
+    );
 }

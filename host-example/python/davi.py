@@ -1,0 +1,497 @@
+"""libdavi from Python: one-step diffusion-prior image restoration, with no dependencies.
+
+A thin ctypes layer over libdavi's C API (include/davi.h). Pixels go in and come out as
+interleaved samples, top row first::
+
+    import davi
+    out = davi.restore(pixels, width, height, task="denoise")          # bytes in, bytes out
+    big = davi.restore(small, 64, 48, task="sr4")                       # 256 x 192 result
+    filled = davi.restore(pixels, w, h, task="inpaint", box=(top, left, height, width))
+
+    with davi.Context(task="deblur", device="cuda") as ctx:             # load once, reuse
+        for frame in frames:
+            sharp = ctx.restore(frame, w, h, seed=1, progress=print)
+
+``pixels`` is ``bytes``/``bytearray`` (8-bit samples), any buffer such as ``array.array('H')``
+(16-bit) or ``array.array('f')`` (float in [0, 1]), or a NumPy array of shape (H, W) or
+(H, W, C) with dtype uint8, uint16 or float32. Channels (1 gray, 2 gray+alpha, 3 RGB,
+4 RGBA) follow from the buffer's length. The result has the input's sample type and
+channels (RGB for colorization of a gray input) and its type: ``bytes``, ``array.array``, or
+a NumPy array. Alpha is carried through, never restored.
+
+Keyword parameters of ``restore`` (all optional):
+    task        "deblur", "sr4", "inpaint", "denoise" or "colorize": the installed default model
+    model       path of a model file instead (its trained operator is used)
+    device      "auto" (default), "cpu", "cuda", "cuda:N"
+    threads     CPU threads for libtorch (0 = its default)
+    seed        seed of the bridge perturbation noise (equal seeds give equal pixels)
+    perturb_h   DAVI's perturbation h (None = the model's; 0 = deterministic)
+    tile, overlap   tile edge and blend width in pixels (0 = the model's / automatic)
+    box         (top, left, height, width) to fill, for inpainting, or a list of boxes
+    spec        a full operator spec as TOML/JSON text, instead of the model's operator
+                (e.g. a super-resolution method; the generator itself is trained for one
+                degradation and takes no strength setting: docs/models.md)
+    progress    callable(fraction) called between tiles; returning False cancels
+
+Failures raise ``DaviError`` (``.status`` is the libdavi status name) with libdavi's own
+message. The library is found through $DAVI_LIBRARY, then ``libdavi.so.0`` beside this file,
+then the build folders of the source checkout this file lives in, then the system's loader
+path. Run ``python3 davi.py IN.pnm OUT.pnm --task denoise`` to restore a PNM file.
+"""
+
+import array
+import ctypes
+import ctypes.util
+import os
+import sys
+
+__all__ = ["restore", "Context", "DaviError", "version", "library_path"]
+
+# --- the C API (ABI 1) ---------------------------------------------------------------------
+
+_STATUS = [
+    "OK", "NULL_ARGUMENT", "INVALID_ARGUMENT", "INVALID_SPEC", "UNSUPPORTED_OPERATOR",
+    "UNSUPPORTED_FORMAT", "MODEL_ERROR", "DEVICE_ERROR", "CANCELLED", "OUT_OF_MEMORY",
+    "ABI_MISMATCH", "PANIC", "INTERNAL", "NOT_FOUND",
+]
+_ABI_VERSION = 1  # DAVI_ABI_VERSION of the header these declarations mirror
+_U8, _U16, _F32 = 0, 1, 2
+_LAYOUTS = {1: 0, 2: 1, 3: 2, 4: 3}  # channels -> DaviChannelLayout
+_SAMPLE_BYTES = {_U8: 1, _U16: 2, _F32: 4}
+
+_ProgressFn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_float)
+
+
+class _ContextOptions(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("threads", ctypes.c_uint32),
+        ("model_path", ctypes.c_char_p),
+        ("model_bytes", ctypes.c_void_p),
+        ("model_len", ctypes.c_size_t),
+        ("task", ctypes.c_char_p),
+        ("device", ctypes.c_char_p),
+    ]
+
+
+class _RestoreOptions(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("tile", ctypes.c_uint32),
+        ("overlap", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("perturb_h", ctypes.c_double),
+        ("seed", ctypes.c_uint64),
+        ("progress", _ProgressFn),
+        ("user_data", ctypes.c_void_p),
+    ]
+
+
+class _Image(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("width", ctypes.c_uint32),
+        ("height", ctypes.c_uint32),
+        ("sample_type", ctypes.c_uint32),
+        ("layout", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("row_stride", ctypes.c_ssize_t),
+        ("data", ctypes.c_void_p),
+    ]
+
+
+class DaviError(Exception):
+    """A libdavi call failed. ``status`` is the status name (e.g. "INVALID_SPEC")."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def _candidates():
+    env = os.environ.get("DAVI_LIBRARY")
+    if env:
+        yield env
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    yield os.path.join(here, "libdavi.so.0")
+    checkout = os.path.normpath(os.path.join(here, "..", ".."))
+    for profile in ("release", "debug"):
+        yield os.path.join(checkout, "target", profile, "libdavi.so")
+    found = ctypes.util.find_library("davi")
+    if found:
+        yield found
+
+
+_lib = None
+_lib_path = None
+
+
+def _library():
+    global _lib, _lib_path
+    if _lib is not None:
+        return _lib
+    tried = []
+    for path in _candidates():
+        if os.sep in path and not os.path.exists(path):
+            tried.append(path)
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            tried.append("%s (%s)" % (path, e))
+            continue
+        _declare(lib)
+        if lib.davi_abi_version() < _ABI_VERSION:
+            raise DaviError("ABI_MISMATCH", "%s implements C ABI %d; this module needs %d"
+                            % (path, lib.davi_abi_version(), _ABI_VERSION))
+        _lib, _lib_path = lib, path
+        return lib
+    raise DaviError("NOT_FOUND", "libdavi not found; set DAVI_LIBRARY to libdavi.so (tried: %s)"
+                    % ", ".join(tried or ["nothing"]))
+
+
+def _declare(lib):
+    P, U32, SZ = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_size_t
+    sigs = {
+        "davi_version": (ctypes.c_char_p, []),
+        "davi_abi_version": (U32, []),
+        "davi_status_string": (ctypes.c_char_p, [ctypes.c_int32]),
+        "davi_context_options_init": (ctypes.c_int, [P, SZ]),
+        "davi_context_new": (ctypes.c_int, [P, P, ctypes.c_char_p, SZ]),
+        "davi_context_free": (None, [P]),
+        "davi_context_last_error": (ctypes.c_int, [P, ctypes.c_char_p, SZ, P]),
+        "davi_context_spec": (ctypes.c_int, [P, P]),
+        "davi_spec_new_task": (ctypes.c_int, [ctypes.c_char_p, P]),
+        "davi_spec_parse": (ctypes.c_int, [ctypes.c_char_p, P, ctypes.c_char_p, SZ]),
+        "davi_spec_free": (None, [P]),
+        "davi_spec_kind": (ctypes.c_char_p, [P]),
+        "davi_spec_add_box": (ctypes.c_int, [P, U32, U32, U32, U32]),
+        "davi_spec_to_text": (ctypes.c_int, [P, ctypes.c_char_p, SZ, P]),
+        "davi_restore_options_init": (ctypes.c_int, [P, SZ]),
+        "davi_output_size": (ctypes.c_int, [P, U32, U32, P, P]),
+        "davi_restore": (ctypes.c_int, [P, P, P, P, P]),
+    }
+    for name, (res, args) in sigs.items():
+        f = getattr(lib, name)
+        f.restype, f.argtypes = res, args
+
+
+def version():
+    """The libdavi library version, "MAJOR.MINOR.PATCH"."""
+    return _library().davi_version().decode()
+
+
+def library_path():
+    """The path libdavi was loaded from."""
+    _library()
+    return _lib_path
+
+
+def _status_name(code):
+    return _STATUS[code] if 0 <= code < len(_STATUS) else "UNKNOWN(%d)" % code
+
+
+def _check(code, what, detail=None):
+    if code != 0:
+        text = _library().davi_status_string(code).decode()
+        msg = "%s: %s" % (what, text) + (": %s" % detail if detail else "")
+        raise DaviError(_status_name(code), msg)
+
+
+# --- pixels ---------------------------------------------------------------------------------
+
+_TYPECODES = {"B": _U8, "b": _U8, "c": _U8, "H": _U16, "f": _F32}
+_NUMPY_KINDS = {"uint8": _U8, "uint16": _U16, "float32": _F32}
+
+
+def _as_buffer(pixels):
+    """(writable-or-readonly memoryview of bytes, sample type, numpy-like or None)."""
+    if hasattr(pixels, "__array_interface__") and hasattr(pixels, "dtype"):
+        dtype = str(pixels.dtype)
+        if dtype not in _NUMPY_KINDS:
+            raise DaviError("UNSUPPORTED_FORMAT",
+                            "arrays must be uint8, uint16 or float32, not %s" % dtype)
+        if not pixels.flags["C_CONTIGUOUS"]:
+            pixels = pixels.copy(order="C")
+        return memoryview(pixels).cast("B"), _NUMPY_KINDS[dtype], pixels
+    mv = memoryview(pixels)
+    fmt = mv.format.lstrip("@=<")
+    if fmt not in _TYPECODES:
+        raise DaviError("UNSUPPORTED_FORMAT",
+                        "buffers of format %r are not supported (use bytes, array('H') or "
+                        "array('f'))" % mv.format)
+    return mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv, _TYPECODES[fmt], None
+
+
+def _image(mv_or_buf, width, height, sample, channels, writable_buf=None):
+    img = _Image()
+    img.struct_size = ctypes.sizeof(_Image)
+    img.width, img.height = width, height
+    img.sample_type, img.layout, img.flags = sample, _LAYOUTS[channels], 0
+    img.row_stride = width * channels * _SAMPLE_BYTES[sample]
+    buf = writable_buf
+    if buf is None:
+        # ctypes needs an address: copy read-only input into a ctypes buffer (one memcpy).
+        buf = (ctypes.c_char * len(mv_or_buf)).from_buffer_copy(mv_or_buf)
+    img.data = ctypes.cast(buf, ctypes.c_void_p)
+    return img, buf
+
+
+# --- contexts -------------------------------------------------------------------------------
+
+
+class Context:
+    """A loaded model on a device. Make one, restore many times; not for concurrent use."""
+
+    def __init__(self, task=None, model=None, device="auto", threads=0):
+        if (task is None) == (model is None):
+            raise ValueError("give exactly one of task= or model=")
+        lib = _library()
+        opts = _ContextOptions()
+        _check(lib.davi_context_options_init(ctypes.byref(opts), ctypes.sizeof(opts)),
+               "context options")
+        opts.threads = int(threads)
+        opts.task = task.encode() if task else None
+        opts.model_path = os.fsencode(model) if model else None
+        opts.device = device.encode() if device else None
+        err = ctypes.create_string_buffer(1024)
+        handle = ctypes.c_void_p()
+        code = lib.davi_context_new(ctypes.byref(opts), ctypes.byref(handle), err, len(err))
+        _check(code, "loading the %s" % ("model " + str(model) if model else task + " model"),
+               err.value.decode(errors="replace"))
+        self._handle = handle
+        self.task = task
+        self.model = model
+
+    def close(self):
+        if getattr(self, "_handle", None):
+            _library().davi_context_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _last_error(self):
+        buf = ctypes.create_string_buffer(2048)
+        _library().davi_context_last_error(self._handle, buf, len(buf), None)
+        return buf.value.decode(errors="replace")
+
+    def spec_text(self):
+        """The operator the model was trained for, as TOML text."""
+        spec = self._model_spec()
+        try:
+            return _spec_to_text(spec)
+        finally:
+            _library().davi_spec_free(spec)
+
+    def _model_spec(self):
+        lib = _library()
+        spec = ctypes.c_void_p()
+        code = lib.davi_context_spec(self._handle, ctypes.byref(spec))
+        if code == _STATUS.index("NOT_FOUND") and self.task:
+            code = lib.davi_spec_new_task(self.task.encode(), ctypes.byref(spec))
+        _check(code, "the model's operator", self._last_error())
+        return spec
+
+    def _make_spec(self, spec_text, box):
+        lib = _library()
+        if spec_text is not None:
+            spec = ctypes.c_void_p()
+            err = ctypes.create_string_buffer(1024)
+            _check(lib.davi_spec_parse(spec_text.encode(), ctypes.byref(spec), err, len(err)),
+                   "operator spec", err.value.decode(errors="replace"))
+        else:
+            spec = self._model_spec()
+        try:
+            if box is not None:
+                boxes = [box] if len(box) == 4 and all(isinstance(v, int) for v in box) else box
+                for b in boxes:
+                    _check(lib.davi_spec_add_box(spec, *[int(v) for v in b]), "box %r" % (b,))
+        except BaseException:
+            lib.davi_spec_free(spec)
+            raise
+        return spec
+
+    def restore(self, pixels, width, height, **params):
+        """Restore interleaved ``pixels`` (width x height); see the module's documentation."""
+        return self.restore_sized(pixels, width, height, **params)[0]
+
+    def restore_sized(self, pixels, width, height, seed=0, perturb_h=None, tile=0, overlap=0,
+                      box=None, spec=None, progress=None):
+        """Like ``restore``, returning ``(pixels, width, height, channels)`` of the result."""
+        if not self._handle:
+            raise DaviError("INVALID_ARGUMENT", "the context is closed")
+        lib = _library()
+        width, height = int(width), int(height)
+        if width <= 0 or height <= 0:
+            raise DaviError("INVALID_ARGUMENT", "width and height must be positive")
+        mv, sample, arr = _as_buffer(pixels)
+        per_pixel = width * height * _SAMPLE_BYTES[sample]
+        if len(mv) == 0 or len(mv) % per_pixel or len(mv) // per_pixel not in _LAYOUTS:
+            raise DaviError("INVALID_ARGUMENT",
+                            "%d bytes are not %dx%d pixels of 1-4 %d-byte samples"
+                            % (len(mv), width, height, _SAMPLE_BYTES[sample]))
+        channels = len(mv) // per_pixel
+        cspec = self._make_spec(spec, box)
+        try:
+            ow, oh = ctypes.c_uint32(), ctypes.c_uint32()
+            _check(lib.davi_output_size(cspec, width, height, ctypes.byref(ow), ctypes.byref(oh)),
+                   "output size", self._last_error())
+            kind = lib.davi_spec_kind(cspec).decode()
+            out_channels = channels
+            if kind == "colorization" and channels < 3:
+                out_channels = channels + 2  # gray -> RGB, gray+alpha -> RGBA
+            src, _keep = _image(mv, width, height, sample, channels)
+            out_buf = ctypes.create_string_buffer(
+                ow.value * oh.value * out_channels * _SAMPLE_BYTES[sample])
+            dst, _ = _image(None, ow.value, oh.value, sample, out_channels, out_buf)
+
+            opts = _RestoreOptions()
+            _check(lib.davi_restore_options_init(ctypes.byref(opts), ctypes.sizeof(opts)),
+                   "restore options")
+            opts.seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+            opts.tile, opts.overlap = int(tile), int(overlap)
+            if perturb_h is not None:
+                opts.perturb_h = float(perturb_h)
+            failure = []
+            if progress is not None:
+                def on_progress(_user, fraction):
+                    try:
+                        return 1 if progress(float(fraction)) is False else 0
+                    except BaseException as e:  # never unwind through libdavi
+                        failure.append(e)
+                        return 1
+                opts.progress = _ProgressFn(on_progress)
+            code = lib.davi_restore(self._handle, ctypes.byref(src), ctypes.byref(dst), cspec,
+                                    ctypes.byref(opts))
+            if failure:
+                raise failure[0]
+            _check(code, "restore", self._last_error())
+        finally:
+            lib.davi_spec_free(cspec)
+        raw, size = out_buf.raw, (ow.value, oh.value, out_channels)
+        if arr is not None:
+            shape = (oh.value, ow.value) if out_channels == 1 and arr.ndim == 2 else \
+                (oh.value, ow.value, out_channels)
+            # The array's own module (NumPy) builds the result; this module never imports it.
+            np = sys.modules[type(arr).__module__.split(".")[0]]
+            return (np.frombuffer(bytearray(raw), dtype=arr.dtype).reshape(shape),) + size
+        if sample == _U8:
+            return (raw,) + size
+        out = array.array("H" if sample == _U16 else "f")
+        out.frombytes(raw)
+        return (out,) + size
+
+
+def _spec_to_text(spec):
+    lib = _library()
+    need = ctypes.c_size_t()
+    lib.davi_spec_to_text(spec, None, 0, ctypes.byref(need))
+    buf = ctypes.create_string_buffer(need.value + 1)
+    _check(lib.davi_spec_to_text(spec, buf, len(buf), None), "spec text")
+    return buf.value.decode()
+
+
+_contexts = {}
+
+
+def restore(pixels, width, height, task=None, model=None, device="auto", threads=0, **params):
+    """Restore ``pixels`` with the default model of ``task`` (or the model file ``model``).
+
+    Contexts are cached per (task, model, device, threads), so repeated calls load the model
+    once. Returns the restored pixels in the input's type; see the module documentation.
+    """
+    if task is None and model is None:
+        raise ValueError("give task= (deblur, sr4, inpaint, denoise, colorize) or model=")
+    key = (task, model, device, threads)
+    ctx = _contexts.get(key)
+    if ctx is None:
+        ctx = _contexts[key] = Context(task=None if model else task, model=model,
+                                       device=device, threads=threads)
+    return ctx.restore(pixels, width, height, **params)
+
+
+# --- command line: PNM in, PNM out ---------------------------------------------------------
+
+
+def _read_pnm(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    fields, i = [], 0
+    while len(fields) < 4:
+        while data[i:i + 1].isspace():
+            i += 1
+        if data[i:i + 1] == b"#":
+            i = data.index(b"\n", i)
+            continue
+        j = i
+        while not data[j:j + 1].isspace():
+            j += 1
+        fields.append(data[i:j])
+        i = j
+    magic, w, h, maxval = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+    if magic not in (b"P5", b"P6") or maxval not in (255, 65535):
+        raise DaviError("UNSUPPORTED_FORMAT", "%s: only binary P5/P6 PNM, 8 or 16 bits" % path)
+    channels = 1 if magic == b"P5" else 3
+    raw = data[i + 1:]
+    if maxval == 255:
+        return raw[:w * h * channels], w, h, channels
+    samples = array.array("H")
+    samples.frombytes(raw[:w * h * channels * 2])
+    if sys.byteorder == "little":
+        samples.byteswap()  # PNM stores 16-bit samples big-endian
+    return samples, w, h, channels
+
+
+def _write_pnm(path, pixels, w, h, channels):
+    if isinstance(pixels, array.array):
+        pixels = array.array("H", pixels)
+        if sys.byteorder == "little":
+            pixels.byteswap()
+        body, maxval = pixels.tobytes(), 65535
+    else:
+        body, maxval = bytes(pixels), 255
+    header = b"%s\n%d %d\n%d\n" % (b"P5" if channels == 1 else b"P6", w, h, maxval)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(header + body)
+    os.replace(tmp, path)  # never leave a half-written output
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(description="Restore a PNM picture with libdavi.")
+    p.add_argument("input")
+    p.add_argument("output")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--task")
+    g.add_argument("--model")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile", type=int, default=0)
+    p.add_argument("--perturb-h", type=float)
+    a = p.parse_args(argv)
+    try:
+        pixels, w, h, channels = _read_pnm(a.input)
+        with Context(task=a.task, model=a.model, device=a.device) as ctx:
+            out, ow, oh, out_channels = ctx.restore_sized(
+                pixels, w, h, seed=a.seed, tile=a.tile, perturb_h=a.perturb_h)
+        _write_pnm(a.output, out, ow, oh, out_channels)
+    except (DaviError, OSError) as e:
+        print("davi.py: %s" % e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Tests of davi.py against the real libdavi and the shipped default models.
+
+Run: DAVI_LIBRARY=target/debug/libdavi.so python3 -m unittest -v test_davi
+(the Rust test sdk/capi/tests/python.rs runs it with the library of its own build). NumPy
+tests run where NumPy is importable (the project's .venv has it) and are skipped otherwise.
+"""
+
+import array
+import unittest
+
+import davi
+
+
+def picture(width, height, channels, seed=0):
+    """A deterministic smooth-plus-texture 8-bit picture."""
+    out = bytearray()
+    for y in range(height):
+        for x in range(width):
+            for c in range(channels):
+                v = 40 + 150 * x / width + 30 * ((y * 7 + c * 13 + seed) % 11) / 11
+                out.append(min(255, int(v)))
+    return bytes(out)
+
+
+class RestoreTests(unittest.TestCase):
+    W, H = 40, 32
+
+    def test_bytes_in_bytes_out_deterministic_for_a_seed(self):
+        px = picture(self.W, self.H, 3)
+        a = davi.restore(px, self.W, self.H, task="denoise", seed=3)
+        b = davi.restore(px, self.W, self.H, task="denoise", seed=3)
+        self.assertIsInstance(a, bytes)
+        self.assertEqual(len(a), len(px))
+        self.assertEqual(a, b)
+        self.assertNotEqual(a, px)
+
+    def test_sixteen_bit_and_float_follow_the_eight_bit_result(self):
+        px = picture(self.W, self.H, 3)
+        ref = davi.restore(px, self.W, self.H, task="denoise", perturb_h=0)
+        u16 = davi.restore(array.array("H", [v * 257 for v in px]), self.W, self.H,
+                           task="denoise", perturb_h=0)
+        f32 = davi.restore(array.array("f", [v / 255 for v in px]), self.W, self.H,
+                           task="denoise", perturb_h=0)
+        self.assertEqual((u16.typecode, f32.typecode), ("H", "f"))
+        self.assertLessEqual(max(abs(a / 257 - b) for a, b in zip(u16, ref)), 1.0)
+        self.assertLessEqual(max(abs(a * 255 - b) for a, b in zip(f32, ref)), 1.0)
+
+    def test_alpha_is_carried_through(self):
+        px = bytearray(picture(self.W, self.H, 4))
+        for i in range(3, len(px), 4):
+            px[i] = (i * 37) % 256
+        out = davi.restore(bytes(px), self.W, self.H, task="deblur")
+        self.assertEqual(out[3::4], bytes(px[3::4]))
+
+    def test_super_resolution_is_four_times_larger(self):
+        with davi.Context(task="sr4") as ctx:
+            out, w, h, c = ctx.restore_sized(picture(12, 8, 3), 12, 8)
+            self.assertIn("super_resolution", ctx.spec_text())
+        self.assertEqual((w, h, c, len(out)), (48, 32, 3, 48 * 32 * 3))
+
+    def test_colorization_turns_gray_into_rgb(self):
+        with davi.Context(task="colorize") as ctx:
+            out, w, h, c = ctx.restore_sized(picture(self.W, self.H, 1), self.W, self.H)
+        self.assertEqual((w, h, c), (self.W, self.H, 3))
+
+    def test_inpainting_takes_a_box_and_refuses_one_outside_the_picture(self):
+        px = picture(self.W, self.H, 3)
+        out = davi.restore(px, self.W, self.H, task="inpaint", box=(8, 8, 12, 16))
+        self.assertEqual(len(out), len(px))
+        with self.assertRaises(davi.DaviError) as e:
+            davi.restore(px, self.W, self.H, task="inpaint", box=(30, 30, 12, 16))
+        self.assertEqual(e.exception.status, "INVALID_SPEC")
+
+    def test_seed_and_perturbation_reach_the_restore(self):
+        px = picture(self.W, self.H, 3)
+        a = davi.restore(px, self.W, self.H, task="denoise", perturb_h=0.3, seed=1)
+        b = davi.restore(px, self.W, self.H, task="denoise", perturb_h=0.3, seed=2)
+        c = davi.restore(px, self.W, self.H, task="denoise", perturb_h=0, seed=2)
+        self.assertNotEqual(a, b)
+        self.assertNotEqual(b, c)
+        with self.assertRaises(davi.DaviError) as e:
+            davi.restore(px, self.W, self.H, task="denoise", perturb_h=-1)
+        self.assertEqual(e.exception.status, "INVALID_ARGUMENT")
+        self.assertIn("perturb", str(e.exception))
+
+    def test_progress_is_reported_and_can_cancel(self):
+        px = picture(self.W, self.H, 3)
+        seen = []
+        davi.restore(px, self.W, self.H, task="denoise", tile=16, progress=seen.append)
+        self.assertGreater(len(seen), 2)
+        self.assertEqual(seen, sorted(seen))
+        self.assertEqual(seen[-1], 1.0)
+        with self.assertRaises(davi.DaviError) as e:
+            davi.restore(px, self.W, self.H, task="denoise", tile=16, progress=lambda f: False)
+        self.assertEqual(e.exception.status, "CANCELLED")
+
+        def boom(_fraction):
+            raise KeyError("from the callback")
+        with self.assertRaises(KeyError):
+            davi.restore(px, self.W, self.H, task="denoise", tile=16, progress=boom)
+
+    def test_bad_input_raises_clear_errors(self):
+        with self.assertRaises(davi.DaviError) as e:
+            davi.restore(b"\x00" * 7, 4, 4, task="denoise")
+        self.assertEqual(e.exception.status, "INVALID_ARGUMENT")
+        self.assertIn("not 4x4 pixels", str(e.exception))
+        with self.assertRaises(davi.DaviError) as e:
+            davi.Context(task="sharpen")
+        self.assertIn("sharpen", str(e.exception))
+        with self.assertRaises(davi.DaviError) as e:
+            davi.Context(model="/nonexistent/model.safetensors")
+        self.assertEqual(e.exception.status, "NOT_FOUND")
+        with self.assertRaises(davi.DaviError) as e:
+            davi.restore(array.array("d", [0.5] * 48), 4, 4, task="denoise")
+        self.assertEqual(e.exception.status, "UNSUPPORTED_FORMAT")
+        with self.assertRaises(ValueError):
+            davi.restore(b"", 1, 1)
+
+    def test_version_and_library(self):
+        self.assertRegex(davi.version(), r"^\d+\.\d+\.\d+$")
+        self.assertTrue(davi.library_path())
+
+
+try:
+    import numpy
+except ImportError:  # the module itself never needs NumPy
+    numpy = None
+
+
+@unittest.skipIf(numpy is None, "NumPy is not installed")
+class NumpyTests(unittest.TestCase):
+    def test_arrays_in_arrays_out(self):
+        px = numpy.frombuffer(picture(40, 32, 3), dtype=numpy.uint8).reshape(32, 40, 3)
+        out = davi.restore(px, 40, 32, task="denoise", perturb_h=0)
+        self.assertEqual((out.shape, out.dtype), ((32, 40, 3), numpy.uint8))
+        ref = davi.restore(px.tobytes(), 40, 32, task="denoise", perturb_h=0)
+        self.assertEqual(out.tobytes(), ref)
+        gray = numpy.ascontiguousarray(px[:, :, 0].astype(numpy.float32) / 255)
+        big = davi.restore(gray[:8, :12].copy(), 12, 8, task="sr4")
+        self.assertEqual((big.shape, big.dtype), ((32, 48), numpy.float32))
+        with self.assertRaises(davi.DaviError):
+            davi.restore(px.astype(numpy.float64), 40, 32, task="denoise")
+
+
+if __name__ == "__main__":
+    unittest.main()
