@@ -196,7 +196,8 @@ struct OpArgs {
     /// Operator spec file (TOML or JSON), see docs/specs/.
     #[arg(long)]
     op: Option<PathBuf>,
-    /// Override the measurement noise sigma (in [-1, 1] units).
+    /// Override the measurement noise sigma (in [-1, 1] units): the noise `degrade` and `eval`
+    /// simulate. A DAVI generator is trained for one noise level and does not read it.
     #[arg(long)]
     noise_sigma: Option<f64>,
 }

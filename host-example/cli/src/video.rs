@@ -106,10 +106,20 @@ impl VideoJob<'_> {
         let mut buf = vec![0u8; frame_bytes];
         let start = std::time::Instant::now();
         let mut done = 0usize;
-        loop {
+        // A truncated frame ends the stream with an error, after the whole frames before it
+        // are restored and written: an encoder downstream keeps every complete frame.
+        let mut failure = None;
+        while failure.is_none() {
             let mut frames = Vec::with_capacity(self.batch);
-            while frames.len() < self.batch && read_frame(input, &mut buf, done + frames.len())? {
-                frames.push(decode(&buf, self.fmt, self.width, self.height));
+            while frames.len() < self.batch {
+                match read_frame(input, &mut buf, done + frames.len()) {
+                    Ok(true) => frames.push(decode(&buf, self.fmt, self.width, self.height)),
+                    Ok(false) => break,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
             }
             if frames.is_empty() {
                 break;
@@ -132,7 +142,10 @@ impl VideoJob<'_> {
                 eprintln!("{{\"frame\":{done},\"fps\":{fps:.3}}}");
             }
         }
-        Ok(done)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 }
 
