@@ -196,7 +196,7 @@ mod tests {
         let mut e = Ema { update_after_step: 0, ..Default::default() };
         e.update(&a, &b); // n = 0 -> hard copy
         assert_eq!(a.variables()["w"].double_value(&[0]), 1.0);
-        tch::no_grad(|| wb.shallow_clone().fill_(3.0));
+        let _ = tch::no_grad(|| wb.shallow_clone().fill_(3.0));
         for _ in 0..5 {
             e.update(&a, &b);
         }
