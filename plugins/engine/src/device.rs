@@ -33,6 +33,23 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+/// Parse the device list of a training run: one device as [`parse_device`] takes it,
+/// `cuda:all` for every usable CUDA device, or a comma-separated list (`cuda:0,cuda:1`).
+/// Several devices train data-parallel (`train::davi`); the first one holds the weights the
+/// optimisers update. A device named twice gets two replicas (how the CPU tests exercise the
+/// data-parallel path).
+pub fn parse_devices(s: &str) -> Result<Vec<Device>> {
+    let s = s.trim().to_ascii_lowercase();
+    if s == "cuda:all" {
+        let n = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
+        if n == 0 {
+            return Err(EngineError::Device("cuda:all asks for every CUDA device, and none is usable here".into()));
+        }
+        return Ok((0..n).map(Device::Cuda).collect());
+    }
+    s.split(',').map(parse_device).collect()
+}
+
 /// The canonical name of a device (`cpu`, `cuda:0`).
 pub fn device_name(d: Device) -> String {
     match d {
@@ -53,6 +70,10 @@ mod tests {
         assert!(parse_device("cuda:x").is_err());
         if !tch::Cuda::is_available() {
             assert!(parse_device("cuda:0").is_err());
+            assert!(parse_devices("cuda:all").is_err());
         }
+        assert_eq!(parse_devices("cpu, cpu").unwrap(), vec![Device::Cpu, Device::Cpu]);
+        assert_eq!(parse_devices("cpu").unwrap(), vec![Device::Cpu]);
+        assert!(parse_devices("cpu,gpu").is_err());
     }
 }

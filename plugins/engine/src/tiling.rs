@@ -88,7 +88,7 @@ pub fn map_tiles(
     let places: Vec<(usize, usize)> = (0..ys.len()).flat_map(|iy| (0..xs.len()).map(move |ix| (iy, ix))).collect();
     let per_call = ((BATCH_PIXELS / (th * tw * b).max(1)) as usize).clamp(1, total);
     let mut acc: Option<Tensor> = None;
-    let mut wsum = Tensor::zeros([1, 1, h, w], (Kind::Float, x.device()));
+    let wsum = Tensor::zeros([1, 1, h, w], (Kind::Float, x.device()));
     let mut done = 0;
     for group in places.chunks(per_call) {
         if !progress(done, total) {

@@ -42,6 +42,13 @@ fn davi_cfg(dir: &Path, steps: u64, out: &str, teacher: &Path) -> TrainConfig {
     TrainConfig::preset("tiny-davi", &set).unwrap()
 }
 
+/// libtorch's CPU generator is global to the process and these tests compare runs draw for
+/// draw: they take turns.
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn quiet() -> RunOptions {
     RunOptions { quiet: true, ..Default::default() }
 }
@@ -57,6 +64,7 @@ fn log_losses(dir: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn prior_then_davi_train_resume_and_export() {
+    let _turn = exclusive();
     let dir = workdir("full");
     // prior: finite losses, exported model
     let r = runner::run(&prior_cfg(&dir, 4), &quiet()).unwrap();
@@ -112,6 +120,7 @@ fn prior_then_davi_train_resume_and_export() {
 
 #[test]
 fn fake_score_loss_falls_on_a_fixed_batch() {
+    let _turn = exclusive();
     use davi_engine::train::losses::hybrid_loss;
     use davi_engine::train::optim::{AdamW, AdamWConfig};
     use tch::{nn, Device, Kind, Tensor};
@@ -133,4 +142,67 @@ fn fake_score_loss_falls_on_a_fixed_batch() {
     }
     let last = tch::no_grad(|| loss(&net).double_value(&[]));
     assert!(last < 0.7 * first, "loss {first} -> {last}");
+}
+
+/// The exported EMA weights of two runs differ by at most `tol`.
+fn max_weight_diff(a: &Path, b: &Path) -> f64 {
+    let (ga, gb) = (model_file::load(a, tch::Device::Cpu).unwrap(), model_file::load(b, tch::Device::Cpu).unwrap());
+    let va = ga.vs.variables();
+    gb.vs.variables().iter().map(|(k, v)| (v - &va[k]).abs().max().double_value(&[])).fold(0.0, f64::max)
+}
+
+#[test]
+fn data_parallel_replicas_train_like_one_device_with_micro_batches() {
+    let _turn = exclusive();
+    // Two replicas (here both on the CPU, as two GPUs would be) split each batch in two
+    // micro-batches, one each, in parallel threads, and sum their gradients; one device with
+    // the same two micro-batches accumulates them. Same draws, same updates.
+    let dir = workdir("dp");
+    let mut single = prior_cfg(&dir, 3);
+    single.prior.as_mut().unwrap().micro_batch = Some(1);
+    single.run.out_dir = dir.join("prior-1");
+    let mut dp = prior_cfg(&dir, 3);
+    dp.run.device = "cpu,cpu".into();
+    dp.run.out_dir = dir.join("prior-2");
+    runner::run(&single, &quiet()).unwrap();
+    runner::run(&dp, &quiet()).unwrap();
+    let (a, b) = (log_losses(&dir.join("prior-1")), log_losses(&dir.join("prior-2")));
+    for (x, y) in a.iter().zip(&b) {
+        let (x, y) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "prior loss {x} vs {y}");
+    }
+    let d = max_weight_diff(&dir.join("prior-1/model.safetensors"), &dir.join("prior-2/model.safetensors"));
+    assert!(d < 1e-5, "prior weights differ by {d}");
+
+    let teacher = dir.join("prior-1/model.safetensors");
+    let mut single = davi_cfg(&dir, 3, "davi-1", &teacher);
+    single.davi.as_mut().unwrap().micro_batch = Some(1);
+    let mut dp = davi_cfg(&dir, 3, "davi-2", &teacher);
+    dp.run.device = "cpu,cpu".into();
+    runner::run(&single, &quiet()).unwrap();
+    let r = runner::run(&dp, &quiet()).unwrap();
+    assert!(r.finished);
+    let (a, b) = (log_losses(&dir.join("davi-1")), log_losses(&dir.join("davi-2")));
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        for k in ["fake_score", "disc", "ikl", "con", "gt", "loss_g"] {
+            let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-3), "step {} {k}: {x} vs {y}", b.len());
+        }
+    }
+    let d = max_weight_diff(&dir.join("davi-1/model.safetensors"), &dir.join("davi-2/model.safetensors"));
+    assert!(d < 1e-4, "generator weights differ by {d}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn mixed_precision_needs_cuda_and_says_so() {
+    let _turn = exclusive();
+    let dir = workdir("amp");
+    let mut cfg = prior_cfg(&dir, 1);
+    cfg.run.precision = davi_engine::train::amp::Precision::Fp16;
+    cfg.run.device = "cpu".into();
+    let e = runner::run(&cfg, &quiet()).err().expect("fp16 on a CPU must be refused").to_string();
+    assert!(e.contains("fp16") && e.contains("CUDA"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -46,6 +46,9 @@ pub struct RunConfig {
     /// Torch intra-op threads (0 = libtorch's default).
     #[serde(default)]
     pub threads: i32,
+    /// `fp32`, or `fp16`: CUDA autocast with dynamic loss scaling (`train::amp`).
+    #[serde(default)]
+    pub precision: super::amp::Precision,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -15,6 +15,7 @@
 use super::data::beta31;
 use super::discriminator::Discriminator;
 use super::losses::hybrid_loss;
+use super::amp::{GradScaler, Precision};
 use super::optim::{AdamW, AdamWConfig, Ema};
 use super::Terms;
 use crate::diffusion::schedule::gather;
@@ -28,29 +29,99 @@ use crate::weights::{model_file, LoadedModel};
 use davi_sdk::OperatorSpec;
 use tch::{nn, Device, Kind, Tensor};
 
-pub struct DaviTrainer {
-    pub cfg: DaviConfig,
-    pub diffusion: Diffusion,
-    pub bridge: Bridge,
+/// The networks one device trains with: the frozen teacher, and copies of the fake score,
+/// the generator and the discriminator. `DaviTrainer::nets[0]` holds the weights the
+/// optimisers update; further replicas (data parallel over several devices) receive the
+/// summed gradients' update by a copy after every optimiser step.
+pub struct Replica {
+    pub device: Device,
     pub teacher: LoadedModel,
     pub fake_vs: nn::VarStore,
     pub fake: UNetModel,
     pub gen_vs: nn::VarStore,
     pub gen: UNetModel,
+    pub disc_vs: nn::VarStore,
+    pub disc: Discriminator,
+    pub op: Box<dyn Operator>,
+}
+
+/// What every replica reads and nobody changes during a step.
+struct Shared<'a> {
+    cfg: &'a DaviConfig,
+    diffusion: &'a Diffusion,
+    bridge: &'a Bridge,
+    observed: f64,
+    /// Run forward passes under CUDA autocast.
+    autocast: bool,
+    /// Loss scale (1 without mixed precision) divided by the number of micro-batches.
+    loss_factor: f64,
+}
+
+/// One micro-batch of a phase and all the random draws it needs, made in a fixed order on the
+/// primary device before any network runs (so results do not depend on how the chunks are
+/// spread over devices or threads).
+struct Chunk {
+    x: Tensor,
+    y_img: Tensor,
+    y: Tensor,
+    t_bridge: Tensor,
+    z: Tensor,
+    t: Tensor,
+    eps: Tensor,
+}
+
+impl Chunk {
+    fn to(&self, device: Device) -> Chunk {
+        Chunk {
+            x: self.x.to_device(device),
+            y_img: self.y_img.to_device(device),
+            y: self.y.to_device(device),
+            t_bridge: self.t_bridge.to_device(device),
+            z: self.z.to_device(device),
+            t: self.t.to_device(device),
+            eps: self.eps.to_device(device),
+        }
+    }
+}
+
+pub struct DaviTrainer {
+    pub cfg: DaviConfig,
+    pub diffusion: Diffusion,
+    pub bridge: Bridge,
+    /// One replica per training device; `nets[0]` is the primary.
+    pub nets: Vec<Replica>,
     pub ema_vs: nn::VarStore,
     pub ema_net: UNetModel,
     pub ema: Ema,
-    pub disc_vs: nn::VarStore,
-    pub disc: Discriminator,
     pub opt_g: AdamW,
     pub opt_s: AdamW,
     pub opt_d: AdamW,
-    pub op: Box<dyn Operator>,
+    /// Dynamic loss scaling, with `Precision::Fp16`.
+    pub scaler: Option<GradScaler>,
+    autocast: bool,
     /// Number of observed values per image (inpainting's `A x` length), for L_gt.
     observed: f64,
     /// Training image side: evaluation tiles at this size, as restoration does.
     size: i64,
     device: Device,
+}
+
+/// The networks an optimiser step can update.
+#[derive(Clone, Copy)]
+enum Which {
+    Fake,
+    Disc,
+    Gen,
+}
+
+impl Which {
+    fn vs(self, r: &Replica) -> &nn::VarStore {
+        match self {
+            Which::Fake => &r.fake_vs,
+            Which::Disc => &r.disc_vs,
+            Which::Gen => &r.gen_vs,
+        }
+    }
 }
 
 /// `t_bridge = trunc(1000·u − 0.5)` with `u ~ Beta(3, 1)` (quirk Q26), per sample.
@@ -75,15 +146,13 @@ pub fn adaptive_weight(l_gt: &Tensor, l_g: &Tensor, w: &Tensor) -> f64 {
     (n1 / (n2 + 1e-4)).clamp(0.0, 1e4).clamp(0.01, 10.0)
 }
 
-impl DaviTrainer {
-    /// Build from a teacher model file: fake score and generator start as copies of it.
-    pub fn new(cfg: &DaviConfig, size: i64, device: Device) -> Result<Self> {
+impl Replica {
+    fn new(cfg: &DaviConfig, size: i64, device: Device) -> Result<Self> {
         let teacher = model_file::load(&cfg.teacher, device)?;
         let unet = teacher.meta.unet.clone();
         if unet.out_channels != 2 * unet.in_channels {
             return Err(EngineError::model(&cfg.teacher, "the teacher must predict ε and a learned variance (out_channels = 2 × in_channels)"));
         }
-        let diffusion = Diffusion::new(teacher.meta.schedule, teacher.meta.diffusion_steps);
         let mk = || -> Result<(nn::VarStore, UNetModel)> {
             let mut vs = nn::VarStore::new(device);
             let net = UNetModel::new(&vs.root(), &unet)?;
@@ -92,142 +161,319 @@ impl DaviTrainer {
         };
         let (fake_vs, fake) = mk()?;
         let (gen_vs, gen) = mk()?;
-        let (mut ema_vs, ema_net) = mk()?;
-        ema_vs.freeze();
         let disc_vs = nn::VarStore::new(device);
         let disc = Discriminator::new(&disc_vs.root(), unet.in_channels, 64, 3);
-        let adam = |lr| AdamWConfig { lr, ..Default::default() };
         let op = operators::build(&cfg.operator, unet.in_channels, size, size, device)?;
-        let observed = tch::no_grad(|| op.forward(&Tensor::ones([1, unet.in_channels, size, size], (Kind::Float, device))).ne(0.0).sum(Kind::Float).double_value(&[]));
+        Ok(Replica { device, teacher, fake_vs, fake, gen_vs, gen, disc_vs, disc, op })
+    }
+
+    /// Make this replica's trainable weights equal to `primary`'s.
+    fn copy_from(&mut self, primary: &Replica) -> Result<()> {
+        self.fake_vs.copy(&primary.fake_vs)?;
+        self.gen_vs.copy(&primary.gen_vs)?;
+        self.disc_vs.copy(&primary.disc_vs)?;
+        Ok(())
+    }
+
+    fn sample_generator(&self, sh: &Shared, net: &UNetModel, c: &Chunk) -> Tensor {
+        let x_q = sh.bridge.perturbed_interpolation(&c.t_bridge, &c.x, &c.y_img, sh.cfg.perturb_h, &c.z);
+        let ch = c.x.size()[1];
+        let eps = net.forward(&x_q, &c.t_bridge).narrow(1, 0, ch);
+        sh.bridge.generator_output(&c.t_bridge, &x_q, &eps)
+    }
+
+    /// Phase A on one micro-batch: the fake score's hybrid loss on generator samples and the
+    /// discriminator's hinge loss; gradients accumulate in this replica.
+    fn phase_a(&self, sh: &Shared, c: &Chunk) -> Vec<(&'static str, f64)> {
+        let mut out = Vec::new();
+        let (l_s, l_d) = tch::autocast(sh.autocast, || {
+            let x_hat = tch::no_grad(|| self.sample_generator(sh, &self.gen, c)).to_kind(Kind::Float);
+            let h = hybrid_loss(sh.diffusion, &self.fake, &x_hat, &c.t, &c.eps);
+            let l_d = sh.cfg.gan.then(|| self.disc.hinge_loss(&c.x, &x_hat));
+            (h.loss.mean(Kind::Float), l_d)
+        });
+        (&l_s * sh.loss_factor).backward();
+        out.push(("fake_score", l_s.double_value(&[])));
+        if let Some(l_d) = l_d {
+            (&l_d * sh.loss_factor).backward();
+            out.push(("disc", l_d.double_value(&[])));
+        }
+        out
+    }
+
+    /// Phase B on one micro-batch: the generator's loss; gradients accumulate here.
+    fn phase_b(&self, sh: &Shared, c: &Chunk) -> Vec<(&'static str, f64)> {
+        let mut out = Vec::new();
+        let n = c.x.size()[0];
+        let (loss, l_kl, l_con, l_gt, gan) = tch::autocast(sh.autocast, || {
+            let x_hat = self.sample_generator(sh, &self.gen, c).to_kind(Kind::Float);
+            let ch = c.x.size()[1];
+            let (d_t, d_s) = tch::no_grad(|| {
+                let x_t = sh.diffusion.q_sample(&x_hat.detach(), &c.t, &c.eps);
+                let e_t = self.teacher.net.forward(&x_t, &c.t).narrow(1, 0, ch).to_kind(Kind::Float);
+                let e_s = self.fake.forward(&x_t, &c.t).narrow(1, 0, ch).to_kind(Kind::Float);
+                (sh.diffusion.pred_xstart_from_eps(&x_t, &c.t, &e_t), sh.diffusion.pred_xstart_from_eps(&x_t, &c.t, &e_s))
+            });
+            let snr = gather(&sh.diffusion.snr, &c.t, &x_hat);
+            let l_kl = ikl_surrogate(&snr, &d_s, &d_t, &x_hat);
+            let ax = self.op.forward(&x_hat);
+            let l_con = (&c.y - ax).square().mean(Kind::Float);
+            let l_gt = if matches!(sh.cfg.operator, OperatorSpec::Inpainting(_)) {
+                let diff = self.op.forward(&c.x) - self.op.forward(&x_hat);
+                (&c.x - &x_hat).square().mean(Kind::Float) * 0.1 + diff.square().sum(Kind::Float) / (sh.observed * n as f64)
+            } else {
+                (&c.x - &x_hat).square().mean(Kind::Float)
+            };
+            let mut loss = &l_kl + &l_con * sh.cfg.weight_con + &l_gt * sh.cfg.reg_coeff;
+            let mut gan = None;
+            if sh.cfg.gan {
+                let l_g = self.disc.generator_loss(&c.x, &x_hat);
+                let w = adaptive_weight(&l_gt, &l_g, self.gen.last_layer_weight());
+                loss = loss + &l_g * w;
+                gan = Some((l_g.double_value(&[]), w));
+            }
+            (loss, l_kl, l_con, l_gt, gan)
+        });
+        (&loss * sh.loss_factor).backward();
+        if let Some((l_g, w)) = gan {
+            out.push(("gan_g", l_g));
+            out.push(("w_adv", w));
+        }
+        out.push(("ikl", l_kl.double_value(&[])));
+        out.push(("con", l_con.double_value(&[])));
+        out.push(("gt", l_gt.double_value(&[])));
+        out.push(("loss_g", loss.double_value(&[])));
+        out
+    }
+}
+
+/// Add every replica's gradients of `which` network into the primary's. Chunk 0 always runs
+/// on the primary and reaches every variable of the network it trains, so the primary's
+/// gradients are defined wherever a replica's are.
+fn reduce_grads(nets: &[Replica], which: Which) {
+    let Some((primary, others)) = nets.split_first() else { return };
+    if others.is_empty() {
+        return;
+    }
+    let dst = which.vs(primary).variables();
+    for r in others {
+        for (name, v) in which.vs(r).variables() {
+            let (g, mut pg) = (v.grad(), dst[&name].grad());
+            if g.defined() && pg.defined() {
+                pg += g.to_device(primary.device);
+            }
+        }
+    }
+}
+
+fn zero_grads(vs: &nn::VarStore) {
+    for (_, v) in vs.variables() {
+        let mut g = v.grad();
+        if g.defined() {
+            let _ = g.detach_().zero_();
+        }
+    }
+}
+
+impl DaviTrainer {
+    /// Build from a teacher model file: fake score and generator start as copies of it.
+    pub fn new(cfg: &DaviConfig, size: i64, device: Device) -> Result<Self> {
+        Self::with_devices(cfg, size, &[device], Precision::Fp32)
+    }
+
+    /// Train on `devices` (data parallel when there are several; the first holds the
+    /// optimised weights) at `precision`. `Fp16` needs every device to be CUDA.
+    pub fn with_devices(cfg: &DaviConfig, size: i64, devices: &[Device], precision: Precision) -> Result<Self> {
+        Self::build(cfg, size, devices, precision == Precision::Fp16, (precision == Precision::Fp16).then(GradScaler::default))
+    }
+
+    fn build(cfg: &DaviConfig, size: i64, devices: &[Device], autocast: bool, scaler: Option<GradScaler>) -> Result<Self> {
+        let device = *devices.first().ok_or_else(|| EngineError::InvalidInput("no training device".into()))?;
+        if autocast && devices.iter().any(|d| !d.is_cuda()) {
+            return Err(EngineError::Device("precision = \"fp16\" (CUDA autocast with loss scaling) needs CUDA devices; train with fp32 on a CPU".into()));
+        }
+        let mut nets = vec![Replica::new(cfg, size, device)?];
+        for &d in &devices[1..] {
+            let mut r = Replica::new(cfg, size, d)?;
+            r.copy_from(&nets[0])?;
+            nets.push(r);
+        }
+        let p = &nets[0];
+        let unet = p.teacher.meta.unet.clone();
+        let diffusion = Diffusion::new(p.teacher.meta.schedule, p.teacher.meta.diffusion_steps);
+        let mut ema_vs = nn::VarStore::new(device);
+        let ema_net = UNetModel::new(&ema_vs.root(), &unet)?;
+        ema_vs.copy(&p.teacher.vs)?;
+        ema_vs.freeze();
+        let adam = |lr| AdamWConfig { lr, ..Default::default() };
+        let observed = tch::no_grad(|| p.op.forward(&Tensor::ones([1, unet.in_channels, size, size], (Kind::Float, device))).ne(0.0).sum(Kind::Float).double_value(&[]));
         Ok(DaviTrainer {
-            opt_g: AdamW::new(&gen_vs, adam(cfg.lr)),
-            opt_s: AdamW::new(&fake_vs, adam(cfg.s_lr)),
-            opt_d: AdamW::new(&disc_vs, adam(cfg.disc_lr)),
+            opt_g: AdamW::new(&p.gen_vs, adam(cfg.lr)),
+            opt_s: AdamW::new(&p.fake_vs, adam(cfg.s_lr)),
+            opt_d: AdamW::new(&p.disc_vs, adam(cfg.disc_lr)),
             cfg: cfg.clone(),
             bridge: Bridge::new(&diffusion),
             diffusion,
-            teacher,
-            fake_vs,
-            fake,
-            gen_vs,
-            gen,
+            nets,
             ema_vs,
             ema_net,
             ema: Ema::default(),
-            disc_vs,
-            disc,
-            op,
+            scaler,
+            autocast,
             observed,
             size,
             device,
         })
     }
 
-    fn is_inpainting(&self) -> bool {
-        matches!(self.cfg.operator, OperatorSpec::Inpainting(_))
+    /// The primary replica (the weights that are optimised, saved and exported).
+    pub fn primary(&self) -> &Replica {
+        &self.nets[0]
+    }
+
+    /// Copy the primary's weights to the other replicas (after loading a checkpoint).
+    pub fn sync_replicas(&mut self) -> Result<()> {
+        let (primary, others) = self.nets.split_first_mut().expect("one replica at least");
+        for r in others {
+            r.copy_from(primary)?;
+        }
+        Ok(())
     }
 
     /// Simulate the noisy measurement of a clean batch (fresh noise every step).
     pub fn measure(&self, x: &Tensor) -> Tensor {
-        tch::no_grad(|| operators::measure(self.op.as_ref(), x, self.cfg.operator.noise_sigma()))
+        tch::no_grad(|| operators::measure(self.nets[0].op.as_ref(), x, self.cfg.operator.noise_sigma()))
     }
 
-    fn sample_generator(&self, net: &UNetModel, x: &Tensor, y_img: &Tensor, rng: &mut SplitMix64) -> Tensor {
-        let steps = self.diffusion.num_steps() as i64;
-        let t_b = bridge_timesteps(rng, x.size()[0], steps, self.device);
-        let z = x.randn_like();
-        let x_q = self.bridge.perturbed_interpolation(&t_b, x, y_img, self.cfg.perturb_h, &z);
-        let c = x.size()[1];
-        let eps = net.forward(&x_q, &t_b).narrow(1, 0, c);
-        self.bridge.generator_output(&t_b, &x_q, &eps)
-    }
-
+    /// Micro-batch size and count: `micro_batch`, else one per device.
     fn micro_chunks(&self, b: i64) -> (i64, i64) {
-        let m = self.cfg.micro_batch.unwrap_or(b as usize) as i64;
+        let per_device = (b + self.nets.len() as i64 - 1) / self.nets.len() as i64;
+        let m = self.cfg.micro_batch.map(|m| m as i64).unwrap_or(per_device).max(1);
         (m, (b + m - 1) / m)
+    }
+
+    /// The chunks of one phase with their random draws, in the order the single-device
+    /// loop has always drawn them: bridge times, bridge noise, diffusion times, noise.
+    fn draw_chunks(&self, x: &Tensor, y_img: &Tensor, y: &Tensor, rng: &mut SplitMix64) -> Vec<Chunk> {
+        let b = x.size()[0];
+        let (micro, chunks) = self.micro_chunks(b);
+        let steps = self.diffusion.num_steps() as i64;
+        (0..chunks)
+            .map(|i| {
+                let n = micro.min(b - i * micro);
+                let xm = x.narrow(0, i * micro, n);
+                let t_bridge = bridge_timesteps(rng, n, steps, self.device);
+                let z = xm.randn_like();
+                let t = Tensor::randint(self.cfg.t_ikl, [n], (Kind::Int64, self.device));
+                let eps = xm.randn_like();
+                Chunk { x: xm, y_img: y_img.narrow(0, i * micro, n), y: y.narrow(0, i * micro, n), t_bridge, z, t, eps }
+            })
+            .collect()
+    }
+
+    /// Run `phase` on every chunk, chunk `i` on replica `i mod devices`, the replicas in
+    /// parallel threads; returns the loss terms averaged over chunks.
+    fn run_phase(&mut self, chunks: Vec<Chunk>, phase: fn(&Replica, &Shared, &Chunk) -> Vec<(&'static str, f64)>) -> Terms {
+        let n_chunks = chunks.len();
+        let scale = self.scaler.as_ref().map(|s| s.scale).unwrap_or(1.0);
+        let sh = Shared {
+            cfg: &self.cfg,
+            diffusion: &self.diffusion,
+            bridge: &self.bridge,
+            observed: self.observed,
+            autocast: self.autocast,
+            loss_factor: scale / n_chunks as f64,
+        };
+        let n_dev = self.nets.len();
+        let mut per_dev: Vec<Vec<Chunk>> = (0..n_dev).map(|_| Vec::new()).collect();
+        for (i, c) in chunks.into_iter().enumerate() {
+            let r = i % n_dev;
+            per_dev[r].push(if r == 0 { c } else { c.to(self.nets[r].device) });
+        }
+        let results: Vec<Vec<(&'static str, f64)>> = if n_dev == 1 {
+            vec![per_dev[0].iter().flat_map(|c| phase(&self.nets[0], &sh, c)).collect()]
+        } else {
+            let sh = &sh;
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = self
+                    .nets
+                    .iter_mut()
+                    .zip(per_dev)
+                    .map(|(r, cs)| {
+                        let r: &mut Replica = r;
+                        scope.spawn(move || cs.iter().flat_map(|c| phase(r, sh, c)).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("a training replica panicked")).collect()
+            })
+        };
+        let mut terms = Terms::new();
+        for (k, v) in results.into_iter().flatten() {
+            *terms.entry(k.to_string()).or_insert(0.0) += v / n_chunks as f64;
+        }
+        terms
+    }
+
+    /// After a phase: sum the replicas' gradients into the primary, unscale them (mixed
+    /// precision), step the optimisers whose gradients are finite, clear every gradient and
+    /// refresh the replicas. Returns whether an overflow skipped a step.
+    fn finish_phase(&mut self, which: &[Which]) -> bool {
+        for w in which {
+            reduce_grads(&self.nets, *w);
+        }
+        let mut overflow = false;
+        for w in which {
+            let opt = match w {
+                Which::Fake => &mut self.opt_s,
+                Which::Disc => &mut self.opt_d,
+                Which::Gen => &mut self.opt_g,
+            };
+            let found_inf = self.scaler.as_ref().is_some_and(|s| s.unscale(opt.params()));
+            if !found_inf {
+                opt.step();
+            }
+            overflow |= found_inf;
+        }
+        if let Some(s) = &mut self.scaler {
+            s.update(overflow);
+        }
+        for r in &self.nets {
+            zero_grads(&r.fake_vs);
+            zero_grads(&r.gen_vs);
+            zero_grads(&r.disc_vs);
+        }
+        if self.nets.len() > 1 {
+            self.sync_replicas().expect("replicas have the primary's variables");
+        }
+        overflow
     }
 
     /// One full iteration (phase A then phase B) on the clean batch `x` in [-1, 1].
     pub fn step(&mut self, x: &Tensor, rng: &mut SplitMix64) -> Terms {
         let y = self.measure(x);
-        let y_img = tch::no_grad(|| self.op.lift(&y));
-        let b = x.size()[0];
-        let (micro, chunks) = self.micro_chunks(b);
-        let accum = if chunks > 1 { chunks as f64 } else { 1.0 };
-        let t_ikl = self.cfg.t_ikl;
-        let mut terms = Terms::new();
-        let add = |terms: &mut Terms, k: &str, v: f64| *terms.entry(k.to_string()).or_insert(0.0) += v / chunks as f64;
+        let y_img = tch::no_grad(|| self.nets[0].op.lift(&y));
+        for r in &self.nets {
+            zero_grads(&r.fake_vs);
+            zero_grads(&r.gen_vs);
+            zero_grads(&r.disc_vs);
+        }
 
         // Phase A: fake score and discriminator.
-        self.opt_s.zero_grad();
-        self.opt_d.zero_grad();
-        for i in 0..chunks {
-            let n = micro.min(b - i * micro);
-            let (xm, ym) = (x.narrow(0, i * micro, n), y_img.narrow(0, i * micro, n));
-            let x_hat = tch::no_grad(|| self.sample_generator(&self.gen, &xm, &ym, rng));
-            let t = Tensor::randint(t_ikl, [n], (Kind::Int64, self.device));
-            let eps = x_hat.randn_like();
-            let h = hybrid_loss(&self.diffusion, &self.fake, &x_hat, &t, &eps);
-            let l_s = h.loss.mean(Kind::Float);
-            (&l_s / accum).backward();
-            add(&mut terms, "fake_score", l_s.double_value(&[]));
-            if self.cfg.gan {
-                let l_d = self.disc.hinge_loss(&xm, &x_hat);
-                (&l_d / accum).backward();
-                add(&mut terms, "disc", l_d.double_value(&[]));
-            }
-        }
-        self.opt_s.step();
-        self.opt_s.zero_grad();
-        if self.cfg.gan {
-            self.opt_d.step();
-        }
-        self.opt_d.zero_grad();
+        let chunks = self.draw_chunks(x, &y_img, &y, rng);
+        let mut terms = self.run_phase(chunks, Replica::phase_a);
+        let which_a: &[Which] = if self.cfg.gan { &[Which::Fake, Which::Disc] } else { &[Which::Fake] };
+        let skipped_a = self.finish_phase(which_a);
 
-        // Phase B: generator.
-        self.opt_g.zero_grad();
-        for i in 0..chunks {
-            let n = micro.min(b - i * micro);
-            let (xm, ym_img, ym) = (x.narrow(0, i * micro, n), y_img.narrow(0, i * micro, n), y.narrow(0, i * micro, n));
-            let x_hat = self.sample_generator(&self.gen, &xm, &ym_img, rng);
-            let t = Tensor::randint(t_ikl, [n], (Kind::Int64, self.device));
-            let eps = x_hat.randn_like();
-            let c = xm.size()[1];
-            let (d_t, d_s) = tch::no_grad(|| {
-                let x_t = self.diffusion.q_sample(&x_hat.detach(), &t, &eps);
-                let e_t = self.teacher.net.forward(&x_t, &t).narrow(1, 0, c);
-                let e_s = self.fake.forward(&x_t, &t).narrow(1, 0, c);
-                (self.diffusion.pred_xstart_from_eps(&x_t, &t, &e_t), self.diffusion.pred_xstart_from_eps(&x_t, &t, &e_s))
-            });
-            let snr = gather(&self.diffusion.snr, &t, &x_hat);
-            let l_kl = ikl_surrogate(&snr, &d_s, &d_t, &x_hat);
-            let ax = self.op.forward(&x_hat);
-            let l_con = (&ym - ax).square().mean(Kind::Float);
-            let l_gt = if self.is_inpainting() {
-                let diff = self.op.forward(&xm) - self.op.forward(&x_hat);
-                (&xm - &x_hat).square().mean(Kind::Float) * 0.1 + diff.square().sum(Kind::Float) / (self.observed * n as f64)
-            } else {
-                (&xm - &x_hat).square().mean(Kind::Float)
-            };
-            let mut loss = &l_kl + &l_con * self.cfg.weight_con + &l_gt * self.cfg.reg_coeff;
-            if self.cfg.gan {
-                let l_g = self.disc.generator_loss(&xm, &x_hat);
-                let w = adaptive_weight(&l_gt, &l_g, self.gen.last_layer_weight());
-                loss = loss + &l_g * w;
-                add(&mut terms, "gan_g", l_g.double_value(&[]));
-                add(&mut terms, "w_adv", w);
-            }
-            (&loss / accum).backward();
-            add(&mut terms, "ikl", l_kl.double_value(&[]));
-            add(&mut terms, "con", l_con.double_value(&[]));
-            add(&mut terms, "gt", l_gt.double_value(&[]));
-            add(&mut terms, "loss_g", loss.double_value(&[]));
+        // Phase B: generator. Gradients its loss leaves in the discriminator and the fake
+        // score are discarded by `finish_phase`.
+        let chunks = self.draw_chunks(x, &y_img, &y, rng);
+        terms.extend(self.run_phase(chunks, Replica::phase_b));
+        let skipped_b = self.finish_phase(&[Which::Gen]);
+        self.ema.update(&self.ema_vs, &self.nets[0].gen_vs);
+        if let Some(s) = &self.scaler {
+            terms.insert("amp_scale".into(), s.scale);
+            terms.insert("amp_skipped".into(), (skipped_a as u8 + skipped_b as u8) as f64);
         }
-        self.opt_g.step();
-        self.opt_g.zero_grad();
-        // Gradients the generator loss left in the discriminator are discarded.
-        self.opt_d.zero_grad();
-        self.ema.update(&self.ema_vs, &self.gen_vs);
         terms
     }
 
@@ -245,7 +491,7 @@ impl DaviTrainer {
             let t = crate::diffusion::schedule::timesteps(RESTORE_T.min(self.diffusion.num_steps() as i64 - 1), x.size()[0], self.device);
             let z = seeded_normal(&y_img.size(), seed ^ 0x5eed).to_device(self.device);
             let x_in = self.bridge.perturbed_interpolation(&t, &y_img, &y_img, h_eval, &z);
-            let m = self.teacher.meta.unet.size_multiple();
+            let m = self.nets[0].teacher.meta.unet.size_multiple();
             if h % m != 0 || w % m != 0 {
                 return Err(EngineError::InvalidInput(format!("eval crops must be multiples of {m}")));
             }
@@ -292,6 +538,38 @@ mod tests {
         let l3 = (&b * &w * 1e-6).sum(Kind::Float);
         assert_eq!(adaptive_weight(&l1, &l3, &w), 10.0);
         assert_eq!(adaptive_weight(&l3, &l1, &w), 0.01);
+    }
+
+    #[test]
+    fn loss_scaling_by_a_power_of_two_changes_nothing_but_the_scale() {
+        // The fp16 path on a CPU (no autocast there): losses × 2^16, gradients ÷ 2^16 is
+        // exact in binary floating point, so one step equals the fp32 step bit for bit, and
+        // the scaler reports its scale.
+        let dir = std::env::temp_dir().join(format!("davi-amp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let teacher = dir.join("teacher.safetensors");
+        let meta = crate::weights::ModelMeta { role: crate::weights::ModelRole::Prior, ..crate::weights::ModelMeta::tiny_generator(None) };
+        LoadedModel::random(meta, Device::Cpu, 3).unwrap().save(&teacher).unwrap();
+        let set = [format!("davi.teacher=\"{}\"", teacher.display())];
+        let cfg = crate::train::config::TrainConfig::preset("tiny-davi", &set).unwrap().davi.unwrap();
+        let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let mut run = |scaler: Option<GradScaler>| {
+            tch::manual_seed(5);
+            let mut d = DaviTrainer::build(&cfg, 16, &[Device::Cpu], false, scaler).unwrap();
+            tch::manual_seed(6);
+            let terms = d.step(&x, &mut SplitMix64(7));
+            (terms, d.nets[0].gen_vs.variables())
+        };
+        let (t32, w32) = run(None);
+        let (t16, w16) = run(Some(GradScaler::default()));
+        assert_eq!(t16["amp_scale"], 65536.0);
+        assert_eq!(t16["amp_skipped"], 0.0);
+        assert_eq!(t32["loss_g"], t16["loss_g"]);
+        for (k, v) in &w32 {
+            let d = (v - &w16[k]).abs().max().double_value(&[]);
+            assert!(d == 0.0, "{k} differs by {d}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! - [`losses`]: hybrid ε-MSE + VB loss;
 //! - [`discriminator`]: PatchGAN, hinge and feature-matching losses;
 //! - [`optim`]: AdamW with visible state, ema_pytorch's EMA;
+//! - [`amp`]: CUDA mixed precision (autocast + dynamic loss scaling);
 //! - [`prior`], [`davi`]: one training step of each kind;
 //! - [`runner`]: the loop — data, logging, evaluation, checkpoints, resume, export;
 //! - [`monitor`]: progress line, JSONL log, grids, plots.
+pub mod amp;
 pub mod config;
 pub mod data;
 pub mod davi;

@@ -43,6 +43,11 @@ impl AdamW {
         AdamW { config, names, params, exp_avg, exp_avg_sq, step: 0 }
     }
 
+    /// The optimised tensors, in the order of `names`.
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             let mut g = p.grad();

@@ -12,6 +12,7 @@ use super::monitor::{plot_log, save_grid, Monitor};
 use super::optim::AdamW;
 use super::prior::PriorTrainer;
 use super::{seed_step, Terms};
+use super::amp::GradScaler;
 use crate::device::device_name;
 use crate::error::{EngineError, Result};
 use crate::metrics;
@@ -59,12 +60,14 @@ fn load_named(prefix: &str, vs: &mut nn::VarStore, all: &HashMap<String, Tensor>
 }
 
 impl Trainer {
-    pub fn new(cfg: &TrainConfig, device: Device) -> Result<Self> {
+    /// Build the trainer of `cfg` on `devices` (data parallel when there are several).
+    pub fn new(cfg: &TrainConfig, devices: &[Device]) -> Result<Self> {
+        let precision = cfg.run.precision;
         if let Some(p) = &cfg.prior {
-            return Ok(Trainer::Prior(Box::new(PriorTrainer::new(&p.unet, p.schedule, p.diffusion_steps, p.lr, p.micro_batch, device)?)));
+            return Ok(Trainer::Prior(Box::new(PriorTrainer::with_devices(&p.unet, p.schedule, p.diffusion_steps, p.lr, p.micro_batch, devices, precision)?)));
         }
         let d = cfg.davi.as_ref().expect("validated: prior or davi");
-        Ok(Trainer::Davi(Box::new(DaviTrainer::new(d, cfg.data.size, device)?)))
+        Ok(Trainer::Davi(Box::new(DaviTrainer::with_devices(d, cfg.data.size, devices, precision)?)))
     }
 
     fn state(&self) -> (Vec<(String, Tensor)>, i64) {
@@ -78,10 +81,11 @@ impl Trainer {
                 (out, p.ema.calls)
             }
             Trainer::Davi(d) => {
-                out.extend(named("gen", &d.gen_vs));
+                let p = d.primary();
+                out.extend(named("gen", &p.gen_vs));
                 out.extend(named("ema", &d.ema_vs));
-                out.extend(named("fake", &d.fake_vs));
-                out.extend(named("disc", &d.disc_vs));
+                out.extend(named("fake", &p.fake_vs));
+                out.extend(named("disc", &p.disc_vs));
                 opt(&mut out, "opt_g", &d.opt_g);
                 opt(&mut out, "opt_s", &d.opt_s);
                 opt(&mut out, "opt_d", &d.opt_d);
@@ -99,19 +103,36 @@ impl Trainer {
                 load_named("ema", &mut p.ema_vs, all)?;
                 p.opt.load_state("opt", &get).map_err(werr)?;
                 p.ema.calls = ema_calls;
+                p.sync_replicas()?;
             }
             Trainer::Davi(d) => {
-                load_named("gen", &mut d.gen_vs, all)?;
+                load_named("gen", &mut d.nets[0].gen_vs, all)?;
                 load_named("ema", &mut d.ema_vs, all)?;
-                load_named("fake", &mut d.fake_vs, all)?;
-                load_named("disc", &mut d.disc_vs, all)?;
+                load_named("fake", &mut d.nets[0].fake_vs, all)?;
+                load_named("disc", &mut d.nets[0].disc_vs, all)?;
                 d.opt_g.load_state("opt_g", &get).map_err(werr)?;
                 d.opt_s.load_state("opt_s", &get).map_err(werr)?;
                 d.opt_d.load_state("opt_d", &get).map_err(werr)?;
                 d.ema.calls = ema_calls;
+                d.sync_replicas()?;
             }
         }
         Ok(())
+    }
+
+    /// The loss scaler of a mixed-precision run (`None` in fp32).
+    fn scaler(&self) -> Option<&GradScaler> {
+        match self {
+            Trainer::Prior(p) => p.scaler.as_ref(),
+            Trainer::Davi(d) => d.scaler.as_ref(),
+        }
+    }
+
+    fn scaler_mut(&mut self) -> Option<&mut GradScaler> {
+        match self {
+            Trainer::Prior(p) => p.scaler.as_mut(),
+            Trainer::Davi(d) => d.scaler.as_mut(),
+        }
     }
 
     fn step(&mut self, x: &Tensor, seed: u64, step: u64) -> Terms {
@@ -143,9 +164,9 @@ impl Trainer {
                 let dc = cfg.davi.as_ref().expect("davi");
                 let meta = ModelMeta {
                     role: ModelRole::Generator,
-                    unet: d.teacher.meta.unet.clone(),
-                    schedule: d.teacher.meta.schedule,
-                    diffusion_steps: d.teacher.meta.diffusion_steps,
+                    unet: d.primary().teacher.meta.unet.clone(),
+                    schedule: d.primary().teacher.meta.schedule,
+                    diffusion_steps: d.primary().teacher.meta.diffusion_steps,
                     operator: Some(dc.operator.clone()),
                     perturb_h: Some(dc.eval_perturb_h.unwrap_or(dc.perturb_h)),
                     restore_tile: (cfg.data.crop == super::data::Crop::Random).then_some(cfg.data.size),
@@ -178,6 +199,10 @@ fn save_checkpoint(dir: &Path, cfg: &TrainConfig, trainer: &Trainer, step: u64, 
     md.insert("step".into(), step.to_string());
     md.insert("ema_calls".into(), ema_calls.to_string());
     md.insert("wall_seconds".into(), format!("{wall:.1}"));
+    if let Some(s) = trainer.scaler() {
+        md.insert("amp_scale".into(), s.scale.to_string());
+        md.insert("amp_growth_tracker".into(), s.growth_tracker.to_string());
+    }
     model_file::write_tensors(&dir.join(CHECKPOINT), &tensors, md)
 }
 
@@ -196,6 +221,15 @@ pub fn load_checkpoint(path: &Path, cfg: &TrainConfig, trainer: &mut Trainer) ->
     let ema_calls: i64 = md.get("ema_calls").and_then(|s| s.parse().ok()).unwrap_or(step as i64);
     let wall: f64 = md.get("wall_seconds").and_then(|s| s.parse().ok()).unwrap_or(0.0);
     trainer.load_state(&all, ema_calls).map_err(|e| EngineError::model(path, e.to_string()))?;
+    // A run that switches precision on resume starts the loss scale afresh.
+    if let (Some(s), Some(scale), Some(tracker)) = (
+        trainer.scaler_mut(),
+        md.get("amp_scale").and_then(|v| v.parse::<f64>().ok()),
+        md.get("amp_growth_tracker").and_then(|v| v.parse::<i64>().ok()),
+    ) {
+        s.scale = scale;
+        s.growth_tracker = tracker;
+    }
     Ok((step, wall))
 }
 
@@ -244,7 +278,8 @@ fn eval_set(cfg: &TrainConfig, device: Device) -> Result<Option<Tensor>> {
 
 /// Train according to `cfg` (creating or resuming its run directory).
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
-    let device = crate::device::parse_device(&cfg.run.device)?;
+    let devices = crate::device::parse_devices(&cfg.run.device)?;
+    let device = devices[0];
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads);
     }
@@ -256,7 +291,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
     }
     model_file::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     tch::manual_seed(cfg.run.seed as i64);
-    let mut trainer = Trainer::new(cfg, device)?;
+    let mut trainer = Trainer::new(cfg, &devices)?;
     let (mut step, wall_before) = if opts.resume && ckpt.exists() { load_checkpoint(&ckpt, cfg, &mut trainer)? } else { (0, 0.0) };
     let files = list_images(&cfg.data.train_dir)?;
     let batch = cfg.prior.as_ref().map(|p| p.batch).or(cfg.davi.as_ref().map(|d| d.batch)).expect("validated");
@@ -323,7 +358,7 @@ pub fn export_run(dir: &Path, out: &Path) -> Result<()> {
     let text = std::fs::read_to_string(dir.join("config.toml")).map_err(|e| EngineError::io(dir.join("config.toml"), e))?;
     let mut cfg = TrainConfig::from_toml(&text, &[])?;
     cfg.run.device = "cpu".into();
-    let mut trainer = Trainer::new(&cfg, Device::Cpu)?;
+    let mut trainer = Trainer::new(&cfg, &[Device::Cpu])?;
     let (step, wall) = load_checkpoint(&dir.join(CHECKPOINT), &cfg, &mut trainer)?;
     export(&cfg, &trainer, step, wall, Device::Cpu, out)
 }
