@@ -84,12 +84,14 @@ class RestoreTests(unittest.TestCase):
         self.assertIn("perturb", str(e.exception))
 
     def test_progress_is_reported_and_can_cancel(self):
-        px = picture(self.W, self.H, 3)
+        # 17 x 17 tiles of 16 pixels: more than one batched network call (256 tiles each).
+        big = picture(200, 200, 3)
         seen = []
-        davi.restore(px, self.W, self.H, task="denoise", tile=16, progress=seen.append)
+        davi.restore(big, 200, 200, task="denoise", tile=16, progress=seen.append)
         self.assertGreater(len(seen), 2)
         self.assertEqual(seen, sorted(seen))
         self.assertEqual(seen[-1], 1.0)
+        px = picture(self.W, self.H, 3)
         with self.assertRaises(davi.DaviError) as e:
             davi.restore(px, self.W, self.H, task="denoise", tile=16, progress=lambda f: False)
         self.assertEqual(e.exception.status, "CANCELLED")

@@ -206,3 +206,40 @@ fn mixed_precision_needs_cuda_and_says_so() {
     assert!(e.contains("fp16") && e.contains("CUDA"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn loss_scaling_by_a_power_of_two_changes_nothing_but_the_scale() {
+    // The fp16 path minus autocast: losses × 2^16, gradients ÷ 2^16 is exact in binary
+    // floating point, so one DAVI step equals the fp32 step bit for bit, and the scaler
+    // reports its scale.
+    use davi_engine::train::amp::GradScaler;
+    use davi_engine::train::davi::DaviTrainer;
+    use tch::{Device, Kind, Tensor};
+    let _turn = exclusive();
+    let dir = workdir("scaler");
+    let teacher = dir.join("teacher.safetensors");
+    let meta = davi_engine::weights::ModelMeta { role: davi_engine::weights::ModelRole::Prior, ..davi_engine::weights::ModelMeta::tiny_generator(None) };
+    davi_engine::weights::LoadedModel::random(meta, Device::Cpu, 3).unwrap().save(&teacher).unwrap();
+    let cfg = davi_cfg(&dir, 1, "unused", &teacher).davi.unwrap();
+    let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let run = |scaler: Option<GradScaler>| {
+        tch::manual_seed(5);
+        let mut d = match scaler {
+            Some(s) => DaviTrainer::with_loss_scaler(&cfg, 16, &[Device::Cpu], s).unwrap(),
+            None => DaviTrainer::new(&cfg, 16, Device::Cpu).unwrap(),
+        };
+        tch::manual_seed(6);
+        let terms = d.step(&x, &mut davi_engine::restore::SplitMix64(7));
+        (terms, d.primary().gen_vs.variables())
+    };
+    let (t32, w32) = run(None);
+    let (t16, w16) = run(Some(GradScaler::default()));
+    assert_eq!(t16["amp_scale"], 65536.0);
+    assert_eq!(t16["amp_skipped"], 0.0);
+    assert_eq!(t32["loss_g"], t16["loss_g"]);
+    for (k, v) in &w32 {
+        let d = (v - &w16[k]).abs().max().double_value(&[]);
+        assert!(d == 0.0, "{k} differs by {d}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

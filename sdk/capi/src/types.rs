@@ -18,10 +18,11 @@ use std::mem::size_of;
 /// Progress callback of `davi_restore`.
 ///
 /// Called on the thread that called `davi_restore`, synchronously, only while that call runs:
-/// before each tile and once after the last, with `fraction` in [0, 1], never decreasing.
+/// before each batch of tiles and once after the last (tiles of small models run many to a
+/// network call), with `fraction` in [0, 1], never decreasing.
 /// `user_data` is `DaviRestoreOptions.user_data`, passed back untouched; it must stay valid
 /// until `davi_restore` returns. Return 0 to continue, non-zero to cancel: `davi_restore` then
-/// returns `DAVI_STATUS_CANCELLED` before the next tile starts and leaves the output untouched.
+/// returns `DAVI_STATUS_CANCELLED` before the next batch starts and leaves the output untouched.
 /// The callback must not unwind (C++ exceptions, `longjmp`) through libdavi, and must not
 /// restore on the same context (that call would fail as busy).
 pub type DaviProgressFn =
