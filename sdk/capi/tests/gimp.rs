@@ -108,7 +108,7 @@ fn scm_str(p: &Path) -> String {
 }
 
 #[test]
-fn gimp_denoises_a_photo_like_the_library_at_8_bit_16_bit_and_float_precision() {
+fn gimp_denoises_a_photo_like_the_library_at_8_bit_16_bit_and_float_precision_keeping_alpha() {
     let dir = scratch("gimp-denoise");
     let clean = photo(96, 64);
     let noisy = degrade(&clean, &default_model("denoise"), 3);
@@ -138,6 +138,19 @@ fn gimp_denoises_a_photo_like_the_library_at_8_bit_16_bit_and_float_precision() 
         ),
         at_precision("PRECISION-U16-GAMMA", "out-u16.png"),
         at_precision("PRECISION-FLOAT-GAMMA", "out-float.png"),
+        // An RGBA layer with a transparent corner: alpha must come back untouched.
+        format!(
+            "(let* ((img (car (gimp-file-load RUN-NONINTERACTIVE {i} {i}))) \
+                    (l (car (gimp-image-get-active-drawable img)))) \
+               (gimp-layer-add-alpha l) \
+               (gimp-image-select-rectangle img CHANNEL-OP-REPLACE 0 0 16 12) \
+               (gimp-drawable-edit-clear l) \
+               (gimp-selection-none img) \
+               (plug-in-davi-denoise RUN-NONINTERACTIVE img l 0 -1 0) \
+               (gimp-file-save RUN-NONINTERACTIVE img l \"out-rgba.png\" \"out-rgba.png\") \
+               (gimp-image-delete img))",
+            i = scm_str(&input)
+        ),
     ];
     let log = gimp(&dir, &batch);
     assert_all_succeeded(&log, batch.len());
@@ -149,6 +162,11 @@ fn gimp_denoises_a_photo_like_the_library_at_8_bit_16_bit_and_float_precision() 
             diff <= tolerance,
             "{name}: differs from the library's restore by up to {diff} levels (allowed {tolerance})"
         );
+    }
+    let rgba = image::open(dir.join("out-rgba.png")).unwrap().to_rgba8();
+    for (x, y, p) in rgba.enumerate_pixels() {
+        let want = if x < 16 && y < 12 { 0 } else { 255 };
+        assert_eq!(p.0[3], want, "alpha at ({x}, {y}) changed");
     }
     let (before, after) = (
         psnr(&noisy.data, &clean.data),
