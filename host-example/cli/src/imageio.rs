@@ -107,7 +107,8 @@ pub fn to_dynamic(p: &Picture) -> Result<DynamicImage> {
     Ok(img)
 }
 
-/// Write atomically; the format comes from the extension (png, jpg/jpeg, tif/tiff).
+/// Write atomically; the format comes from the extension (png, jpg/jpeg, tif/tiff, pgm/ppm,
+/// bmp).
 pub fn write(path: &Path, p: &Picture) -> Result<()> {
     let fmt = ImageFormat::from_path(path).with_context(|| format!("unknown image extension: {}", path.display()))?;
     let mut img = to_dynamic(p)?;

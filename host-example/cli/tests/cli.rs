@@ -96,3 +96,28 @@ fn info_reports_exact_parameter_counts() {
     assert_eq!(v["parameters"], 93_563_910);
     assert_eq!(v["tensors"], 362);
 }
+
+#[test]
+fn pnm_and_bmp_pictures_are_read_and_written() {
+    // The formats C tools and old pipelines hand around (PGM/PPM, 8 and 16 bit; BMP).
+    let d = tmp("formats");
+    let model = tiny_model(&d, "denoise");
+    let img = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_fn(40, 32, |x, y| image::Rgb([(x * 1500) as u16, (y * 2000) as u16, 30000]));
+    let ppm16 = d.join("in16.ppm");
+    img.save(&ppm16).unwrap();
+    for (input, out, depth16) in [(ppm16.clone(), "out16.ppm", true), (ppm16.clone(), "out.bmp", false)] {
+        let out = d.join(out);
+        let o = davi(&["restore", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--model", model.to_str().unwrap(), "--device", "cpu"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r = image::open(&out).unwrap();
+        assert_eq!((r.width(), r.height()), (40, 32));
+        assert_eq!(matches!(r, image::DynamicImage::ImageRgb16(_)), depth16, "{}", out.display());
+    }
+    let pgm = d.join("gray.pgm");
+    image::GrayImage::from_fn(24, 16, |x, y| image::Luma([(x * 9 + y * 5) as u8])).save(&pgm).unwrap();
+    let out = d.join("gray-out.pgm");
+    let o = davi(&["restore", pgm.to_str().unwrap(), "-o", out.to_str().unwrap(), "--model", model.to_str().unwrap(), "--device", "cpu"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(matches!(image::open(&out).unwrap(), image::DynamicImage::ImageLuma8(_)));
+    std::fs::remove_dir_all(&d).ok();
+}
