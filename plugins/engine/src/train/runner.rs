@@ -348,7 +348,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
 }
 
 fn export(cfg: &TrainConfig, trainer: &Trainer, step: u64, wall: f64, device: Device, out: &Path) -> Result<()> {
-    let extra = serde_json::json!({ "wall_seconds": wall.round(), "device": device_name(device), "threads": tch::get_num_threads() });
+    let extra = serde_json::json!({ "wall_seconds": wall.round(), "device": device_name(device), "threads": cfg.run.threads });
     let (meta, vs) = trainer.export_parts(cfg, step, extra);
     model_file::save(out, &meta, vs)
 }
