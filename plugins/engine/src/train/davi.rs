@@ -16,7 +16,7 @@ use super::data::beta31;
 use super::discriminator::Discriminator;
 use super::losses::hybrid_loss;
 use super::amp::{GradScaler, Precision};
-use super::optim::{AdamW, AdamWConfig, Ema};
+use super::optim::{add_grads_into, zero_grads, AdamW, AdamWConfig, Ema};
 use super::Terms;
 use crate::diffusion::schedule::gather;
 use crate::diffusion::{Bridge, Diffusion};
@@ -167,6 +167,13 @@ impl Replica {
         Ok(Replica { device, teacher, fake_vs, fake, gen_vs, gen, disc_vs, disc, op })
     }
 
+    /// Clear the gradients of the trainable networks.
+    fn zero_grads(&self) {
+        zero_grads(&self.fake_vs);
+        zero_grads(&self.gen_vs);
+        zero_grads(&self.disc_vs);
+    }
+
     /// Make this replica's trainable weights equal to `primary`'s.
     fn copy_from(&mut self, primary: &Replica) -> Result<()> {
         self.fake_vs.copy(&primary.fake_vs)?;
@@ -247,30 +254,11 @@ impl Replica {
     }
 }
 
-/// Add every replica's gradients of `which` network into the primary's. Chunk 0 always runs
-/// on the primary and reaches every variable of the network it trains, so the primary's
-/// gradients are defined wherever a replica's are.
+/// Add every replica's gradients of `which` network into the primary's.
 fn reduce_grads(nets: &[Replica], which: Which) {
-    let Some((primary, others)) = nets.split_first() else { return };
-    if others.is_empty() {
-        return;
-    }
-    let dst = which.vs(primary).variables();
-    for r in others {
-        for (name, v) in which.vs(r).variables() {
-            let (g, mut pg) = (v.grad(), dst[&name].grad());
-            if g.defined() && pg.defined() {
-                pg += g.to_device(primary.device);
-            }
-        }
-    }
-}
-
-fn zero_grads(vs: &nn::VarStore) {
-    for (_, v) in vs.variables() {
-        let mut g = v.grad();
-        if g.defined() {
-            let _ = g.detach_().zero_();
+    if let Some((primary, others)) = nets.split_first() {
+        for r in others {
+            add_grads_into(which.vs(primary), which.vs(r));
         }
     }
 }
@@ -444,9 +432,7 @@ impl DaviTrainer {
             s.update(overflow);
         }
         for r in &self.nets {
-            zero_grads(&r.fake_vs);
-            zero_grads(&r.gen_vs);
-            zero_grads(&r.disc_vs);
+            r.zero_grads();
         }
         if self.nets.len() > 1 {
             self.sync_replicas().expect("replicas have the primary's variables");
@@ -459,9 +445,7 @@ impl DaviTrainer {
         let y = self.measure(x);
         let y_img = tch::no_grad(|| self.nets[0].op.lift(&y));
         for r in &self.nets {
-            zero_grads(&r.fake_vs);
-            zero_grads(&r.gen_vs);
-            zero_grads(&r.disc_vs);
+            r.zero_grads();
         }
 
         // Phase A: fake score and discriminator.

@@ -23,6 +23,30 @@ impl Default for AdamWConfig {
     }
 }
 
+/// Zero every defined gradient of a var store's variables.
+pub fn zero_grads(vs: &nn::VarStore) {
+    for (_, v) in vs.variables() {
+        let mut g = v.grad();
+        if g.defined() {
+            let _ = g.detach_().zero_();
+        }
+    }
+}
+
+/// Add `src`'s gradients into those of the same-named variables of `dst` (data parallel:
+/// a replica's gradients into the optimised network's, across devices). Micro-batch 0 always
+/// runs on `dst`'s device and reaches every variable, so `dst`'s gradients are defined
+/// wherever `src`'s are.
+pub fn add_grads_into(dst: &nn::VarStore, src: &nn::VarStore) {
+    let targets = dst.variables();
+    for (name, v) in src.variables() {
+        let (g, mut pg) = (v.grad(), targets[&name].grad());
+        if g.defined() && pg.defined() {
+            pg += g.to_device(dst.device());
+        }
+    }
+}
+
 /// AdamW over the trainable variables of one var store (sorted by name for stable order).
 pub struct AdamW {
     pub config: AdamWConfig,

@@ -3,7 +3,7 @@
 //! official teachers, with the schedule DAVI will query the prior with.
 use super::amp::{GradScaler, Precision};
 use super::losses::hybrid_loss;
-use super::optim::{AdamW, AdamWConfig, Ema};
+use super::optim::{add_grads_into, zero_grads, AdamW, AdamWConfig, Ema};
 use super::Terms;
 use crate::diffusion::{BetaSchedule, Diffusion};
 use crate::error::{EngineError, Result};
@@ -117,18 +117,9 @@ impl PriorTrainer {
             })
         };
         // Sum the replicas' gradients into the optimised network's.
-        let dst = self.vs.variables();
         for (rvs, _) in &self.replicas {
-            for (name, v) in rvs.variables() {
-                let (g, mut pg) = (v.grad(), dst[&name].grad());
-                if g.defined() && pg.defined() {
-                    pg += g.to_device(self.vs.device());
-                }
-                let mut g = g;
-                if g.defined() {
-                    let _ = g.detach_().zero_();
-                }
-            }
+            add_grads_into(&self.vs, rvs);
+            zero_grads(rvs);
         }
         let found_inf = self.scaler.as_ref().is_some_and(|s| s.unscale(self.opt.params()));
         if !found_inf {
