@@ -1,40 +1,94 @@
 #!/usr/bin/env bash
-# Continue training the shipped default models, a chunk of steps per task in turn, then
-# export each EMA generator into models/. Every chunk ends on a checkpoint, so the script can
-# be stopped at any time and run again; it resumes each run from runs/photo-<task>/.
+# Train the shipped default generators, resumably, across working days (docs/models.md).
 #
-#   ./scripts/train-defaults.sh                 # 250 steps per task per round, 4 rounds
-#   CHUNK=100 ROUNDS=1 TASKS="sr4 deblur" ./scripts/train-defaults.sh
-#   DAVI=target/release/davi ./scripts/train-defaults.sh   # another build of the CLI
+#   ./scripts/train-defaults.sh                  # both queues in parallel, until done
+#   QUEUES="sr4 denoise|deblur" ./scripts/train-defaults.sh
+#   CHUNK_MIN=20 ./scripts/train-defaults.sh     # minutes per turn of a task (default 15)
 #
-# A run that does not exist yet starts from its preset (plugins/engine/presets/photo-<task>.toml);
-# an existing run continues with the config saved beside it (runs/photo-<task>/config.toml).
-# One thread per run, and OpenMP told not to spin: on a shared 2-core machine libtorch's
-# spin-waiting threads otherwise slow every process down many times (docs/performance.md).
+# Runs live in $DAVI_RUNS (default ${XDG_CACHE_HOME:-~/.cache}/libdavi/runs), outside the
+# checkout, so they survive from one day to the next. Each task has two runs:
+#   photo-<task>       phase 1, supervised (preset photo-<task>); a missing run warm-starts
+#                      from the committed models/photo-<task>.safetensors;
+#   photo-<task>-davi  phase 2, the DAVI polish (preset photo-<task>-davi), started from
+#                      phase 1's best export once phase 1 has finished.
+# Every run evaluates on the held-out photographs every 250 steps and keeps its best
+# evaluation as best.safetensors. After every turn the better of the two phases' best exports
+# (phase 2 only if it is within 0.1 dB of phase 1) is copied into models/ — commit it at
+# milestones. Queues (separated by `|`) run in parallel, one process each, at the lowest
+# priority with one intra-op thread and OpenMP told not to spin (on a shared 2-core machine,
+# oversubscribed spinning threads slow every process down many times). Stop any time: every
+# turn ends on a checkpoint, and a run resumes bit-for-bit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CHUNK=${CHUNK:-250}
-ROUNDS=${ROUNDS:-4}
-TASKS=${TASKS:-"sr4 deblur denoise inpaint colorize"}
-MAX_STEPS=${MAX_STEPS:-20000}
-DAVI=${DAVI:-target/debug/davi}
-EXPORT=${EXPORT:-1}
-export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
-if [ ! -x "$DAVI" ]; then ./scripts/setup.sh >/dev/null; cargo build -p davi-cli --locked; fi
+root="$PWD"
+RUNS="${DAVI_RUNS:-${XDG_CACHE_HOME:-$HOME/.cache}/libdavi/runs}"
+QUEUES="${QUEUES:-sr4 deblur|colorize inpaint denoise}"
+CHUNK_MIN="${CHUNK_MIN:-15}"
+DAVI="${DAVI:-target/release/davi}"
+export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+if [ ! -x "$DAVI" ]; then
+  ./scripts/setup.sh >/dev/null
+  cargo build --release --locked -p davi-cli
+fi
+./scripts/fetch-photos.sh
+mkdir -p "$RUNS"
 
-for round in $(seq 1 "$ROUNDS"); do
-  for t in $TASKS; do
-    dir=runs/photo-$t
-    if [ -f "$dir/checkpoint.safetensors" ]; then
-      src=(--config "$dir/config.toml" --resume)
-    else
-      src=(--preset "photo-$t" --set davi.teacher=models/photo-prior.safetensors)
-    fi
-    echo "round $round/$ROUNDS: photo-$t +$CHUNK steps" >&2
-    "$DAVI" train "${src[@]}" --steps "$CHUNK" --quiet \
-      --set run.threads=1 --set run.total_steps="$MAX_STEPS" --set run.out_dir="$dir"
-    if [ "$EXPORT" = 1 ]; then
-      "$DAVI" export "$dir" -o "models/photo-$t.safetensors"
-    fi
+# Best held-out PSNR of a run (empty when it has none yet).
+best_psnr() { [ -f "$1/best.json" ] && python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["heldout_psnr"])' "$1/best.json" || true; }
+# The step a run's checkpoint is at, and the steps its config asks for.
+run_step() { [ -f "$1/log.jsonl" ] && python3 -c 'import json,sys; print(max([json.loads(l).get("step",0) for l in open(sys.argv[1])] or [0]))' "$1/log.jsonl" || echo 0; }
+total_steps() { python3 -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1],"rb"))["run"]["total_steps"])' "$1/config.toml"; }
+
+# One turn of a run: resume it, or create it from its preset.
+turn() {
+  local dir="$1" preset="$2"; shift 2
+  local src
+  if [ -f "$dir/checkpoint.safetensors" ]; then
+    src=(--config "$dir/config.toml" --resume)
+  else
+    src=(--preset "$preset" --set "run.out_dir=\"$dir\"" --set run.threads=1 "$@")
+  fi
+  nice -n 19 "$DAVI" train "${src[@]}" --quiet --minutes "$CHUNK_MIN"
+}
+
+# Ship the better phase's best export into models/.
+ship() {
+  local t="$1" p1="$RUNS/photo-$1" p2="$RUNS/photo-$1-davi" pick=""
+  local s1 s2
+  s1="$(best_psnr "$p1")"; s2="$(best_psnr "$p2")"
+  [ -n "$s1" ] && pick="$p1"
+  if [ -n "$s2" ] && { [ -z "$s1" ] || python3 -c "import sys; sys.exit(0 if $s2 >= $s1 - 0.1 else 1)"; }; then pick="$p2"; fi
+  [ -n "$pick" ] || return 0
+  if ! cmp -s "$pick/best.safetensors" "models/photo-$t.safetensors"; then
+    cp "$pick/best.safetensors" "models/.photo-$t.tmp" && mv "models/.photo-$t.tmp" "models/photo-$t.safetensors"
+    echo "$(date -u +%FT%TZ) shipped $(basename "$pick") best ($(best_psnr "$pick") dB) as models/photo-$t.safetensors" >&2
+  fi
+}
+
+worker() {
+  local busy=1
+  while [ "$busy" = 1 ]; do
+    busy=0
+    for t in $1; do
+      local p1="$RUNS/photo-$t" p2="$RUNS/photo-$t-davi"
+      if [ ! -f "$p1/config.toml" ] || [ "$(run_step "$p1")" -lt "$(total_steps "$p1")" ]; then
+        echo "$(date -u +%FT%TZ) photo-$t: phase 1 from step $(run_step "$p1")" >&2
+        turn "$p1" "photo-$t" --set "davi.init=\"$root/models/photo-$t.safetensors\""
+        busy=1
+      elif [ ! -f "$p2/config.toml" ] || [ "$(run_step "$p2")" -lt "$(total_steps "$p2")" ]; then
+        echo "$(date -u +%FT%TZ) photo-$t: phase 2 from step $(run_step "$p2")" >&2
+        turn "$p2" "photo-$t-davi" --set "davi.init=\"$p1/best.safetensors\""
+        busy=1
+      fi
+      ship "$t"
+    done
   done
+}
+
+IFS='|' read -ra queues <<< "$QUEUES"
+pids=()
+for q in "${queues[@]}"; do
+  worker "$q" &
+  pids+=($!)
 done
+wait "${pids[@]}"

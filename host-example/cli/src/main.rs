@@ -183,6 +183,9 @@ struct TrainArgs {
     /// Stop after this many steps now (the run stays resumable).
     #[arg(long)]
     steps: Option<u64>,
+    /// Stop at the first checkpoint after this many minutes (the run stays resumable).
+    #[arg(long)]
+    minutes: Option<f64>,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -487,6 +490,7 @@ fn convert_cmd(input: &Path, output: &Path, preset: &str, role: Option<&str>, op
             operator: operator.clone(),
             perturb_h: perturb_h.or((role == ModelRole::Generator).then_some(0.1)),
             restore_tile: None,
+            restore_window: None,
             provenance: serde_json::json!({
                 "converted_from": input.file_name().map(|n| n.to_string_lossy().to_string()),
                 "preset": preset,
@@ -514,7 +518,7 @@ fn train(a: &TrainArgs, prior: bool) -> Result<()> {
     if prior != cfg.prior.is_some() {
         bail!("config `{}` is a {} run: use `davi {}`", cfg.name, if prior { "DAVI" } else { "prior" }, if prior { "train" } else { "train-prior" });
     }
-    let opts = runner::RunOptions { resume: a.resume, quiet: a.quiet, max_steps_now: a.steps };
+    let opts = runner::RunOptions { resume: a.resume, quiet: a.quiet, max_steps_now: a.steps, max_seconds_now: a.minutes.map(|m| m * 60.0) };
     let r = runner::run(&cfg, &opts)?;
     eprintln!(
         "{} at step {} in {}{}",

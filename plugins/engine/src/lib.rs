@@ -29,6 +29,7 @@ pub mod tiling;
 pub mod train;
 pub mod unet;
 pub mod weights;
+pub mod windows;
 
 pub use device::parse_device;
 pub use error::{EngineError, Result};

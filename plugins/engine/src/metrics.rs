@@ -31,6 +31,54 @@ pub fn ssim(a: &Tensor, b: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(map.flatten(1, -1).mean_dim(1, false, Kind::Double)).expect("f64")
 }
 
+/// How strongly the error of `restored` against `reference` (`(1, C, H, W)`, [0, 1]) is
+/// organised on a lattice of period `period` pixels anchored at the top-left corner — the
+/// lattice that tiles of stride `period` leave (a phantom hole in every tile, a colour per
+/// tile, seams). The error energy (summed over channels) is averaged into a column profile and
+/// a row profile; each profile is folded modulo the period, and the fold's contrast (standard
+/// deviation over mean) is compared with the median contrast of nearby periods that no tile
+/// grid shares. Returns the larger of the two axes' ratios: about 1 when the error has no
+/// preference for the lattice, several times that when tiles show.
+pub fn lattice_score(restored: &Tensor, reference: &Tensor, period: i64) -> f64 {
+    let e = (restored.to_kind(Kind::Double) - reference.to_kind(Kind::Double)).square().sum_dim_intlist(1i64, false, Kind::Double).squeeze_dim(0);
+    let cols = Vec::<f64>::try_from(e.mean_dim(0i64, false, Kind::Double)).expect("f64");
+    let rows = Vec::<f64>::try_from(e.mean_dim(1i64, false, Kind::Double)).expect("f64");
+    let contrast = |profile: &[f64], p: usize| -> f64 {
+        let mut sum = vec![0.0; p];
+        let mut n = vec![0usize; p];
+        for (i, v) in profile.iter().enumerate() {
+            sum[i % p] += v;
+            n[i % p] += 1;
+        }
+        let fold: Vec<f64> = sum.iter().zip(&n).map(|(s, k)| s / (*k).max(1) as f64).collect();
+        let m = fold.iter().sum::<f64>() / p as f64;
+        let var = fold.iter().map(|v| (v - m).powi(2)).sum::<f64>() / p as f64;
+        if m > 0.0 { var.sqrt() / m } else { 0.0 }
+    };
+    let p = period.max(2) as usize;
+    let ratio = |profile: &[f64]| -> f64 {
+        if profile.len() < 3 * p {
+            return 1.0;
+        }
+        // Periods within ±40 % that are not near a multiple or divisor of p.
+        let mut null: Vec<f64> = ((p * 6 / 10).max(2)..=p * 14 / 10)
+            .filter(|&q| {
+                let (a, b) = (q.max(p) as f64, q.min(p) as f64);
+                let r = a / b;
+                (r - r.round()).abs() > 0.15 && q.abs_diff(p) > 2
+            })
+            .map(|q| contrast(profile, q))
+            .collect();
+        if null.is_empty() {
+            return 1.0;
+        }
+        null.sort_by(|a, b| a.total_cmp(b));
+        let med = null[null.len() / 2];
+        if med > 0.0 { contrast(profile, p) / med } else { 1.0 }
+    };
+    ratio(&cols).max(ratio(&rows))
+}
+
 /// Arithmetic mean of finite values (infinite PSNRs of identical images are capped at 100 dB).
 pub fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
@@ -60,5 +108,30 @@ mod tests {
         // SSIM drops for noise and stays in [-1, 1]
         let s = ssim(&(&a * 0.5 + 0.25), &(&a * 0.5 + 0.25 + Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.1));
         assert!(s[0] < 0.95 && s[0] > -1.0, "{s:?}");
+    }
+}
+
+#[cfg(test)]
+mod lattice_tests {
+    use super::*;
+
+    #[test]
+    fn lattice_score_sees_tiles_and_not_content() {
+        tch::manual_seed(3);
+        let reference = Tensor::rand([1, 3, 192, 256], (Kind::Float, tch::Device::Cpu));
+        // smooth content error with no lattice
+        let smooth = reference.shallow_clone() + Tensor::randn([1, 3, 12, 16], (Kind::Float, tch::Device::Cpu)).upsample_bilinear2d([192, 256], false, None, None) * 0.05;
+        let calm = lattice_score(&smooth, &reference, 24);
+        // the same plus a dark dot in the middle of every 24-px cell
+        let mut dots = Tensor::zeros([1, 1, 192, 256], (Kind::Float, tch::Device::Cpu));
+        for y in (0..192).step_by(24) {
+            for x in (0..256).step_by(24) {
+                let _ = dots.narrow(2, y + 8, 8.min(192 - y - 8)).narrow(3, x + 8, 8.min(256 - x - 8)).fill_(0.1);
+            }
+        }
+        let tiled = &smooth - dots;
+        let bad = lattice_score(&tiled, &reference, 24);
+        assert!(calm < 2.0, "{calm}");
+        assert!(bad > 4.0, "{bad}");
     }
 }

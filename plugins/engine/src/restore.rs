@@ -109,7 +109,21 @@ impl Restorer {
         opts: &RestoreOptions,
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<Tensor> {
-        let y_img = tch::no_grad(|| op.lift(&y.to_device(self.device)));
+        let y = y.to_device(self.device);
+        if let Some(side) = self.model.meta.restore_window {
+            // A window model: one pass per low-resolution context window, then projection
+            // onto the measurement (`crate::windows`); tile options do not apply.
+            let m = self.model.meta.unet.size_multiple();
+            let mut one_pass = |t: &Tensor| {
+                let (_, _, h, w) = t.size4()?;
+                let tile = (h.max(w) + m - 1) / m * m;
+                let single = RestoreOptions { tiling: Some(Tiling { tile, overlap: 0 }), ..*opts };
+                self.restore_lifted(t, &single, &mut |_| true)
+            };
+            let mut report = |done: usize, total: usize| progress(done as f32 / total.max(1) as f32);
+            return crate::windows::restore_windowed(op, &y, side, m, &mut one_pass, &mut report);
+        }
+        let y_img = tch::no_grad(|| op.lift(&y));
         self.restore_lifted(&y_img, opts, progress)
     }
 }

@@ -43,6 +43,7 @@ fn meta() -> ModelMeta {
         operator: None,
         perturb_h: None,
         restore_tile: None,
+        restore_window: None,
         provenance: serde_json::json!({}),
     }
 }

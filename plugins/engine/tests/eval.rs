@@ -41,6 +41,7 @@ fn tiny(role: ModelRole, schedule: BetaSchedule, steps: usize, operator: Option<
         operator,
         perturb_h: (role == ModelRole::Generator).then_some(0.1),
         restore_tile: None,
+        restore_window: None,
         provenance: serde_json::json!({"test": true}),
     };
     let m = LoadedModel::random(meta, CPU, seed).unwrap();

@@ -67,6 +67,10 @@ impl Operator for InpaintingOp {
         y.shallow_clone()
     }
 
+    fn keep_mask(&self) -> Option<Tensor> {
+        Some(self.mask.t().shallow_clone())
+    }
+
     fn measurement_shape(&self, c: i64, h: i64, w: i64) -> (i64, i64, i64) {
         (c, h, w)
     }

@@ -54,6 +54,11 @@ pub trait Operator: Send + Sync {
     fn lift(&self, y: &Tensor) -> Tensor;
     /// Measurement shape `(C, H, W)` for an image of shape `(C, H, W)`.
     fn measurement_shape(&self, c: i64, h: i64, w: i64) -> (i64, i64, i64);
+    /// For operators that drop pixels (inpainting): the `(1, 1, H, W)` keep-mask, 1 where a
+    /// pixel is observed. Restoration fills only where it is 0 ([`crate::windows`]).
+    fn keep_mask(&self) -> Option<Tensor> {
+        None
+    }
 }
 
 /// Build the operator a spec describes for images of `channels × height × width` on a device.

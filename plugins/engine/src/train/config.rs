@@ -109,6 +109,72 @@ pub struct DaviConfig {
     /// PatchGAN term on (official: always).
     #[serde(default = "yes")]
     pub gan: bool,
+    /// Weight of the integral-KL term (official 1). With 0 the fake score is neither trained
+    /// nor evaluated and, with `gan = false`, a step costs one generator forward and backward:
+    /// the supervised phase of `docs/models.md`.
+    #[serde(default = "one")]
+    pub ikl_weight: f64,
+    /// A fixed bridge time for the generator's input instead of the official
+    /// `trunc(1000·Beta(3,1) − 0.5)` draw; 999 trains exactly the input restoration sees.
+    #[serde(default)]
+    pub bridge_t: Option<i64>,
+    /// Cosine decay of the generator's learning rate from `lr` to this value over
+    /// `run.total_steps` (official: none, a constant rate).
+    #[serde(default)]
+    pub lr_min: Option<f64>,
+    /// Initial generator weights: a generator model file (a supervised phase's export, or a
+    /// shipped default). Official: a copy of the teacher.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// The ground-truth term for inpainting: `official` (0.1 × MSE + MSE on observed pixels)
+    /// or `full` (MSE on every pixel, which weights the hole as much as the rest).
+    #[serde(default)]
+    pub gt: GtLoss,
+    /// Blur only: the chance, per side of a training window, that the window ends at an
+    /// image border (the zero padding of the blur shows there), instead of continuing into
+    /// image content as it does for a tile inside a photograph.
+    #[serde(default = "quarter")]
+    pub border_prob: f64,
+    /// Inpainting only: draw one or two boxes of random size and place per sample instead of
+    /// the spec's fixed boxes, so holes anywhere in a restore window are learned.
+    #[serde(default)]
+    pub random_boxes: bool,
+    /// Train a window generator: patches are whole downscaled windows of a photograph, and
+    /// the exported model restores through low-resolution context windows
+    /// ([`crate::windows`]) instead of tiles.
+    #[serde(default)]
+    pub window: bool,
+}
+
+/// See [`DaviConfig::gt`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GtLoss {
+    #[default]
+    Official,
+    Full,
+}
+
+impl DaviConfig {
+    /// Pixels of context around each training patch that the measurement is synthesised on
+    /// before the patch is cut out: the radius of a zero-padded blur kernel, else 0.
+    pub fn context_margin(&self) -> i64 {
+        match &self.operator {
+            OperatorSpec::GaussianBlur(b) if b.mode == davi_sdk::spec::BlurMode::ZeroPadded => (b.size / 2) as i64,
+            _ => 0,
+        }
+    }
+
+    /// The generator's learning rate at `step` of `total` (cosine decay when `lr_min` is set).
+    pub fn lr_at(&self, step: u64, total: u64) -> f64 {
+        match self.lr_min {
+            None => self.lr,
+            Some(lo) => {
+                let p = (step as f64 / total.max(1) as f64).clamp(0.0, 1.0);
+                lo + (self.lr - lo) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+            }
+        }
+    }
 }
 
 fn seed() -> u64 {
@@ -138,6 +204,9 @@ fn lr() -> f64 {
 fn yes() -> bool {
     true
 }
+fn quarter() -> f64 {
+    0.25
+}
 
 /// Presets compiled into the binary: (name, TOML text).
 pub const PRESETS: &[(&str, &str)] = &[
@@ -157,6 +226,11 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("photo-inpaint", include_str!("../../presets/photo-inpaint.toml")),
     ("photo-denoise", include_str!("../../presets/photo-denoise.toml")),
     ("photo-colorize", include_str!("../../presets/photo-colorize.toml")),
+    ("photo-deblur-davi", include_str!("../../presets/photo-deblur-davi.toml")),
+    ("photo-sr4-davi", include_str!("../../presets/photo-sr4-davi.toml")),
+    ("photo-inpaint-davi", include_str!("../../presets/photo-inpaint-davi.toml")),
+    ("photo-denoise-davi", include_str!("../../presets/photo-denoise-davi.toml")),
+    ("photo-colorize-davi", include_str!("../../presets/photo-colorize-davi.toml")),
     ("tiny-prior", include_str!("../../presets/tiny-prior.toml")),
     ("tiny-davi", include_str!("../../presets/tiny-davi.toml")),
 ];
@@ -210,6 +284,21 @@ impl TrainConfig {
             }
             if d.batch == 0 || d.micro_batch.is_some_and(|m| m == 0 || d.batch % m != 0) {
                 return bad("davi.micro_batch must divide davi.batch");
+            }
+            if !(d.ikl_weight.is_finite() && d.ikl_weight >= 0.0) {
+                return bad("davi.ikl_weight must be a finite number >= 0");
+            }
+            if d.bridge_t.is_some_and(|t| !(0..1000).contains(&t)) {
+                return bad("davi.bridge_t must be in 0..=999");
+            }
+            if d.lr_min.is_some_and(|l| !(l.is_finite() && l >= 0.0 && l <= d.lr)) {
+                return bad("davi.lr_min must be in [0, davi.lr]");
+            }
+            if !(0.0..=1.0).contains(&d.border_prob) {
+                return bad("davi.border_prob must be in [0, 1]");
+            }
+            if d.random_boxes && !matches!(d.operator, OperatorSpec::Inpainting(_)) {
+                return bad("davi.random_boxes applies to inpainting only");
             }
         }
         Ok(())

@@ -23,7 +23,7 @@ use crate::diffusion::{Bridge, Diffusion};
 use crate::error::{EngineError, Result};
 use crate::operators::{self, Operator};
 use crate::restore::{seeded_normal, SplitMix64, RESTORE_T};
-use crate::train::config::DaviConfig;
+use crate::train::config::{DaviConfig, GtLoss};
 use crate::unet::UNetModel;
 use crate::weights::{model_file, LoadedModel};
 use davi_sdk::OperatorSpec;
@@ -68,6 +68,8 @@ struct Chunk {
     z: Tensor,
     t: Tensor,
     eps: Tensor,
+    /// Per-sample keep-mask `(n, 1, H, W)` of randomly boxed inpainting.
+    mask: Option<Tensor>,
 }
 
 impl Chunk {
@@ -80,6 +82,7 @@ impl Chunk {
             z: self.z.to_device(device),
             t: self.t.to_device(device),
             eps: self.eps.to_device(device),
+            mask: self.mask.as_ref().map(|m| m.to_device(device)),
         }
     }
 }
@@ -103,7 +106,19 @@ pub struct DaviTrainer {
     observed: f64,
     /// Training image side: evaluation tiles at this size, as restoration does.
     size: i64,
+    /// Context around each patch for the measurement ([`DaviConfig::context_margin`]), and
+    /// the operator built for the patch plus that context.
+    margin: i64,
+    op_ctx: Option<Box<dyn Operator>>,
     device: Device,
+}
+
+/// A training batch's measurement: the clean patches and what the generator sees.
+struct Measured {
+    x: Tensor,
+    y: Tensor,
+    y_img: Tensor,
+    mask: Option<Tensor>,
 }
 
 /// The networks an optimiser step can update.
@@ -128,6 +143,55 @@ impl Which {
 pub fn bridge_timesteps(rng: &mut SplitMix64, n: i64, steps: i64, device: Device) -> Tensor {
     let v: Vec<i64> = (0..n).map(|_| ((steps as f64 * beta31(rng) - 0.5) as i64).clamp(0, steps - 1)).collect();
     Tensor::from_slice(&v).to_device(device)
+}
+
+fn uniform(rng: &mut SplitMix64) -> f64 {
+    (rng.next() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Keep-masks `(n, 1, h, w)` with one or two boxes per sample: a fifth of them the official
+/// centred half-size box, the others of random size (10–55 % of each side) and place.
+pub fn random_box_masks(rng: &mut SplitMix64, n: i64, h: i64, w: i64) -> Tensor {
+    let mut m = vec![1f32; (n * h * w) as usize];
+    for b in 0..n as usize {
+        let official = uniform(rng) < 0.2;
+        let boxes = if official || uniform(rng) < 0.7 { 1 } else { 2 };
+        for _ in 0..boxes {
+            let (bh, bw, top, left) = if official {
+                (h / 2, w / 2, h / 4, w / 4)
+            } else {
+                let bh = ((0.10 + 0.45 * uniform(rng)) * h as f64).round().max(1.0) as i64;
+                let bw = ((0.10 + 0.45 * uniform(rng)) * w as f64).round().max(1.0) as i64;
+                let top = (uniform(rng) * (h - bh + 1) as f64) as i64;
+                let left = (uniform(rng) * (w - bw + 1) as f64) as i64;
+                (bh, bw, top.min(h - bh), left.min(w - bw))
+            };
+            for i in top..top + bh {
+                let row = b * (h * w) as usize + (i * w) as usize;
+                m[row + left as usize..row + (left + bw) as usize].fill(0.0);
+            }
+        }
+    }
+    Tensor::from_slice(&m).view([n, 1, h, w])
+}
+
+/// Multiplicative masks `(n, 1, s, s)` over training windows of side `s = size + 2·margin`
+/// that zero the context beyond a side with probability `p` per side: there the window ends
+/// at an image border, as the zero padding of a blur sees it.
+pub fn border_masks(rng: &mut SplitMix64, n: i64, s: i64, margin: i64, p: f64) -> Tensor {
+    let mut m = vec![1f32; (n * s * s) as usize];
+    for b in 0..n as usize {
+        let sides: Vec<bool> = (0..4).map(|_| uniform(rng) < p).collect();
+        for i in 0..s {
+            for j in 0..s {
+                let out = (sides[0] && i < margin) || (sides[1] && i >= s - margin) || (sides[2] && j < margin) || (sides[3] && j >= s - margin);
+                if out {
+                    m[b * (s * s) as usize + (i * s + j) as usize] = 0.0;
+                }
+            }
+        }
+    }
+    Tensor::from_slice(&m).view([n, 1, s, s])
 }
 
 /// The integral-KL surrogate: `mean_b mean_chw(sg[snr·(D_fake − D_teacher)] · x̂)`. Its
@@ -193,14 +257,17 @@ impl Replica {
     /// discriminator's hinge loss; gradients accumulate in this replica.
     fn phase_a(&self, sh: &Shared, c: &Chunk) -> Vec<(&'static str, f64)> {
         let mut out = Vec::new();
+        let ikl = sh.cfg.ikl_weight != 0.0;
         let (l_s, l_d) = tch::autocast(sh.autocast, || {
             let x_hat = tch::no_grad(|| self.sample_generator(sh, &self.gen, c)).to_kind(Kind::Float);
-            let h = hybrid_loss(sh.diffusion, &self.fake, &x_hat, &c.t, &c.eps);
+            let l_s = ikl.then(|| hybrid_loss(sh.diffusion, &self.fake, &x_hat, &c.t, &c.eps).loss.mean(Kind::Float));
             let l_d = sh.cfg.gan.then(|| self.disc.hinge_loss(&c.x, &x_hat));
-            (h.loss.mean(Kind::Float), l_d)
+            (l_s, l_d)
         });
-        (&l_s * sh.loss_factor).backward();
-        out.push(("fake_score", l_s.double_value(&[])));
+        if let Some(l_s) = l_s {
+            (&l_s * sh.loss_factor).backward();
+            out.push(("fake_score", l_s.double_value(&[])));
+        }
         if let Some(l_d) = l_d {
             (&l_d * sh.loss_factor).backward();
             out.push(("disc", l_d.double_value(&[])));
@@ -215,23 +282,35 @@ impl Replica {
         let (loss, l_kl, l_con, l_gt, gan) = tch::autocast(sh.autocast, || {
             let x_hat = self.sample_generator(sh, &self.gen, c).to_kind(Kind::Float);
             let ch = c.x.size()[1];
-            let (d_t, d_s) = tch::no_grad(|| {
-                let x_t = sh.diffusion.q_sample(&x_hat.detach(), &c.t, &c.eps);
-                let e_t = self.teacher.net.forward(&x_t, &c.t).narrow(1, 0, ch).to_kind(Kind::Float);
-                let e_s = self.fake.forward(&x_t, &c.t).narrow(1, 0, ch).to_kind(Kind::Float);
-                (sh.diffusion.pred_xstart_from_eps(&x_t, &c.t, &e_t), sh.diffusion.pred_xstart_from_eps(&x_t, &c.t, &e_s))
-            });
-            let snr = gather(&sh.diffusion.snr, &c.t, &x_hat);
-            let l_kl = ikl_surrogate(&snr, &d_s, &d_t, &x_hat);
-            let ax = self.op.forward(&x_hat);
-            let l_con = (&c.y - ax).square().mean(Kind::Float);
-            let l_gt = if matches!(sh.cfg.operator, OperatorSpec::Inpainting(_)) {
-                let diff = self.op.forward(&c.x) - self.op.forward(&x_hat);
-                (&c.x - &x_hat).square().mean(Kind::Float) * 0.1 + diff.square().sum(Kind::Float) / (sh.observed * n as f64)
+            let l_kl = if sh.cfg.ikl_weight != 0.0 {
+                let (d_t, d_s) = tch::no_grad(|| {
+                    let x_t = sh.diffusion.q_sample(&x_hat.detach(), &c.t, &c.eps);
+                    let e_t = self.teacher.net.forward(&x_t, &c.t).narrow(1, 0, ch).to_kind(Kind::Float);
+                    let e_s = self.fake.forward(&x_t, &c.t).narrow(1, 0, ch).to_kind(Kind::Float);
+                    (sh.diffusion.pred_xstart_from_eps(&x_t, &c.t, &e_t), sh.diffusion.pred_xstart_from_eps(&x_t, &c.t, &e_s))
+                });
+                let snr = gather(&sh.diffusion.snr, &c.t, &x_hat);
+                ikl_surrogate(&snr, &d_s, &d_t, &x_hat)
             } else {
-                (&c.x - &x_hat).square().mean(Kind::Float)
+                Tensor::zeros([], (Kind::Float, x_hat.device()))
             };
-            let mut loss = &l_kl + &l_con * sh.cfg.weight_con + &l_gt * sh.cfg.reg_coeff;
+            let a = |v: &Tensor| match &c.mask {
+                Some(m) => v * m,
+                None => self.op.forward(v),
+            };
+            let l_con = (&c.y - a(&x_hat)).square().mean(Kind::Float);
+            let l_gt = match (&sh.cfg.operator, sh.cfg.gt) {
+                (OperatorSpec::Inpainting(_), GtLoss::Official) => {
+                    let observed = match &c.mask {
+                        Some(m) => m.sum(Kind::Float) * ch as f64,
+                        None => Tensor::from(sh.observed * n as f64).to_device(x_hat.device()),
+                    };
+                    let diff = a(&c.x) - a(&x_hat);
+                    (&c.x - &x_hat).square().mean(Kind::Float) * 0.1 + diff.square().sum(Kind::Float) / observed.clamp_min(1.0)
+                }
+                _ => (&c.x - &x_hat).square().mean(Kind::Float),
+            };
+            let mut loss = &l_kl * sh.cfg.ikl_weight + &l_con * sh.cfg.weight_con + &l_gt * sh.cfg.reg_coeff;
             let mut gan = None;
             if sh.cfg.gan {
                 let l_g = self.disc.generator_loss(&c.x, &x_hat);
@@ -292,6 +371,20 @@ impl DaviTrainer {
             r.copy_from(&nets[0])?;
             nets.push(r);
         }
+        // Generator initialisation from a model file instead of the teacher (`davi.init`).
+        let init = match &cfg.init {
+            Some(path) => {
+                let g = model_file::load(path, device)?;
+                if g.meta.unet != nets[0].teacher.meta.unet {
+                    return Err(EngineError::model(path, "davi.init must have the teacher's U-Net configuration"));
+                }
+                for r in nets.iter_mut() {
+                    r.gen_vs.copy(&g.vs)?;
+                }
+                Some(g)
+            }
+            None => None,
+        };
         let p = &nets[0];
         let unet = p.teacher.meta.unet.clone();
         let diffusion = Diffusion::new(p.teacher.meta.schedule, p.teacher.meta.diffusion_steps);
@@ -301,6 +394,11 @@ impl DaviTrainer {
         ema_vs.freeze();
         let adam = |lr| AdamWConfig { lr, ..Default::default() };
         let observed = tch::no_grad(|| p.op.forward(&Tensor::ones([1, unet.in_channels, size, size], (Kind::Float, device))).ne(0.0).sum(Kind::Float).double_value(&[]));
+        let margin = cfg.context_margin();
+        let op_ctx = if margin > 0 { Some(operators::build(&cfg.operator, unet.in_channels, size + 2 * margin, size + 2 * margin, device)?) } else { None };
+        if let Some(g) = &init {
+            ema_vs.copy(&g.vs)?;
+        }
         Ok(DaviTrainer {
             opt_g: AdamW::new(&p.gen_vs, adam(cfg.lr)),
             opt_s: AdamW::new(&p.fake_vs, adam(cfg.s_lr)),
@@ -316,6 +414,8 @@ impl DaviTrainer {
             autocast,
             observed,
             size,
+            margin,
+            op_ctx,
             device,
         })
     }
@@ -348,7 +448,8 @@ impl DaviTrainer {
 
     /// The chunks of one phase with their random draws, in the order the single-device
     /// loop has always drawn them: bridge times, bridge noise, diffusion times, noise.
-    fn draw_chunks(&self, x: &Tensor, y_img: &Tensor, y: &Tensor, rng: &mut SplitMix64) -> Vec<Chunk> {
+    fn draw_chunks(&self, m: &Measured, rng: &mut SplitMix64) -> Vec<Chunk> {
+        let (x, y_img, y) = (&m.x, &m.y_img, &m.y);
         let b = x.size()[0];
         let (micro, chunks) = self.micro_chunks(b);
         let steps = self.diffusion.num_steps() as i64;
@@ -356,11 +457,15 @@ impl DaviTrainer {
             .map(|i| {
                 let n = micro.min(b - i * micro);
                 let xm = x.narrow(0, i * micro, n);
-                let t_bridge = bridge_timesteps(rng, n, steps, self.device);
+                let t_bridge = match self.cfg.bridge_t {
+                    Some(t) => Tensor::full([n], t.min(steps - 1), (Kind::Int64, self.device)),
+                    None => bridge_timesteps(rng, n, steps, self.device),
+                };
                 let z = xm.randn_like();
                 let t = Tensor::randint(self.cfg.t_ikl, [n], (Kind::Int64, self.device));
                 let eps = xm.randn_like();
-                Chunk { x: xm, y_img: y_img.narrow(0, i * micro, n), y: y.narrow(0, i * micro, n), t_bridge, z, t, eps }
+                let mask = m.mask.as_ref().map(|k| k.narrow(0, i * micro, n));
+                Chunk { x: xm, y_img: y_img.narrow(0, i * micro, n), y: y.narrow(0, i * micro, n), t_bridge, z, t, eps, mask }
             })
             .collect()
     }
@@ -440,23 +545,65 @@ impl DaviTrainer {
         overflow
     }
 
-    /// One full iteration (phase A then phase B) on the clean batch `x` in [-1, 1].
+    /// Side of the clean windows [`Self::step`] takes: the patch plus its measurement context.
+    pub fn window(&self) -> i64 {
+        self.size + 2 * self.margin
+    }
+
+    /// Set the generator's learning rate for `step` of `total` (`DaviConfig::lr_at`).
+    pub fn set_step(&mut self, step: u64, total: u64) {
+        self.opt_g.config.lr = self.cfg.lr_at(step, total);
+    }
+
+    /// The measurement of a batch of clean windows: with a context margin, synthesised on the
+    /// whole window (some sides ending at an image border) and cut to the patch; with random
+    /// boxes, a fresh keep-mask per sample; else the spec's operator on the patch.
+    fn synthesise(&self, x: &Tensor, rng: &mut SplitMix64) -> Measured {
+        let sigma = self.cfg.operator.noise_sigma();
+        tch::no_grad(|| {
+            if let Some(op) = &self.op_ctx {
+                let (n, s, m) = (x.size()[0], self.window(), self.margin);
+                let keep = border_masks(rng, n, s, m, self.cfg.border_prob).to_device(self.device);
+                let y = operators::measure(op.as_ref(), &(x * &keep), sigma).narrow(2, m, self.size).narrow(3, m, self.size);
+                let x = x.narrow(2, m, self.size).narrow(3, m, self.size).contiguous();
+                let y_img = self.nets[0].op.lift(&y);
+                return Measured { x, y, y_img, mask: None };
+            }
+            if self.cfg.random_boxes {
+                let (n, _, h, w) = x.size4().expect("4-D batch");
+                let keep = random_box_masks(rng, n, h, w).to_device(self.device);
+                let y = x * &keep;
+                let y = &y + y.randn_like() * sigma;
+                return Measured { x: x.shallow_clone(), y: y.shallow_clone(), y_img: y, mask: Some(keep) };
+            }
+            let y = self.measure(x);
+            let y_img = self.nets[0].op.lift(&y);
+            Measured { x: x.shallow_clone(), y, y_img, mask: None }
+        })
+    }
+
+    /// One full iteration (phase A then phase B) on the clean batch `x` in [-1, 1], of
+    /// windows of side [`Self::window`].
     pub fn step(&mut self, x: &Tensor, rng: &mut SplitMix64) -> Terms {
-        let y = self.measure(x);
-        let y_img = tch::no_grad(|| self.nets[0].op.lift(&y));
+        let m = self.synthesise(x, rng);
         for r in &self.nets {
             r.zero_grads();
         }
 
-        // Phase A: fake score and discriminator.
-        let chunks = self.draw_chunks(x, &y_img, &y, rng);
-        let mut terms = self.run_phase(chunks, Replica::phase_a);
-        let which_a: &[Which] = if self.cfg.gan { &[Which::Fake, Which::Disc] } else { &[Which::Fake] };
-        let skipped_a = self.finish_phase(which_a);
+        // Phase A: fake score and discriminator (nothing to train when neither the
+        // integral-KL term nor the GAN is on).
+        let which_a: Vec<Which> = [(self.cfg.ikl_weight != 0.0, Which::Fake), (self.cfg.gan, Which::Disc)].into_iter().filter_map(|(on, w)| on.then_some(w)).collect();
+        let mut terms = Terms::new();
+        let mut skipped_a = false;
+        if !which_a.is_empty() {
+            let chunks = self.draw_chunks(&m, rng);
+            terms = self.run_phase(chunks, Replica::phase_a);
+            skipped_a = self.finish_phase(&which_a);
+        }
 
         // Phase B: generator. Gradients its loss leaves in the discriminator and the fake
         // score are discarded by `finish_phase`.
-        let chunks = self.draw_chunks(x, &y_img, &y, rng);
+        let chunks = self.draw_chunks(&m, rng);
         terms.extend(self.run_phase(chunks, Replica::phase_b));
         let skipped_b = self.finish_phase(&[Which::Gen]);
         self.ema.update(&self.ema_vs, &self.nets[0].gen_vs);
@@ -485,13 +632,25 @@ impl DaviTrainer {
             if h % m != 0 || w % m != 0 {
                 return Err(EngineError::InvalidInput(format!("eval crops must be multiples of {m}")));
             }
-            // Tiles of the training size, blended, exactly as `Restorer` does for this model.
-            let tiling = crate::tiling::Tiling { tile: self.size, overlap: self.size / 4 };
-            let mut run = |tile: &Tensor| {
-                let tt = crate::diffusion::schedule::timesteps(t.int64_value(&[0]), tile.size()[0], self.device);
+            let t_val = t.int64_value(&[0]);
+            let one = |tile: &Tensor| {
+                let tt = crate::diffusion::schedule::timesteps(t_val, tile.size()[0], self.device);
                 let eps = self.ema_net.forward(tile, &tt).narrow(1, 0, c);
                 self.bridge.generator_output(&tt, tile, &eps)
             };
+            if self.cfg.window {
+                // As a window model restores: per context window at the training side.
+                let mut pass = |thumb: &Tensor| {
+                    let z = seeded_normal(&thumb.size(), seed ^ 0x5eed).to_device(self.device);
+                    let tt = crate::diffusion::schedule::timesteps(t_val, thumb.size()[0], self.device);
+                    Ok(one(&self.bridge.perturbed_interpolation(&tt, thumb, thumb, h_eval, &z)))
+                };
+                let x_hat = crate::windows::restore_windowed(op.as_ref(), &y, self.size, m, &mut pass, &mut |_, _| true)?;
+                return Ok((y_img, x_hat));
+            }
+            // Tiles of the training size, blended, exactly as `Restorer` does for this model.
+            let tiling = crate::tiling::Tiling { tile: self.size, overlap: self.size / 4 };
+            let mut run = |tile: &Tensor| one(tile);
             let x_hat = crate::tiling::map_tiles(&x_in, tiling, &mut run, &mut |_, _| true).expect("never cancelled");
             Ok((y_img, x_hat))
         })

@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop after this many steps in this invocation (the run stays resumable).
     pub max_steps_now: Option<u64>,
+    /// Stop at the first checkpoint after this many seconds of this invocation.
+    pub max_seconds_now: Option<f64>,
 }
 
 /// Outcome of [`run`].
@@ -135,11 +137,22 @@ impl Trainer {
         }
     }
 
-    fn step(&mut self, x: &Tensor, seed: u64, step: u64) -> Terms {
+    fn step(&mut self, x: &Tensor, seed: u64, step: u64, total: u64) -> Terms {
         let mut rng = seed_step(seed, step);
         match self {
             Trainer::Prior(p) => p.step(x),
-            Trainer::Davi(d) => d.step(x, &mut rng),
+            Trainer::Davi(d) => {
+                d.set_step(step, total);
+                d.step(x, &mut rng)
+            }
+        }
+    }
+
+    /// Side of the clean training windows the data loader must cut (patch plus context).
+    fn window(&self, size: i64) -> i64 {
+        match self {
+            Trainer::Prior(_) => size,
+            Trainer::Davi(d) => d.window(),
         }
     }
 
@@ -156,6 +169,7 @@ impl Trainer {
                     operator: None,
                     perturb_h: None,
                     restore_tile: None,
+                    restore_window: None,
                     provenance: provenance(cfg, step, extra),
                 };
                 (meta, &p.ema_vs)
@@ -169,7 +183,8 @@ impl Trainer {
                     diffusion_steps: d.primary().teacher.meta.diffusion_steps,
                     operator: Some(dc.operator.clone()),
                     perturb_h: Some(dc.eval_perturb_h.unwrap_or(dc.perturb_h)),
-                    restore_tile: (cfg.data.crop == super::data::Crop::Random).then_some(cfg.data.size),
+                    restore_tile: (cfg.data.crop == super::data::Crop::Random && !dc.window).then_some(cfg.data.size),
+                    restore_window: dc.window.then_some(cfg.data.size),
                     provenance: provenance(cfg, step, extra),
                 };
                 (meta, &d.ema_vs)
@@ -259,10 +274,15 @@ fn eval_set(cfg: &TrainConfig, device: Device) -> Result<Option<Tensor>> {
         (Some(p), _) => p.unet.size_multiple(),
         _ => 32,
     };
-    // Centre crops of a common side: 4x the patch (at most 128 px, keeping CPU evaluation
-    // cheap), no larger than the smallest image, a multiple of the network's factor.
-    let smallest = images.iter().map(|i| i.size()[1].min(i.size()[2])).min().unwrap_or(0);
-    let side = (cfg.data.size * 4).min(128).min(smallest) / m * m;
+    // Centre crops of a common side, a multiple of the network's factor. Priors: 4x the
+    // patch, at most 128 px (keeps CPU evaluation cheap). DAVI generators: 256 px, the size
+    // their results are reported at (a window model's context and a tile model's blending
+    // both show at that size); images smaller than that are left out, unless all are.
+    let want = if cfg.prior.is_some() { (cfg.data.size * 4).min(128) } else { 256 };
+    let short = |i: &Tensor| i.size()[1].min(i.size()[2]);
+    let images: Vec<Tensor> = if images.iter().any(|i| short(i) >= want) { images.into_iter().filter(|i| short(i) >= want).collect() } else { images };
+    let smallest = images.iter().map(short).min().unwrap_or(0);
+    let side = want.min(smallest) / m * m;
     if side < m {
         return Err(EngineError::InvalidInput(format!("held-out images in {} are too small to evaluate", dir.display())));
     }
@@ -295,7 +315,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
     let (mut step, wall_before) = if opts.resume && ckpt.exists() { load_checkpoint(&ckpt, cfg, &mut trainer)? } else { (0, 0.0) };
     let files = list_images(&cfg.data.train_dir)?;
     let batch = cfg.prior.as_ref().map(|p| p.batch).or(cfg.davi.as_ref().map(|d| d.batch)).expect("validated");
-    let ds = Dataset::open(files, cfg.data.size, cfg.data.crop, cfg.data.min_scale, cfg.data.hflip)?;
+    let ds = Dataset::open(files, trainer.window(cfg.data.size), cfg.data.crop, cfg.data.min_scale, cfg.data.hflip)?;
     let eval = eval_set(cfg, device)?;
     let monitor = Monitor::new(&dir, step, cfg.run.total_steps).quiet(opts.quiet);
     let prefetch = Prefetcher::start(ds, cfg.run.seed, step, batch, 2);
@@ -303,7 +323,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
     let mut last = Terms::new();
     while step < stop_at {
         let x = prefetch.next(step).to_device(device);
-        last = trainer.step(&x, cfg.run.seed, step);
+        last = trainer.step(&x, cfg.run.seed, step, cfg.run.total_steps);
         if last.values().any(|v| !v.is_finite()) {
             // The weights are already updated from a non-finite loss: do not save them; the
             // last checkpoint on disk stays the last good state.
@@ -327,9 +347,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
                 rec[k] = v.clone();
             }
             monitor.log(&rec)?;
+            keep_best(cfg, &trainer, &dir, step, wall_before + monitor.elapsed(), device, &m)?;
         }
-        if step % cfg.run.checkpoint_every == 0 || step == stop_at {
+        let out_of_time = opts.max_seconds_now.is_some_and(|s| monitor.elapsed() >= s);
+        if step % cfg.run.checkpoint_every == 0 || step == stop_at || out_of_time {
             save_checkpoint(&dir, cfg, &trainer, step, wall_before + monitor.elapsed())?;
+        }
+        if out_of_time {
+            break;
         }
     }
     if !opts.quiet {
@@ -347,8 +372,33 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
     Ok(RunReport { out_dir: dir, step, finished, last_terms: last })
 }
 
+/// The file beside a run's checkpoint holding the EMA generator of its best evaluation so far,
+/// and the record of which step and score that was.
+pub const BEST_MODEL: &str = "best.safetensors";
+const BEST_RECORD: &str = "best.json";
+
+/// Export the EMA generator as [`BEST_MODEL`] when this evaluation's held-out PSNR beats every
+/// earlier one of the run: checkpoints are chosen by validation score, not by the last step.
+fn keep_best(cfg: &TrainConfig, trainer: &Trainer, dir: &Path, step: u64, wall: f64, device: Device, m: &serde_json::Value) -> Result<()> {
+    let Some(psnr) = m.get("heldout_psnr").and_then(|v| v.as_f64()) else { return Ok(()) };
+    let record = dir.join(BEST_RECORD);
+    let best = std::fs::read_to_string(&record).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v.get("heldout_psnr").and_then(|p| p.as_f64()));
+    if best.is_some_and(|b| b >= psnr) {
+        return Ok(());
+    }
+    let mut extra = m.clone();
+    extra["step"] = serde_json::json!(step);
+    export_scored(cfg, trainer, step, wall, device, &dir.join(BEST_MODEL), m.clone())?;
+    model_file::write_atomic(&record, extra.to_string().as_bytes())
+}
+
 fn export(cfg: &TrainConfig, trainer: &Trainer, step: u64, wall: f64, device: Device, out: &Path) -> Result<()> {
-    let extra = serde_json::json!({ "wall_seconds": wall.round(), "device": device_name(device), "threads": cfg.run.threads });
+    export_scored(cfg, trainer, step, wall, device, out, serde_json::Value::Null)
+}
+
+/// [`export`], recording the held-out scores the exported network reached in its provenance.
+fn export_scored(cfg: &TrainConfig, trainer: &Trainer, step: u64, wall: f64, device: Device, out: &Path, scores: serde_json::Value) -> Result<()> {
+    let extra = serde_json::json!({ "wall_seconds": wall.round(), "device": device_name(device), "threads": cfg.run.threads, "heldout": scores });
     let (meta, vs) = trainer.export_parts(cfg, step, extra);
     model_file::save(out, &meta, vs)
 }

@@ -55,6 +55,10 @@ pub struct ModelMeta {
     /// (GroupNorm statistics and attention span depend on the input size). `None`: 256.
     #[serde(default)]
     pub restore_tile: Option<i64>,
+    /// Side of the low-resolution windows a window-trained generator saw (inpainting,
+    /// colorization): restoration then goes through [`crate::windows`] instead of tiles.
+    #[serde(default)]
+    pub restore_window: Option<i64>,
     /// Free-form provenance: source checkpoint, training run, steps, data, metrics.
     #[serde(default)]
     pub provenance: serde_json::Value,
@@ -86,6 +90,7 @@ impl ModelMeta {
             operator,
             perturb_h: Some(0.1),
             restore_tile: None,
+            restore_window: None,
             provenance: serde_json::json!({ "note": "tiny generator for tests" }),
         }
     }
