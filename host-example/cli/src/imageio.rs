@@ -33,8 +33,11 @@ fn planar(data: Vec<f32>, h: u32, w: u32, c: usize) -> Tensor {
     Tensor::from_slice(&data).view([h as i64, w as i64, c as i64]).permute([2, 0, 1]).unsqueeze(0).contiguous()
 }
 
-/// Read an image file.
+/// Read an image file, or a `.npy` raw measurement (see [`read_npy`]).
 pub fn read(path: &Path) -> Result<Picture> {
+    if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+        return read_npy(path);
+    }
     let img = image::ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
@@ -122,6 +125,61 @@ pub fn write(path: &Path, p: &Picture) -> Result<()> {
     let mut buf = std::io::Cursor::new(Vec::new());
     img.write_to(&mut buf, fmt).with_context(|| format!("cannot encode {}", path.display()))?;
     davi_engine::weights::model_file::write_atomic(path, buf.get_ref()).map_err(anyhow::Error::from)
+}
+
+/// Read a raw measurement from a NumPy `.npy` file: little-endian f32 or f64, C order, shape
+/// `(C, H, W)` with C = 1 or 3, values in [-1, 1] image units (what `davi restore -o x.npy`
+/// writes, and what evaluation scripts save so libdavi restores exactly their measurement,
+/// unclamped). Anything else is refused with a message.
+pub fn read_npy(path: &Path) -> Result<Picture> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bad = |m: &str| anyhow::anyhow!("{}: {m}", path.display());
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy file"));
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        _ => return Err(bad("unsupported .npy version")),
+    };
+    let header = bytes.get(start..start + hlen).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(|| bad("truncated header"))?;
+    let field = |key: &str| -> Option<&str> {
+        let i = header.find(&format!("'{key}'"))? + key.len() + 2;
+        let rest = header[i..].trim_start().strip_prefix(':')?.trim_start();
+        Some(rest)
+    };
+    let descr = field("descr").ok_or_else(|| bad("no descr"))?;
+    let width = if descr.starts_with("'<f4'") {
+        4
+    } else if descr.starts_with("'<f8'") {
+        8
+    } else {
+        return Err(bad("only little-endian float32/float64 arrays are read"));
+    };
+    if !field("fortran_order").is_some_and(|v| v.starts_with("False")) {
+        return Err(bad("only C-order arrays are read"));
+    }
+    let shape_text = field("shape").and_then(|v| v.strip_prefix('(')).and_then(|v| v.split(')').next()).ok_or_else(|| bad("no shape"))?;
+    let shape: Vec<i64> = shape_text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| t.parse::<i64>()).collect::<std::result::Result<_, _>>().map_err(|_| bad("unreadable shape"))?;
+    let [c, h, w] = shape[..] else { return Err(bad("expected a (C, H, W) array")) };
+    if !(c == 1 || c == 3) || h < 1 || w < 1 || h > 1 << 16 || w > 1 << 16 {
+        return Err(bad("expected C = 1 or 3 and sides of 1 to 65536"));
+    }
+    let n = (c * h * w) as usize;
+    let data = &bytes[start + hlen..];
+    if data.len() != n * width {
+        return Err(bad(&format!("holds {} bytes of data, the shape needs {}", data.len(), n * width)));
+    }
+    let v: Vec<f32> = if width == 4 {
+        data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    } else {
+        data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect()
+    };
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(bad("holds non-finite values"));
+    }
+    let color = (Tensor::from_slice(&v).view([1, c, h, w]) + 1.0) / 2.0;
+    Ok(Picture { color, alpha: None, sixteen_bit: true })
 }
 
 /// Write a raw f32 tensor as a NumPy `.npy` file (C order, little-endian, its own shape).

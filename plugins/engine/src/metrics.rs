@@ -123,7 +123,7 @@ mod lattice_tests {
         let smooth = reference.shallow_clone() + Tensor::randn([1, 3, 12, 16], (Kind::Float, tch::Device::Cpu)).upsample_bilinear2d([192, 256], false, None, None) * 0.05;
         let calm = lattice_score(&smooth, &reference, 24);
         // the same plus a dark dot in the middle of every 24-px cell
-        let mut dots = Tensor::zeros([1, 1, 192, 256], (Kind::Float, tch::Device::Cpu));
+        let dots = Tensor::zeros([1, 1, 192, 256], (Kind::Float, tch::Device::Cpu));
         for y in (0..192).step_by(24) {
             for x in (0..256).step_by(24) {
                 let _ = dots.narrow(2, y + 8, 8.min(192 - y - 8)).narrow(3, x + 8, 8.min(256 - x - 8)).fill_(0.1);

@@ -111,7 +111,7 @@ fn inpaint_boxes_anywhere() {
         let outside = ((&out - &obs) * &keep).abs().max().double_value(&[]);
         assert!(outside < 1.0 / 255.0, "observed pixels changed by {outside}");
     }
-    let hole = 1.0 - &keep;
+    let hole: Tensor = 1.0 - &keep;
     let n = hole.sum(Kind::Float).double_value(&[]) * 3.0;
     let hole_mse = |t: &Tensor| ((t - &clean) * &hole).square().sum(Kind::Float).double_value(&[]) / n;
     // the flat fill: each box gets the mean colour of the observed pixels within 16 px of it
@@ -125,7 +125,7 @@ fn inpaint_boxes_anywhere() {
         let mut region = flat.narrow(2, top, h).narrow(3, left, w);
         region.copy_(&mean.expand([1, 3, h, w], false));
     }
-    let (got, zero, flat) = (hole_mse(&out), hole_mse(&(obs.shallow_clone() * &keep + (1.0 - &keep) * 0.5)), hole_mse(&flat));
+    let (got, zero, flat) = (hole_mse(&out), hole_mse(&(obs.shallow_clone() * &keep + &hole * 0.5)), hole_mse(&flat));
     eprintln!("inpaint boxes: hole MSE restored {got:.5}, flat ring-mean fill {flat:.5}, gray fill {zero:.5}");
     assert!(got < zero && got <= flat * 1.02, "hole MSE {got:.5} vs flat {flat:.5} / gray {zero:.5}");
 }
