@@ -332,4 +332,3 @@ pub fn degrade(clean: &Pnm, model: &Path, seed: u64) -> Pnm {
         data: Vec::<u8>::try_from(&y.view([-1])).unwrap(),
     }
 }
-
