@@ -571,9 +571,10 @@ impl DaviTrainer {
             }
             if self.cfg.random_boxes {
                 let (n, _, h, w) = x.size4().expect("4-D batch");
+                // Noise, then the hole zero-filled: what every host hands libdavi, since
+                // the restoration pipeline zero-fills the hole of the image it is given.
                 let keep = random_box_masks(rng, n, h, w).to_device(self.device);
-                let y = x * &keep;
-                let y = &y + y.randn_like() * sigma;
+                let y = (x + x.randn_like() * sigma) * &keep;
                 return Measured { x: x.shallow_clone(), y: y.shallow_clone(), y_img: y, mask: Some(keep) };
             }
             let y = self.measure(x);
@@ -624,6 +625,11 @@ impl DaviTrainer {
             let x = clean.to_device(self.device);
             let y = op.forward(&x);
             let y = &y + seeded_normal(&y.size(), seed).to_device(self.device) * self.cfg.operator.noise_sigma();
+            // Hosts hand over a zero-filled hole (see `synthesise`).
+            let y = match op.keep_mask() {
+                Some(k) if self.cfg.random_boxes => y * k,
+                _ => y,
+            };
             let y_img = op.lift(&y);
             let t = crate::diffusion::schedule::timesteps(RESTORE_T.min(self.diffusion.num_steps() as i64 - 1), x.size()[0], self.device);
             let z = seeded_normal(&y_img.size(), seed ^ 0x5eed).to_device(self.device);

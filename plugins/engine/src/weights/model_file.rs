@@ -213,7 +213,73 @@ fn meta_from_bytes(bytes: &[u8]) -> std::result::Result<ModelMeta, String> {
         ));
     }
     let meta = map.get("meta").ok_or("metadata `meta` missing")?;
-    serde_json::from_str(meta).map_err(|e| format!("metadata `meta` is invalid: {e}"))
+    let meta: ModelMeta = serde_json::from_str(meta).map_err(|e| format!("metadata `meta` is invalid: {e}"))?;
+    meta.validate()?;
+    Ok(meta)
+}
+
+impl ModelMeta {
+    /// Check every field's range before any tensor is built, so a hostile or damaged file is
+    /// refused with a message naming the field instead of failing (or dividing by zero) deep
+    /// inside the network constructor or at restore time.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let u = &self.unet;
+        let bad = |field: &str, why: String| Err(format!("metadata `{field}` {why}"));
+        if !(1..=4).contains(&u.in_channels) {
+            return bad("unet.in_channels", format!("must be 1 to 4, got {}", u.in_channels));
+        }
+        if u.out_channels != u.in_channels && u.out_channels != 2 * u.in_channels {
+            return bad("unet.out_channels", format!("must be in_channels or twice it, got {}", u.out_channels));
+        }
+        if !(1..=4096).contains(&u.model_channels) {
+            return bad("unet.model_channels", format!("must be 1 to 4096, got {}", u.model_channels));
+        }
+        if !(1..=8).contains(&u.channel_mult.len()) || u.channel_mult.iter().any(|m| !(1..=16).contains(m)) {
+            return bad("unet.channel_mult", format!("must hold 1 to 8 factors of 1 to 16, got {:?}", u.channel_mult));
+        }
+        if !(1..=16).contains(&u.num_res_blocks) {
+            return bad("unet.num_res_blocks", format!("must be 1 to 16, got {}", u.num_res_blocks));
+        }
+        if !(1..=1024).contains(&u.norm_groups) {
+            return bad("unet.norm_groups", format!("must be 1 to 1024, got {}", u.norm_groups));
+        }
+        if !(1..=1 << 16).contains(&u.image_size) {
+            return bad("unet.image_size", format!("must be 1 to 65536, got {}", u.image_size));
+        }
+        if u.attention_resolutions.iter().any(|r| *r < 1 || *r > u.image_size) {
+            return bad("unet.attention_resolutions", format!("must lie in 1..=image_size, got {:?}", u.attention_resolutions));
+        }
+        if u.num_head_channels < -1 || u.num_head_channels == 0 || u.num_heads < -1 || u.num_heads == 0 {
+            return bad("unet.num_head_channels / num_heads", format!("must be positive or -1, got {} / {}", u.num_head_channels, u.num_heads));
+        }
+        if !u.dropout.is_finite() || !(0.0..1.0).contains(&u.dropout) {
+            return bad("unet.dropout", format!("must be in [0, 1), got {}", u.dropout));
+        }
+        u.validate().map_err(|e| e.to_string())?;
+        if !(2..=100_000).contains(&self.diffusion_steps) {
+            return bad("diffusion_steps", format!("must be 2 to 100000, got {}", self.diffusion_steps));
+        }
+        if let Some(h) = self.perturb_h {
+            if !h.is_finite() || !(0.0..=10.0).contains(&h) {
+                return bad("perturb_h", format!("must be in [0, 10], got {h}"));
+            }
+        }
+        let m = u.size_multiple();
+        for (field, v) in [("restore_tile", self.restore_tile), ("restore_window", self.restore_window)] {
+            if let Some(t) = v {
+                if t < m || t % m != 0 || t > 4096 {
+                    return bad(field, format!("must be a multiple of {m} up to 4096, got {t}"));
+                }
+            }
+        }
+        if self.restore_tile.is_some() && self.restore_window.is_some() {
+            return bad("restore_window", "and `restore_tile` exclude each other".into());
+        }
+        if let Some(op) = &self.operator {
+            op.validate().map_err(|e| format!("metadata `operator`: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Load a model file from disk onto `device`.
@@ -235,8 +301,10 @@ pub fn load_bytes(bytes: &[u8], device: Device) -> Result<LoadedModel> {
         .tensors()
         .into_iter()
         .map(|(name, view)| {
+            // Network weights are floating point; an integer tensor would be cast silently.
             let kind = dtype_to_kind(view.dtype())
-                .ok_or_else(|| EngineError::Weights(format!("{name}: unsupported dtype {:?}", view.dtype())))?;
+                .filter(|k| matches!(k, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double))
+                .ok_or_else(|| EngineError::Weights(format!("tensor `{name}` has dtype {:?}; model weights must be F32, F16, BF16 or F64", view.dtype())))?;
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             Ok((name, Tensor::from_data_size(view.data(), &shape, kind)))
         })
