@@ -21,7 +21,7 @@
 #define DAVI_VERSION_STRING "0.1.0"
 /* C ABI revision: bumped by every append; a library with davi_abi_version() >=
  * DAVI_ABI_VERSION implements everything this header declares. */
-#define DAVI_ABI_VERSION 1
+#define DAVI_ABI_VERSION 2
 
 /**
  * Outcome of a call. `Ok` is zero; every other value is a failure.
@@ -86,6 +86,11 @@ typedef enum DaviStatus {
      * A named plugin, file or object does not exist.
      */
     DAVI_STATUS_NOT_FOUND = 13,
+    /**
+     * The object is in use and the call does not wait: a restore started from inside a
+     * progress callback on a context that is restoring (ABI 2).
+     */
+    DAVI_STATUS_BUSY = 14,
 } DaviStatus;
 
 /**
@@ -160,9 +165,10 @@ typedef enum DaviDownsampleMethod {
  * A loaded DAVI generator on a device, with a detailed message about its last failed call.
  *
  * Made by `davi_context_new`, used by `davi_restore`, freed by `davi_context_free`. A context
- * may be used from any thread, one call at a time: a `davi_restore` that finds the context
- * busy fails with `DAVI_STATUS_INVALID_ARGUMENT` instead of waiting. For parallel restores,
- * make one context per thread; they share nothing.
+ * may be shared by threads: restores on it run one at a time, in turn (a second waits for
+ * the first), except that a restore started from inside a progress callback never waits and
+ * fails with `DAVI_STATUS_BUSY` if its context is busy. For parallel restores, make one
+ * context per thread; they share nothing.
  */
 typedef struct DaviContext DaviContext;
 
@@ -173,6 +179,10 @@ typedef struct DaviContext DaviContext;
  * `davi_spec_set_*` / `davi_spec_add_box` functions; freed by `davi_spec_free`. A spec is
  * plain data: it may be read by many threads at once (for example by restores on several
  * contexts), but must not be changed while another thread reads it.
+ *
+ * Every function checks a handle against the library's list of live handles before reading
+ * through it: a context, a freed spec or any other pointer passed as a spec is refused with
+ * `DAVI_STATUS_INVALID_ARGUMENT` (the same holds for contexts).
  */
 typedef struct DaviSpec DaviSpec;
 
@@ -192,9 +202,13 @@ typedef struct DaviContextOptions {
      */
     uint32_t struct_size;
     /**
-     * Intra-op CPU threads libtorch uses for this context's restores; 0 = libtorch's default.
-     * libtorch keeps this setting per process on some builds: contexts with different values
-     * in one process may affect each other's speed, never their results.
+     * Intra-op CPU threads libtorch uses for this context's restores, at most 1024; 0 leaves
+     * libtorch's setting as it is (its default unless something in the process changed it).
+     * libtorch keeps this setting per process (or per calling thread, by build), so contexts
+     * with different values affect each other. The thread count changes how libtorch splits
+     * sums, so float results may differ in the last bits between counts (about 6e-7 on the
+     * [0, 1] scale; 8- and 16-bit results then differ by at most one code at rounding
+     * boundaries). Equal counts give bit-identical results (docs/C_API.md, "Threads").
      */
     uint32_t threads;
     /**
@@ -217,8 +231,9 @@ typedef struct DaviContextOptions {
      */
     const char *task;
     /**
-     * NUL-terminated device: `"auto"` (first CUDA device, else CPU), `"cpu"`, `"cuda"`,
-     * `"cuda:N"`; NULL means `"auto"`.
+     * NUL-terminated device, exactly one of `"auto"` (first CUDA device, else CPU), `"cpu"`,
+     * `"cuda"`, `"cuda:N"` (lower case, no spaces; anything else is `DAVI_STATUS_DEVICE_ERROR`);
+     * NULL means `"auto"`.
      */
     const char *device;
 } DaviContextOptions;
@@ -232,8 +247,9 @@ typedef struct DaviContextOptions {
  * `user_data` is `DaviRestoreOptions.user_data`, passed back untouched; it must stay valid
  * until `davi_restore` returns. Return 0 to continue, non-zero to cancel: `davi_restore` then
  * returns `DAVI_STATUS_CANCELLED` before the next batch starts and leaves the output untouched.
- * The callback must not unwind (C++ exceptions, `longjmp`) through libdavi, and must not
- * restore on the same context (that call would fail as busy).
+ * The callback must not unwind (C++ exceptions, `longjmp`) through libdavi. A restore it
+ * starts never waits: on a busy context (its own, or one another thread is restoring on) it
+ * fails with `DAVI_STATUS_BUSY`.
  */
 typedef int32_t (*DaviProgressFn)(void *user_data, float fraction);
 
@@ -255,7 +271,8 @@ typedef struct DaviRestoreOptions {
     uint32_t tile;
     /**
      * Pixels neighbouring tiles share and cross-fade over (seam-free blending); 0 = automatic:
-     * 32, or a quarter of the tile for tiles under 128. Must be smaller than the tile.
+     * 32, or a quarter of the tile for tiles under 128. Must be smaller than the tile, and 0
+     * when `tile` is 0 (the model's own tiling chooses its overlap).
      */
     uint32_t overlap;
     /**
@@ -264,7 +281,7 @@ typedef struct DaviRestoreOptions {
     uint32_t reserved;
     /**
      * DAVI's bridge perturbation `h`; NaN = the model's value (official 0.1 or 0.01). 0 makes
-     * the result a deterministic function of the input and the model. Finite, >= 0.
+     * the result a deterministic function of the input and the model. In [0, 10].
      */
     double perturb_h;
     /**
@@ -329,11 +346,6 @@ typedef struct DaviImage {
 } DaviImage;
 
 
-/**
- * Every status, in value order (used by tests and by hosts that list codes).
- */
-#define DaviStatus_ALL { DaviStatus_Ok, DaviStatus_NullArgument, DaviStatus_InvalidArgument, DaviStatus_InvalidSpec, DaviStatus_UnsupportedOperator, DaviStatus_UnsupportedFormat, DaviStatus_ModelError, DaviStatus_DeviceError, DaviStatus_Cancelled, DaviStatus_OutOfMemory, DaviStatus_AbiMismatch, DaviStatus_Panic, DaviStatus_Internal, DaviStatus_NotFound, }
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -388,11 +400,12 @@ enum DaviStatus davi_context_new(const struct DaviContextOptions *options,
                                  size_t err_len);
 
 /**
- * Free a context and its model. NULL is a no-op. The context must not be in use by another
- * thread; the handle is invalid afterwards.
+ * Free a context and its model. NULL, a pointer that is not a live context (for example one
+ * already freed) and a spec are ignored. The context must not be in use by another thread;
+ * the handle is invalid afterwards.
  *
  * # Safety
- * `ctx` must be NULL or a context from `davi_context_new` not yet freed.
+ * `ctx` must be NULL or a pointer value; only live contexts are dereferenced.
  */
 void davi_context_free(struct DaviContext *ctx);
 
@@ -449,10 +462,11 @@ enum DaviStatus davi_spec_parse(const char *text,
                                 size_t err_len);
 
 /**
- * Free a spec. NULL is a no-op.
+ * Free a spec. NULL, a pointer that is not a live spec (for example one already freed) and a
+ * context are ignored.
  *
  * # Safety
- * `spec` must be NULL or a spec not yet freed, not in use by another thread.
+ * `spec` must be NULL or a pointer value, not in use by another thread if it is a live spec.
  */
 void davi_spec_free(struct DaviSpec *spec);
 
@@ -477,8 +491,9 @@ const char *davi_spec_kind(const struct DaviSpec *spec);
 enum DaviStatus davi_spec_set_noise_sigma(struct DaviSpec *spec, double sigma);
 
 /**
- * Gaussian blur parameters: kernel σ in pixels (0, 100], an odd tap count 1..=1001 and a
- * `DaviBlurMode` value. Only for `gaussian_blur` specs.
+ * Gaussian blur parameters: kernel σ in pixels (0, 100], an odd tap count 1..=1001 (at
+ * least 3 with `DAVI_BLUR_MODE_DDRM`) and a `DaviBlurMode` value. Only for `gaussian_blur`
+ * specs.
  *
  * # Safety
  * `spec` must be NULL or a live spec.
@@ -520,8 +535,8 @@ enum DaviStatus davi_spec_add_box(struct DaviSpec *spec,
                                   uint32_t width);
 
 /**
- * Weights of red, green and blue in the gray observation (finite, >= 0, not all zero). Only
- * for `colorization` specs.
+ * Weights of red, green and blue in the gray observation (each in [0, 100], summing to at
+ * least 0.001). Only for `colorization` specs.
  *
  * # Safety
  * `spec` must be NULL or a live spec.

@@ -504,6 +504,21 @@ impl<'a> ImageView<'a> {
         }
     }
 
+    /// The first sample that is not a finite number (NaN, ±inf), as `(x, y, channel)`; `None`
+    /// for integer sample types. [`Self::to_planar_rgb`] clamps (NaN becomes 0) and alpha is
+    /// carried through untouched, so an edge that refuses non-finite input (libdavi's C API
+    /// does) checks here first.
+    pub fn first_non_finite(&self) -> Option<(usize, usize, usize)> {
+        let ch = self.geo.format.layout.channels();
+        (0..self.height()).find_map(|y| match self.row(y) {
+            RowRef::F32(r) => r
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|i| (i / ch, y, i % ch)),
+            RowRef::U8(_) | RowRef::U16(_) => None,
+        })
+    }
+
     /// Split into planar RGB `f32` in `[0, 1]` (gray is replicated into three planes) and the
     /// alpha plane in its original sample type, if the layout has alpha.
     pub fn to_planar_rgb(&self) -> Result<(PlanarImage, Option<AlphaPlane>), ImageError> {
@@ -1158,6 +1173,20 @@ mod tests {
         for (a, b) in src.iter().zip(&dst) {
             assert_eq!(a.to_bits(), b.to_bits());
         }
+    }
+
+    #[test]
+    fn non_finite_samples_are_found_by_position() {
+        let (w, h) = (3, 2);
+        let mut src = vec![0.5f32; w * h * 4];
+        let view = ImageView::from_samples(&src, w, h, Rgba, (w * 16) as isize).unwrap();
+        assert_eq!(view.first_non_finite(), None);
+        src[(w + 2) * 4 + 3] = f32::NAN; // alpha of (2, 1)
+        let view = ImageView::from_samples(&src, w, h, Rgba, (w * 16) as isize).unwrap();
+        assert_eq!(view.first_non_finite(), Some((2, 1, 3)));
+        src[1] = f32::NEG_INFINITY; // green of (0, 0)
+        let view = ImageView::from_samples(&src, w, h, Rgba, (w * 16) as isize).unwrap();
+        assert_eq!(view.first_non_finite(), Some((0, 0, 1)));
     }
 
     #[test]

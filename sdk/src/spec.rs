@@ -123,7 +123,8 @@ pub struct Denoising {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Colorization {
-    /// Weights of R, G, B in the gray value (official 0.3333, 0.3334, 0.3333).
+    /// Weights of R, G, B in the gray value (official 0.3333, 0.3334, 0.3333); each in
+    /// [0, 100], summing to at least 0.001.
     #[serde(default = "default_gray_weights")]
     pub weights: [f64; 3],
     #[serde(default)]
@@ -268,6 +269,10 @@ impl OperatorSpec {
                 if b.size == 0 || b.size % 2 == 0 || b.size > 1001 {
                     return bad(format!("gaussian_blur.size must be odd and in 1..=1001, got {}", b.size));
                 }
+                if b.mode == BlurMode::Ddrm && b.size < 3 {
+                    // The official matrix drops the last tap.
+                    return bad(format!("gaussian_blur.size must be at least 3 with mode ddrm, got {}", b.size));
+                }
             }
             OperatorSpec::SuperResolution(s) => {
                 if ![2, 4, 8].contains(&s.factor) {
@@ -286,8 +291,12 @@ impl OperatorSpec {
                 if c.weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
                     return bad("colorization.weights must be finite and non-negative".into());
                 }
-                if c.weights.iter().sum::<f64>() <= 0.0 {
-                    return bad("colorization.weights must not all be zero".into());
+                // Bounded so the operator's pseudo-inverse (w / |w|^2) stays finite in f32.
+                if c.weights.iter().any(|w| *w > 100.0) || c.weights.iter().sum::<f64>() < 1e-3 {
+                    return bad(format!(
+                        "colorization.weights must each be at most 100 and sum to at least 0.001, got {:?}",
+                        c.weights
+                    ));
                 }
             }
         }

@@ -57,11 +57,15 @@ pub enum DaviStatus {
     Internal = 12,
     /// A named plugin, file or object does not exist.
     NotFound = 13,
+    /// The object is in use and the call does not wait: a restore started from inside a
+    /// progress callback on a context that is restoring (ABI 2).
+    Busy = 14,
 }
 
 impl DaviStatus {
     /// Every status, in value order (used by tests and by hosts that list codes).
-    pub const ALL: [DaviStatus; 14] = [
+    /// cbindgen:ignore
+    pub const ALL: [DaviStatus; 15] = [
         DaviStatus::Ok,
         DaviStatus::NullArgument,
         DaviStatus::InvalidArgument,
@@ -76,6 +80,7 @@ impl DaviStatus {
         DaviStatus::Panic,
         DaviStatus::Internal,
         DaviStatus::NotFound,
+        DaviStatus::Busy,
     ];
 
     /// The raw value, as it travels through the plugin table.
@@ -106,6 +111,7 @@ impl DaviStatus {
             DaviStatus::Panic => c"internal panic (caught at the boundary)",
             DaviStatus::Internal => c"internal error",
             DaviStatus::NotFound => c"not found",
+            DaviStatus::Busy => c"busy: the object is in use and the call does not wait",
         }
     }
 
@@ -229,7 +235,8 @@ mod tests {
         assert_eq!(DaviStatus::Ok.code(), 0);
         assert_eq!(DaviStatus::Panic.code(), 11);
         assert_eq!(DaviStatus::from_code(-1), None);
-        assert_eq!(DaviStatus::from_code(14), None);
+        assert_eq!(DaviStatus::Busy.code(), 14);
+        assert_eq!(DaviStatus::from_code(15), None);
         assert_eq!(
             std::mem::size_of::<DaviStatus>(),
             std::mem::size_of::<std::ffi::c_int>()

@@ -9,11 +9,12 @@
 //! Anchor: `xiph/rav1e: src/capi.rs` (opaque handles over a safe Rust API, status enum plus
 //! `rav1e_status_to_str`), `rustls/rustls-ffi` (NULL checks, out-parameters on success only).
 
-use crate::boundary::{arg, arg_mut, c_str, guard, guard_value, opt_c_str, struct_size_at_least};
+use crate::boundary::{arg, arg_mut, guard, guard_value, opt_c_str, struct_size_at_least};
 use crate::context::{self, Context, ModelSource, RestoreParams};
+use crate::handles::{self, Kind};
 use crate::types::{
     DaviBlurMode, DaviContext, DaviContextOptions, DaviDownsampleMethod, DaviRestoreOptions,
-    DaviSpec, CONTEXT_MAGIC, CONTEXT_OPTIONS_V1, RESTORE_OPTIONS_V1, SPEC_MAGIC,
+    DaviSpec, CONTEXT_OPTIONS_V1, RESTORE_OPTIONS_V1,
 };
 use davi_sdk::spec::{OperatorSpec, Rect};
 use davi_sdk::status::write_message;
@@ -77,22 +78,16 @@ fn record(ctx: &DaviContext, r: Result<(), DaviError>) -> DaviStatus {
     }
 }
 
+/// A live context, checked in the handle registry before it is dereferenced.
 unsafe fn context<'a>(p: *const DaviContext) -> Result<&'a DaviContext, DaviError> {
-    let ctx = arg(p, "ctx")?;
-    if ctx.magic != CONTEXT_MAGIC {
-        return Err(DaviError::invalid_argument(
-            "`ctx` is not a live DaviContext",
-        ));
-    }
-    Ok(ctx)
+    handles::check(p, Kind::Context, "ctx")?;
+    arg(p, "ctx")
 }
 
+/// A live spec, checked in the handle registry before it is dereferenced.
 unsafe fn spec_ref<'a>(p: *const DaviSpec) -> Result<&'a DaviSpec, DaviError> {
-    let spec = arg(p, "spec")?;
-    if spec.magic != SPEC_MAGIC {
-        return Err(DaviError::invalid_argument("`spec` is not a live DaviSpec"));
-    }
-    Ok(spec)
+    handles::check(p, Kind::Spec, "spec")?;
+    arg(p, "spec")
 }
 
 unsafe fn spec_mut<'a>(p: *mut DaviSpec) -> Result<&'a mut DaviSpec, DaviError> {
@@ -258,11 +253,10 @@ pub unsafe extern "C" fn davi_context_new(
         };
         let inner = Context::new(source, device, o.threads)?;
         let ctx = Box::new(DaviContext {
-            magic: CONTEXT_MAGIC,
             inner,
             last_error: Mutex::new(String::new()),
         });
-        out.write(Box::into_raw(ctx));
+        out.write(handles::register(ctx, Kind::Context));
         Ok(())
     });
     status_with_message(r, err_buf, err_len)
@@ -281,21 +275,17 @@ fn path_from_bytes(b: &[u8]) -> Result<PathBuf, DaviError> {
         .map_err(|_| DaviError::invalid_argument("options.model_path is not UTF-8"))
 }
 
-/// Free a context and its model. NULL is a no-op. The context must not be in use by another
-/// thread; the handle is invalid afterwards.
+/// Free a context and its model. NULL, a pointer that is not a live context (for example one
+/// already freed) and a spec are ignored. The context must not be in use by another thread;
+/// the handle is invalid afterwards.
 ///
 /// # Safety
-/// `ctx` must be NULL or a context from `davi_context_new` not yet freed.
+/// `ctx` must be NULL or a pointer value; only live contexts are dereferenced.
 #[no_mangle]
 pub unsafe extern "C" fn davi_context_free(ctx: *mut DaviContext) {
-    if ctx.is_null() {
-        return;
-    }
     // A free has no status to return: a panic in a destructor is swallowed, never unwound.
     let _ = guard(|| {
-        context(ctx)?;
-        (*ctx).magic = 0;
-        drop(Box::from_raw(ctx));
+        drop(handles::unregister(ctx, Kind::Context));
         Ok(())
     });
 }
@@ -364,10 +354,7 @@ pub unsafe extern "C" fn davi_context_spec(
 // Operator specs
 
 fn new_spec(spec: OperatorSpec) -> *mut DaviSpec {
-    Box::into_raw(Box::new(DaviSpec {
-        magic: SPEC_MAGIC,
-        spec,
-    }))
+    handles::register(Box::new(DaviSpec { spec }), Kind::Spec)
 }
 
 /// A new spec with the official operator of a task: `"deblur"` (Gaussian blur σ 3, 61 taps),
@@ -382,8 +369,14 @@ pub unsafe extern "C" fn davi_spec_new_task(
     out: *mut *mut DaviSpec,
 ) -> DaviStatus {
     status(guard(|| {
-        let task = c_str(task, "task")?;
+        if task.is_null() {
+            return Err(DaviError::null_argument("task"));
+        }
         let out = arg_mut(out, "out")?;
+        // A name that is not UTF-8 is an unknown task name like any other.
+        let task = CStr::from_ptr(task)
+            .to_str()
+            .map_err(|_| DaviError::invalid_spec("the task name is not UTF-8"))?;
         let spec = OperatorSpec::for_task(task)?;
         out.write(new_spec(spec));
         Ok(())
@@ -420,19 +413,15 @@ pub unsafe extern "C" fn davi_spec_parse(
     status_with_message(r, err_buf, err_len)
 }
 
-/// Free a spec. NULL is a no-op.
+/// Free a spec. NULL, a pointer that is not a live spec (for example one already freed) and a
+/// context are ignored.
 ///
 /// # Safety
-/// `spec` must be NULL or a spec not yet freed, not in use by another thread.
+/// `spec` must be NULL or a pointer value, not in use by another thread if it is a live spec.
 #[no_mangle]
 pub unsafe extern "C" fn davi_spec_free(spec: *mut DaviSpec) {
-    if spec.is_null() {
-        return;
-    }
     let _ = guard(|| {
-        spec_ref(spec)?;
-        (*spec).magic = 0;
-        drop(Box::from_raw(spec));
+        drop(handles::unregister(spec, Kind::Spec));
         Ok(())
     });
 }
@@ -494,8 +483,9 @@ pub unsafe extern "C" fn davi_spec_set_noise_sigma(spec: *mut DaviSpec, sigma: f
     })
 }
 
-/// Gaussian blur parameters: kernel σ in pixels (0, 100], an odd tap count 1..=1001 and a
-/// `DaviBlurMode` value. Only for `gaussian_blur` specs.
+/// Gaussian blur parameters: kernel σ in pixels (0, 100], an odd tap count 1..=1001 (at
+/// least 3 with `DAVI_BLUR_MODE_DDRM`) and a `DaviBlurMode` value. Only for `gaussian_blur`
+/// specs.
 ///
 /// # Safety
 /// `spec` must be NULL or a live spec.
@@ -584,8 +574,8 @@ pub unsafe extern "C" fn davi_spec_add_box(
     })
 }
 
-/// Weights of red, green and blue in the gray observation (finite, >= 0, not all zero). Only
-/// for `colorization` specs.
+/// Weights of red, green and blue in the gray observation (each in [0, 100], summing to at
+/// least 0.001). Only for `colorization` specs.
 ///
 /// # Safety
 /// `spec` must be NULL or a live spec.
@@ -727,8 +717,11 @@ pub unsafe extern "C" fn davi_restore(
     options: *const DaviRestoreOptions,
 ) -> DaviStatus {
     let r = guard(|| {
+        // Inside this call's own boundary the depth is 1; deeper means a progress callback of
+        // another restore on this thread called in, and such a restore must not wait.
+        let nested = davi_sdk::export::boundary_depth() > 1;
         let ctx = context(ctx)?;
-        let r = guard(|| restore(ctx, input, output, spec, options));
+        let r = guard(|| restore(ctx, input, output, spec, options, nested));
         Ok(record(ctx, r))
     });
     r.unwrap_or_else(|e| e.status)
@@ -740,6 +733,7 @@ unsafe fn restore(
     output: *const DaviImage,
     spec: *const DaviSpec,
     options: *const DaviRestoreOptions,
+    nested: bool,
 ) -> Result<(), DaviError> {
     if input.is_null() {
         return Err(DaviError::null_argument("input"));
@@ -748,7 +742,7 @@ unsafe fn restore(
         return Err(DaviError::null_argument("output"));
     }
     let spec = &spec_ref(spec)?.spec;
-    let (params, progress, user_data) = if options.is_null() {
+    let (mut params, progress, user_data) = if options.is_null() {
         (RestoreParams::default(), None, std::ptr::null_mut())
     } else {
         struct_size_at_least(options, RESTORE_OPTIONS_V1, "DaviRestoreOptions")?;
@@ -761,9 +755,11 @@ unsafe fn restore(
             overlap: (o.overlap != 0).then_some(o.overlap),
             perturb_h: (!o.perturb_h.is_nan()).then_some(o.perturb_h),
             seed: o.seed,
+            no_wait: false,
         };
         (params, o.progress, o.user_data)
     };
+    params.no_wait = nested;
 
     // Validate both descriptors and the whole request before reading a pixel. The output view
     // is dropped at once and made again for writing, after the input has been read in full:
@@ -774,6 +770,12 @@ unsafe fn restore(
             .map_err(|e| about("output", e))?
             .format();
         ctx.inner.check(spec, &in_view.format(), &out_format)?;
+        if let Some((x, y, c)) = in_view.first_non_finite() {
+            return Err(DaviError::invalid_argument(format!(
+                "input image: sample {c} of pixel ({x}, {y}) is not finite; float samples, \
+                 alpha included, must be finite numbers"
+            )));
+        }
         context::read_planar(&in_view)?
     };
 

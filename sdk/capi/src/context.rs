@@ -19,9 +19,19 @@ use davi_engine::restore::RestoreOptions;
 use davi_engine::tiling::Tiling;
 use davi_sdk::image::AlphaPlane;
 use davi_sdk::plugin::spec_output_size;
-use davi_sdk::{DaviError, ImageFormat, ImageView, ImageViewMut, OperatorSpec, PlanarImage};
+use davi_sdk::{
+    DaviError, DaviStatus, ImageFormat, ImageView, ImageViewMut, OperatorSpec, PlanarImage,
+};
 use std::path::Path;
-use std::sync::{Mutex, TryLockError};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+
+/// The largest `threads` a context accepts: more intra-op threads than this only adds
+/// overhead on any machine libtorch runs on (and `0xFFFFFFFF` would reach libtorch as -1).
+pub const MAX_THREADS: u32 = 1024;
+
+/// The largest bridge perturbation `h` a restore accepts (the range model files may carry; the
+/// official models use 0.1 and 0.01). Larger values drown the input in noise.
+pub const MAX_PERTURB_H: f64 = 10.0;
 
 /// Where a context's model comes from.
 #[derive(Clone, Copy, Debug)]
@@ -44,17 +54,27 @@ pub struct RestoreParams {
     /// Bridge perturbation; `None` = the model's.
     pub perturb_h: Option<f64>,
     pub seed: u64,
+    /// Fail with `Busy` instead of waiting when another restore holds the context (set for
+    /// restores started inside a progress callback, where waiting could deadlock).
+    pub no_wait: bool,
 }
 
 impl RestoreParams {
-    /// The engine's options; refuses a negative or non-finite `perturb_h`.
+    /// The engine's options; refuses a `perturb_h` outside `[0, MAX_PERTURB_H]` and an
+    /// overlap without a tile.
     fn engine_options(&self) -> Result<RestoreOptions, DaviError> {
         if let Some(h) = self.perturb_h {
-            if !h.is_finite() || h < 0.0 {
+            if !(0.0..=MAX_PERTURB_H).contains(&h) {
                 return Err(DaviError::invalid_argument(format!(
-                    "perturb_h must be finite and >= 0 (NaN = the model's value), got {h}"
+                    "perturb_h must be in [0, {MAX_PERTURB_H}] (NaN = the model's value), got {h}"
                 )));
             }
+        }
+        if let (None, Some(o)) = (self.tile, self.overlap) {
+            return Err(DaviError::invalid_argument(format!(
+                "overlap {o} is set without a tile: the model's own tiling (tile 0) chooses its \
+                 overlap, so set overlap 0 or a tile"
+            )));
         }
         // No tile given: the model's preferred tiling (its training patch size, else 256).
         let tiling = self.tile.map(|t| {
@@ -66,12 +86,16 @@ impl RestoreParams {
             };
             Tiling { tile, overlap }
         });
-        Ok(RestoreOptions { perturb_h: self.perturb_h, seed: self.seed, tiling })
+        Ok(RestoreOptions {
+            perturb_h: self.perturb_h,
+            seed: self.seed,
+            tiling,
+        })
     }
 }
 
 /// One DAVI generator on a device. `Send + Sync`: calls may come from any thread; restores on
-/// one context do not overlap (a second concurrent one fails as busy).
+/// one context run one at a time, in turn (see [`RestoreParams::no_wait`]).
 #[derive(Debug)]
 pub struct Context {
     generator: Mutex<Generator>,
@@ -81,9 +105,15 @@ pub struct Context {
 }
 
 impl Context {
-    /// Load a model on `device` (`auto`, `cpu`, `cuda`, `cuda:N`). `threads` > 0 sets
-    /// libtorch's intra-op threads before each restore.
+    /// Load a model on `device` (exactly `auto`, `cpu`, `cuda` or `cuda:N`). `threads` in
+    /// `1..=MAX_THREADS` sets libtorch's intra-op threads before each restore; 0 leaves them.
     pub fn new(source: ModelSource<'_>, device: &str, threads: u32) -> Result<Self, DaviError> {
+        if threads > MAX_THREADS {
+            return Err(DaviError::invalid_argument(format!(
+                "threads is {threads}, at most {MAX_THREADS} (0 leaves libtorch's setting)"
+            )));
+        }
+        check_device_name(device)?;
         let device = parse_device(device)?;
         let generator = match source {
             ModelSource::File(path) => Generator::from_file(path, device)?,
@@ -160,16 +190,7 @@ impl Context {
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<PlanarImage, DaviError> {
         let options = params.engine_options()?;
-        let generator = match self.generator.try_lock() {
-            Ok(g) => g,
-            // A panic inside an earlier restore left nothing half-changed: restores only read.
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                return Err(DaviError::invalid_argument(
-                    "the context is busy with another restore (use one context per thread)",
-                ))
-            }
-        };
+        let generator = self.lock(params.no_wait)?;
         if self.threads > 0 {
             tch::set_num_threads(self.threads as i32);
         }
@@ -182,6 +203,23 @@ impl Context {
             }
         }
         generator.restore(spec, input, &options, progress)
+    }
+
+    /// The generator, waiting for a restore in progress unless `no_wait`.
+    fn lock(&self, no_wait: bool) -> Result<MutexGuard<'_, Generator>, DaviError> {
+        // A panic inside an earlier restore left nothing half-changed: restores only read.
+        if !no_wait {
+            return Ok(self.generator.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        match self.generator.try_lock() {
+            Ok(g) => Ok(g),
+            Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(TryLockError::WouldBlock) => Err(DaviError::new(
+                DaviStatus::Busy,
+                "the context is restoring, and a restore started from a progress callback \
+                 does not wait (it could wait for itself)",
+            )),
+        }
     }
 
     /// Restore `input` into `output` (separate memory). Colour goes through the model; alpha
@@ -200,6 +238,22 @@ impl Context {
         let (color, alpha) = read_planar(input)?;
         let restored = self.restore_planar(spec, &color, params, progress)?;
         write_planar(output, &restored, alpha.as_ref())
+    }
+}
+
+/// Refuse device names `parse_device` would only accept after trimming or lower-casing
+/// (`"cpu "`, `"CPU"`): the C API takes the documented names exactly.
+fn check_device_name(device: &str) -> Result<(), DaviError> {
+    let index_ok = |n: &str| !n.is_empty() && n.len() <= 4 && n.bytes().all(|b| b.is_ascii_digit());
+    let ok = matches!(device, "auto" | "cpu" | "cuda")
+        || device.strip_prefix("cuda:").is_some_and(index_ok);
+    if ok {
+        Ok(())
+    } else {
+        Err(DaviError::new(
+            DaviStatus::DeviceError,
+            format!("device {device:?} is not one of \"auto\", \"cpu\", \"cuda\", \"cuda:N\""),
+        ))
     }
 }
 

@@ -18,6 +18,8 @@
 //! Layers, top to bottom:
 //! - [`capi`]: the exported `extern "C"` functions, a thin adapter;
 //! - [`boundary`]: the panic boundary and pointer checks every exported body goes through;
+//! - `handles`: the registry of live opaque handles, so a handle of the wrong kind, a freed one
+//!   or garbage is refused without being read;
 //! - [`types`]: the C structs, enums and opaque handles of this API;
 //! - [`context`]: the safe Rust API the adapter calls ([`context::Context`]);
 //! - below: `davi_engine::plugin::Generator` (shared with the engine's plugin) and the SDK's
@@ -32,6 +34,7 @@
 pub mod boundary;
 pub mod capi;
 pub mod context;
+mod handles;
 pub mod types;
 
 pub use capi::*;

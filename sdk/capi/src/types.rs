@@ -23,8 +23,9 @@ use std::mem::size_of;
 /// `user_data` is `DaviRestoreOptions.user_data`, passed back untouched; it must stay valid
 /// until `davi_restore` returns. Return 0 to continue, non-zero to cancel: `davi_restore` then
 /// returns `DAVI_STATUS_CANCELLED` before the next batch starts and leaves the output untouched.
-/// The callback must not unwind (C++ exceptions, `longjmp`) through libdavi, and must not
-/// restore on the same context (that call would fail as busy).
+/// The callback must not unwind (C++ exceptions, `longjmp`) through libdavi. A restore it
+/// starts never waits: on a busy context (its own, or one another thread is restoring on) it
+/// fails with `DAVI_STATUS_BUSY`.
 pub type DaviProgressFn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, fraction: f32) -> i32>;
 
@@ -35,9 +36,13 @@ pub type DaviProgressFn =
 pub struct DaviContextOptions {
     /// `sizeof(DaviContextOptions)` as the caller compiled it.
     pub struct_size: u32,
-    /// Intra-op CPU threads libtorch uses for this context's restores; 0 = libtorch's default.
-    /// libtorch keeps this setting per process on some builds: contexts with different values
-    /// in one process may affect each other's speed, never their results.
+    /// Intra-op CPU threads libtorch uses for this context's restores, at most 1024; 0 leaves
+    /// libtorch's setting as it is (its default unless something in the process changed it).
+    /// libtorch keeps this setting per process (or per calling thread, by build), so contexts
+    /// with different values affect each other. The thread count changes how libtorch splits
+    /// sums, so float results may differ in the last bits between counts (about 6e-7 on the
+    /// [0, 1] scale; 8- and 16-bit results then differ by at most one code at rounding
+    /// boundaries). Equal counts give bit-identical results (docs/C_API.md, "Threads").
     pub threads: u32,
     /// NUL-terminated path of a model file (`*.safetensors` written by libdavi), or NULL.
     pub model_path: *const c_char,
@@ -50,8 +55,9 @@ pub struct DaviContextOptions {
     /// `"colorize"`. Defaults are searched in `$DAVI_MODEL_DIR`, then beside the program
     /// (`models/`, `../share/libdavi/models/`).
     pub task: *const c_char,
-    /// NUL-terminated device: `"auto"` (first CUDA device, else CPU), `"cpu"`, `"cuda"`,
-    /// `"cuda:N"`; NULL means `"auto"`.
+    /// NUL-terminated device, exactly one of `"auto"` (first CUDA device, else CPU), `"cpu"`,
+    /// `"cuda"`, `"cuda:N"` (lower case, no spaces; anything else is `DAVI_STATUS_DEVICE_ERROR`);
+    /// NULL means `"auto"`.
     pub device: *const c_char,
 }
 
@@ -68,12 +74,13 @@ pub struct DaviRestoreOptions {
     /// down-sampling factor (4 for the shipped models).
     pub tile: u32,
     /// Pixels neighbouring tiles share and cross-fade over (seam-free blending); 0 = automatic:
-    /// 32, or a quarter of the tile for tiles under 128. Must be smaller than the tile.
+    /// 32, or a quarter of the tile for tiles under 128. Must be smaller than the tile, and 0
+    /// when `tile` is 0 (the model's own tiling chooses its overlap).
     pub overlap: u32,
     /// Reserved, 0.
     pub reserved: u32,
     /// DAVI's bridge perturbation `h`; NaN = the model's value (official 0.1 or 0.01). 0 makes
-    /// the result a deterministic function of the input and the model. Finite, >= 0.
+    /// the result a deterministic function of the input and the model. In [0, 10].
     pub perturb_h: f64,
     /// Seed of the perturbation noise: equal inputs, options and seeds give equal pixels.
     pub seed: u64,
@@ -132,31 +139,28 @@ pub(crate) const CONTEXT_OPTIONS_V1: usize = size_of::<DaviContextOptions>();
 /// Size of the ABI 1 `DaviRestoreOptions`.
 pub(crate) const RESTORE_OPTIONS_V1: usize = size_of::<DaviRestoreOptions>();
 
-/// Handle magic numbers: a pointer of the wrong kind, or one already freed and reused, is
-/// refused with `DAVI_STATUS_INVALID_ARGUMENT` in most cases instead of being used (a check,
-/// not a guarantee: a dangling pointer is still undefined behaviour).
-pub(crate) const CONTEXT_MAGIC: u64 = u64::from_le_bytes(*b"DAVIctx1");
-pub(crate) const SPEC_MAGIC: u64 = u64::from_le_bytes(*b"DAVIspec");
-
 /// An operator spec: which degradation to undo and its parameters.
 ///
 /// Made by `davi_spec_new_task`, `davi_spec_parse` or `davi_context_spec`; changed by the
 /// `davi_spec_set_*` / `davi_spec_add_box` functions; freed by `davi_spec_free`. A spec is
 /// plain data: it may be read by many threads at once (for example by restores on several
 /// contexts), but must not be changed while another thread reads it.
+///
+/// Every function checks a handle against the library's list of live handles before reading
+/// through it: a context, a freed spec or any other pointer passed as a spec is refused with
+/// `DAVI_STATUS_INVALID_ARGUMENT` (the same holds for contexts).
 pub struct DaviSpec {
-    pub(crate) magic: u64,
     pub(crate) spec: OperatorSpec,
 }
 
 /// A loaded DAVI generator on a device, with a detailed message about its last failed call.
 ///
 /// Made by `davi_context_new`, used by `davi_restore`, freed by `davi_context_free`. A context
-/// may be used from any thread, one call at a time: a `davi_restore` that finds the context
-/// busy fails with `DAVI_STATUS_INVALID_ARGUMENT` instead of waiting. For parallel restores,
-/// make one context per thread; they share nothing.
+/// may be shared by threads: restores on it run one at a time, in turn (a second waits for
+/// the first), except that a restore started from inside a progress callback never waits and
+/// fails with `DAVI_STATUS_BUSY` if its context is busy. For parallel restores, make one
+/// context per thread; they share nothing.
 pub struct DaviContext {
-    pub(crate) magic: u64,
     pub(crate) inner: crate::context::Context,
     pub(crate) last_error: std::sync::Mutex<String>,
 }

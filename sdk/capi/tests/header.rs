@@ -4,6 +4,7 @@
 mod header;
 
 use std::ffi::CStr;
+use std::process::Command;
 
 fn committed() -> String {
     let path = header::header_path();
@@ -88,4 +89,61 @@ fn every_exported_function_is_declared() {
         n += 1;
     }
     assert!(n >= 20, "found only {n} exported functions");
+}
+
+/// Every object-like macro and every enum constant the header defines, used in a C11 and a
+/// C++17 translation unit built with strict warnings: a macro that names something C does not
+/// have (as `DaviStatus_ALL` once did) fails to compile.
+#[test]
+fn every_macro_and_constant_compiles_when_used() {
+    let text = committed();
+    let mut names = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("#define ") {
+            let name = rest.split_whitespace().next().unwrap();
+            // The include guard has no value; function-like macros take arguments.
+            if name != "DAVI_H" && !name.contains('(') {
+                names.push(name.to_string());
+            }
+        } else if let Some((name, _)) = line.trim().split_once(" = ") {
+            if name.starts_with("DAVI_")
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                names.push(name.to_string());
+            }
+        }
+    }
+    assert!(names.iter().any(|n| n == "DAVI_STATUS_BUSY"), "{names:?}");
+    assert!(names.len() > 30, "only {} names: {names:?}", names.len());
+    let mut src = String::from("#include \"davi.h\"\nconst unsigned long davi_sizes[] = {\n");
+    for n in &names {
+        src += &format!("    (unsigned long)sizeof({n}),\n");
+    }
+    src += "};\n";
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("davi-capi-header-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (compiler, std, file) in [
+        ("cc", "-std=c11", "all.c"),
+        ("c++", "-std=c++17", "all.cpp"),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, &src).unwrap();
+        let out = Command::new(compiler)
+            .args([std, "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-c", "-o"])
+            .arg(dir.join(format!("{file}.o")))
+            .arg("-I")
+            .arg(header::header_path().parent().unwrap())
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
+        assert!(
+            out.status.success(),
+            "{compiler} {std} rejects a use of the header's macros:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -193,9 +193,26 @@ pub fn save(path: &Path, meta: &ModelMeta, vs: &nn::VarStore) -> Result<()> {
     write_atomic(path, &to_bytes(meta, &tensors)?)
 }
 
+/// The bytes of a model file. Only regular files are read: a device (`/dev/zero`), a FIFO or
+/// a directory named as a model would otherwise hang, exhaust memory or fail obscurely.
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let len = file.metadata().map_err(|e| EngineError::io(path, e))?;
+    if !len.is_file() {
+        return Err(EngineError::model(path, "is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(len.len() as usize)
+        .map_err(|_| EngineError::model(path, format!("{} bytes do not fit in memory", len.len())))?;
+    file.read_to_end(&mut bytes).map_err(|e| EngineError::io(path, e))?;
+    Ok(bytes)
+}
+
 /// Read only the metadata of a model file (cheap: the header).
 pub fn read_meta(path: &Path) -> Result<ModelMeta> {
-    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+    let bytes = read_file(path)?;
     meta_from_bytes(&bytes).map_err(|m| EngineError::model(path, m))
 }
 
@@ -284,7 +301,7 @@ impl ModelMeta {
 
 /// Load a model file from disk onto `device`.
 pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
-    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+    let bytes = read_file(path)?;
     load_bytes(&bytes, device).map_err(|e| match e {
         EngineError::Weights(m) => EngineError::model(path, m),
         other => other,
