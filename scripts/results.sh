@@ -23,14 +23,27 @@ cargo build --release --locked -p davi-cli
 davi="$root/target/release/davi"
 RUNS="${DAVI_RUNS:-${XDG_CACHE_HOME:-$HOME/.cache}/libdavi/runs}"
 export OMP_WAIT_POLICY=PASSIVE
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-.venv-eval/bin/python scripts/eval_peers.py --images data/photos/heldout \
-  --out "$work/peers.json" --save-degraded "$work/deg" >/dev/null
+# PEERS=DIR keeps the classical half (measurements and peer scores, the slow part: BM3D) in
+# DIR and reuses it when DIR/peers.json exists, e.g. to re-score new models.
+if [ -n "${PEERS:-}" ]; then
+  work="$PEERS"
+  mkdir -p "$work"
+else
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+fi
+if [ ! -f "$work/peers.json" ]; then
+  .venv-eval/bin/python scripts/eval_peers.py --images data/photos/heldout \
+    --out "$work/peers.json.tmp" --save-degraded "$work/deg" >/dev/null
+  mv "$work/peers.json.tmp" "$work/peers.json"
+fi
 for t in sr4 deblur denoise inpaint colorize; do
   models=("davi=models/photo-$t.safetensors")
-  [ -f "$RUNS/photo-$t/best.safetensors" ] && models+=("p1=$RUNS/photo-$t/best.safetensors")
-  [ -f "$RUNS/photo-$t-davi/best.safetensors" ] && models+=("p2=$RUNS/photo-$t-davi/best.safetensors")
+  # A phase's best export is scored separately only when it is not the shipped file itself.
+  for ph in "p1=$RUNS/photo-$t" "p2=$RUNS/photo-$t-davi"; do
+    f="${ph#*=}/best.safetensors"
+    if [ -f "$f" ] && ! cmp -s "$f" "models/photo-$t.safetensors"; then models+=("${ph%%=*}=$f"); fi
+  done
   for m in "${models[@]}"; do
     tag="${m%%=*}" file="${m#*=}"
     for d in "$work"/deg/*/; do
@@ -47,7 +60,8 @@ settings, seeded noise (\`scripts/eval_peers.py\`). PSNR on [0, 1] and SSIM (11Ã
 window) as \`plugins/engine/src/metrics.rs\` computes them, means over crops; per-crop numbers
 are in \`docs/results/<task>.json\`. \"libdavi (shipped)\" is \`models/photo-<task>.safetensors\`;
 \"phase 1\" and \"phase 2\" are the best exports of the supervised phase and of the DAVI polish
-of its training runs (\`docs/models.md\`), where those runs were present. Wiener's balance is
+of its training runs (\`docs/models.md\`), listed where those runs were present and differ from
+the shipped file. Wiener's balance is
 tuned per crop against the reference: an upper bound for Wiener, not a method a user can run."
 .venv-eval/bin/python scripts/score_restored.py --peers "$work/peers.json" --degraded "$work/deg" \
   --variant "libdavi (shipped)=davi" --variant "libdavi phase 1 (supervised)=p1" \
