@@ -90,31 +90,7 @@ fn test_host() -> &'static Path {
 
 /// A centred crop of a held-out photograph (never trained on) as 8-bit RGB.
 fn coffee(width: usize, height: usize) -> Pnm {
-    let path = root().join("data/photos/heldout/coffee.png");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-photos.sh",
-        path.display()
-    );
-    let rgb = image::open(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
-    let (x0, y0) = (
-        (rgb.width() as usize - width) / 2,
-        (rgb.height() as usize - height) / 2,
-    );
-    let mut data = Vec::with_capacity(width * height * 3);
-    for y in 0..height {
-        for x in 0..width {
-            data.extend_from_slice(&rgb.get_pixel((x0 + x) as u32, (y0 + y) as u32).0);
-        }
-    }
-    Pnm {
-        width,
-        height,
-        channels: 3,
-        data,
-    }
+    common::heldout_crop("coffee.png", width, height)
 }
 
 /// The frames the test host reads: a 96x64 crop, three noisy versions of it (the denoising

@@ -276,7 +276,12 @@ pub fn default_model(task: &str) -> PathBuf {
 
 /// A crop of a held-out photograph (never trained on) as 8-bit RGB.
 pub fn photo(width: usize, height: usize) -> Pnm {
-    let path = root().join("data/photos/heldout/chelsea.png");
+    heldout_crop("chelsea.png", width, height)
+}
+
+/// The centred `width × height` crop of `data/photos/heldout/<name>` as 8-bit RGB.
+pub fn heldout_crop(name: &str, width: usize, height: usize) -> Pnm {
+    let path = root().join("data/photos/heldout").join(name);
     assert!(
         path.is_file(),
         "{} is missing: run scripts/fetch-photos.sh",
