@@ -104,7 +104,6 @@ impl Dataset {
 
     /// Sample `i` of the deterministic stream `(seed, step)`: `(3, size, size)` in [-1, 1].
     fn sample(&self, rng: &mut SplitMix64) -> Tensor {
-        let u = |rng: &mut SplitMix64| (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
         let idx = (rng.next() % self.images.len() as u64) as usize;
         let img = &self.images[idx];
         let out = match self.crop {
@@ -112,11 +111,11 @@ impl Dataset {
             Crop::Random => {
                 let (_, h, w) = img.size3().expect("3-D");
                 let min_s = (self.size as f64 / h.min(w) as f64).max(self.min_scale).min(1.0);
-                let scale = min_s + (1.0 - min_s) * u(rng);
+                let scale = min_s + (1.0 - min_s) * rng.uniform();
                 // crop a window that becomes size×size after rescaling
                 let win = ((self.size as f64 / scale).round() as i64).clamp(self.size, h.min(w));
-                let y0 = (u(rng) * (h - win + 1) as f64) as i64;
-                let x0 = (u(rng) * (w - win + 1) as f64) as i64;
+                let y0 = (rng.uniform() * (h - win + 1) as f64) as i64;
+                let x0 = (rng.uniform() * (w - win + 1) as f64) as i64;
                 let c = img.narrow(1, y0.min(h - win), win).narrow(2, x0.min(w - win), win);
                 if win == self.size {
                     c.contiguous()

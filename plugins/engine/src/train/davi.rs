@@ -145,25 +145,21 @@ pub fn bridge_timesteps(rng: &mut SplitMix64, n: i64, steps: i64, device: Device
     Tensor::from_slice(&v).to_device(device)
 }
 
-fn uniform(rng: &mut SplitMix64) -> f64 {
-    (rng.next() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// Keep-masks `(n, 1, h, w)` with one or two boxes per sample: a fifth of them the official
 /// centred half-size box, the others of random size (10–55 % of each side) and place.
 pub fn random_box_masks(rng: &mut SplitMix64, n: i64, h: i64, w: i64) -> Tensor {
     let mut m = vec![1f32; (n * h * w) as usize];
     for b in 0..n as usize {
-        let official = uniform(rng) < 0.2;
-        let boxes = if official || uniform(rng) < 0.7 { 1 } else { 2 };
+        let official = rng.uniform() < 0.2;
+        let boxes = if official || rng.uniform() < 0.7 { 1 } else { 2 };
         for _ in 0..boxes {
             let (bh, bw, top, left) = if official {
                 (h / 2, w / 2, h / 4, w / 4)
             } else {
-                let bh = ((0.10 + 0.45 * uniform(rng)) * h as f64).round().max(1.0) as i64;
-                let bw = ((0.10 + 0.45 * uniform(rng)) * w as f64).round().max(1.0) as i64;
-                let top = (uniform(rng) * (h - bh + 1) as f64) as i64;
-                let left = (uniform(rng) * (w - bw + 1) as f64) as i64;
+                let bh = ((0.10 + 0.45 * rng.uniform()) * h as f64).round().max(1.0) as i64;
+                let bw = ((0.10 + 0.45 * rng.uniform()) * w as f64).round().max(1.0) as i64;
+                let top = (rng.uniform() * (h - bh + 1) as f64) as i64;
+                let left = (rng.uniform() * (w - bw + 1) as f64) as i64;
                 (bh, bw, top.min(h - bh), left.min(w - bw))
             };
             for i in top..top + bh {
@@ -181,7 +177,7 @@ pub fn random_box_masks(rng: &mut SplitMix64, n: i64, h: i64, w: i64) -> Tensor 
 pub fn border_masks(rng: &mut SplitMix64, n: i64, s: i64, margin: i64, p: f64) -> Tensor {
     let mut m = vec![1f32; (n * s * s) as usize];
     for b in 0..n as usize {
-        let sides: Vec<bool> = (0..4).map(|_| uniform(rng) < p).collect();
+        let sides: Vec<bool> = (0..4).map(|_| rng.uniform() < p).collect();
         for i in 0..s {
             for j in 0..s {
                 let out = (sides[0] && i < margin) || (sides[1] && i >= s - margin) || (sides[2] && j < margin) || (sides[3] && j >= s - margin);
