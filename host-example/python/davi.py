@@ -49,12 +49,15 @@ __all__ = ["restore", "Context", "DaviError", "version", "library_path"]
 
 # --- the C API (ABI 1) ---------------------------------------------------------------------
 
+# DaviStatus names by value, as include/davi.h numbers them (test_davi.py checks the header).
 _STATUS = [
     "OK", "NULL_ARGUMENT", "INVALID_ARGUMENT", "INVALID_SPEC", "UNSUPPORTED_OPERATOR",
     "UNSUPPORTED_FORMAT", "MODEL_ERROR", "DEVICE_ERROR", "CANCELLED", "OUT_OF_MEMORY",
-    "ABI_MISMATCH", "PANIC", "INTERNAL", "NOT_FOUND",
+    "ABI_MISMATCH", "PANIC", "INTERNAL", "NOT_FOUND", "BUSY",
 ]
-_ABI_VERSION = 1  # DAVI_ABI_VERSION of the header these declarations mirror
+# The oldest C ABI with every function and struct field declared here. ABI 2 only appended
+# DAVI_STATUS_BUSY, which an ABI 1 library never returns, so ABI 1 libraries still serve.
+_ABI_VERSION = 1
 _U8, _U16, _F32 = 0, 1, 2
 _LAYOUTS = {1: 0, 2: 1, 3: 2, 4: 3}  # channels -> DaviChannelLayout
 _SAMPLE_BYTES = {_U8: 1, _U16: 2, _F32: 4}

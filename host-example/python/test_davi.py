@@ -6,6 +6,8 @@ tests run where NumPy is importable (the project's .venv has it) and are skipped
 """
 
 import array
+import os
+import re
 import unittest
 
 import davi
@@ -117,6 +119,26 @@ class RestoreTests(unittest.TestCase):
         self.assertEqual(e.exception.status, "UNSUPPORTED_FORMAT")
         with self.assertRaises(ValueError):
             davi.restore(b"", 1, 1)
+
+    def test_a_restore_from_a_progress_callback_on_its_own_context_is_busy(self):
+        px = picture(self.W, self.H, 3)
+        with davi.Context(task="denoise") as ctx:
+            def again(_fraction):
+                ctx.restore(px, self.W, self.H)
+            with self.assertRaises(davi.DaviError) as e:
+                ctx.restore(px, self.W, self.H, progress=again)
+            self.assertEqual(e.exception.status, "BUSY")
+            self.assertEqual(len(ctx.restore(px, self.W, self.H)), len(px))  # still usable
+
+    def test_status_names_follow_the_header(self):
+        header = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                              "include", "davi.h")
+        with open(header) as f:
+            text = f.read()
+        codes = {int(v): n for n, v in re.findall(r"DAVI_STATUS_(\w+) = (\d+)", text)}
+        self.assertEqual(codes, dict(enumerate(davi._STATUS)))
+        abi = int(re.search(r"#define DAVI_ABI_VERSION (\d+)", text).group(1))
+        self.assertLessEqual(davi._ABI_VERSION, abi)
 
     def test_version_and_library(self):
         self.assertRegex(davi.version(), r"^\d+\.\d+\.\d+$")

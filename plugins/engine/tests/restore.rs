@@ -103,7 +103,7 @@ fn model_file_round_trip_and_corruption() {
 }
 
 #[test]
-fn mis_shaped_and_missing_tensors_are_named() {
+fn mis_shaped_missing_extra_and_non_float_tensors_are_named() {
     let m = tiny_model(5);
     let mut named: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
@@ -123,6 +123,20 @@ fn mis_shaped_and_missing_tensors_are_named() {
     extra.push(("label_emb.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
     let e = model_file::load_bytes(&model_file::to_bytes(&meta, &extra).unwrap(), Device::Cpu).unwrap_err();
     assert!(e.to_string().contains("label_emb.weight"), "{e}");
+    // integer weights, and a file mixing float dtypes, are refused naming the tensor
+    for (kind, says) in [(Kind::Int, "has dtype I32"), (Kind::Half, "a model file holds one dtype")] {
+        let mut bad = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<Vec<_>>();
+        bad[i].1 = bad[i].1.to_kind(kind);
+        let e = model_file::load_bytes(&model_file::to_bytes(&meta, &bad).unwrap(), Device::Cpu).unwrap_err();
+        assert!(e.to_string().contains("`out.2.weight`") && e.to_string().contains(says), "{e}");
+    }
+    // one float dtype throughout loads (widened to the network's f32)
+    let half: Vec<_> = named.iter().map(|(n, t)| (n.clone(), t.to_kind(Kind::Half))).collect();
+    let back = model_file::load_bytes(&model_file::to_bytes(&meta, &half).unwrap(), Device::Cpu).unwrap();
+    let w = back.vs.variables()["out.2.weight"].shallow_clone();
+    assert_eq!(w.kind(), Kind::Float);
+    let want = named[i].1.to_kind(Kind::Half).to_kind(Kind::Float);
+    assert_eq!((w - want).abs().max().double_value(&[]), 0.0);
 }
 
 #[test]

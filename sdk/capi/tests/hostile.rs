@@ -20,61 +20,67 @@ use std::path::Path;
 use std::process::Command;
 use std::ptr::null_mut;
 
-/// `good` (a model file) with its safetensors header edited: `edit` gets the parsed `meta`
-/// JSON and the whole header (tensor entries by name).
-fn edited_model(good: &[u8], edit: impl FnOnce(&mut Value, &mut Value)) -> Vec<u8> {
-    let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
-    let mut header: Value = serde_json::from_slice(&good[8..8 + n]).unwrap();
-    let mut meta: Value =
-        serde_json::from_str(header["__metadata__"]["meta"].as_str().unwrap()).unwrap();
-    edit(&mut meta, &mut header);
-    header["__metadata__"]["meta"] = Value::String(meta.to_string());
-    let mut text = header.to_string().into_bytes();
-    while text.len() % 8 != 0 {
-        text.push(b' ');
-    }
-    let mut out = (text.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&text);
-    out.extend_from_slice(&good[8 + n..]);
-    out
-}
+/// A hostile model file: the field or tensor it breaks (the refusal must name it; the C
+/// client also uses it as the file name), what the refusal must say besides, and the edit.
+type Hostile = (&'static str, &'static str, Box<dyn Fn(&mut Value, &mut Value)>);
 
-/// The hostile model files: the field each breaks (the refusal must name it) and the edit.
-fn hostile_models() -> Vec<(&'static str, Box<dyn Fn(&mut Value, &mut Value)>)> {
+/// The hostile model files. Metadata edits are refused by the metadata check (`metadata
+/// `…`), tensor edits by the check of the header's tensors against the architecture, both
+/// before any tensor is built.
+fn hostile_models() -> Vec<Hostile> {
     fn meta(f: impl Fn(&mut Value) + 'static) -> Box<dyn Fn(&mut Value, &mut Value)> {
         Box::new(move |m, _| f(m))
     }
+    fn tensors(f: impl Fn(&mut Value) + 'static) -> Box<dyn Fn(&mut Value, &mut Value)> {
+        Box::new(move |_, h| f(h))
+    }
+    const META: &str = "metadata `";
     vec![
+        ("unet.norm_groups", META, meta(|m| m["unet"]["norm_groups"] = json!(0))),
+        ("unet.in_channels", META, meta(|m| m["unet"]["in_channels"] = json!(0))),
+        ("diffusion_steps", META, meta(|m| m["diffusion_steps"] = json!(0))),
+        ("noise_sigma", META, meta(|m| m["operator"]["noise_sigma"] = json!(9e9))),
+        ("restore_tile", META, meta(|m| m["restore_tile"] = json!(33))),
+        ("perturb_h", META, meta(|m| m["perturb_h"] = json!(-9))),
+        ("unet.channel_mult", META, meta(|m| m["unet"]["channel_mult"] = json!([]))),
+        ("unet.model_channels", META, meta(|m| m["unet"]["model_channels"] = json!(0))),
+        // `num_head_channels = -1` means `num_heads` heads in every attention layer: 3 do
+        // not split 64 channels (it loaded, then every restore panicked in a reshape).
         (
-            "unet.norm_groups",
-            meta(|m| m["unet"]["norm_groups"] = json!(0)),
+            "num_heads",
+            "does not split into 3 heads",
+            meta(|m| {
+                m["unet"]["num_head_channels"] = json!(-1);
+                m["unet"]["num_heads"] = json!(3);
+            }),
         ),
         (
-            "unet.in_channels",
-            meta(|m| m["unet"]["in_channels"] = json!(0)),
-        ),
-        ("diffusion_steps", meta(|m| m["diffusion_steps"] = json!(0))),
-        (
-            "noise_sigma",
-            meta(|m| m["operator"]["noise_sigma"] = json!(9e9)),
-        ),
-        ("restore_tile", meta(|m| m["restore_tile"] = json!(33))),
-        ("perturb_h", meta(|m| m["perturb_h"] = json!(-9))),
-        (
-            "unet.channel_mult",
-            meta(|m| m["unet"]["channel_mult"] = json!([])),
+            "middle_block.1.qkv.weight",
+            "dtype I32",
+            tensors(|h| h["middle_block.1.qkv.weight"]["dtype"] = json!("I32")),
         ),
         (
-            "unet.model_channels",
-            meta(|m| m["unet"]["model_channels"] = json!(0)),
+            "out.2.weight",
+            "has shape [6, 32, 9, 1], the architecture expects [6, 32, 3, 3]",
+            tensors(|h| h["out.2.weight"]["shape"] = json!([6, 32, 9, 1])),
         ),
         (
-            "dtype",
-            Box::new(|_, h| h["input_blocks.0.0.weight"]["dtype"] = json!("I32")),
+            "time_embed.2.bias",
+            "missing tensor",
+            tensors(|h| {
+                h.as_object_mut().unwrap().remove("time_embed.2.bias");
+            }),
         ),
+        // Metadata in range that describes a network of ~10^13 parameters around the tiny
+        // one's tensors: refused by the shape check from the header, never allocated.
         (
-            "shape",
-            Box::new(|_, h| h["input_blocks.0.0.weight"]["shape"] = json!([32, 3, 9, 1])),
+            "input_blocks.0.0.bias",
+            "the architecture expects [65536]",
+            meta(|m| {
+                m["unet"]["model_channels"] = json!(4096);
+                m["unet"]["channel_mult"] = json!([16, 16, 16, 16, 16, 16, 16, 16]);
+                m["unet"]["num_res_blocks"] = json!(16);
+            }),
         ),
     ]
 }
@@ -84,7 +90,7 @@ fn write_hostile_models(dir: &Path) -> Vec<&'static str> {
     let good = std::fs::read(denoise_model()).unwrap();
     hostile_models()
         .into_iter()
-        .map(|(field, edit)| {
+        .map(|(field, _, edit)| {
             let bytes = edited_model(&good, |m, h| edit(m, h));
             std::fs::write(dir.join(format!("{field}.safetensors")), bytes).unwrap();
             field
@@ -158,11 +164,13 @@ fn the_c_client_survives_hostile_handles_pixels_options_models_and_threads_under
 #[test]
 fn hostile_model_bytes_are_model_errors_naming_the_field() {
     let good = std::fs::read(denoise_model()).unwrap();
-    for (field, edit) in hostile_models() {
+    for (field, says, edit) in hostile_models() {
         let (st, msg) = load_bytes(&edited_model(&good, |m, h| edit(m, h)));
         assert_eq!(st, S::ModelError, "{field}: {msg}");
-        assert!(msg.contains(field), "{field}: {msg}");
+        assert!(msg.contains(field) && msg.contains(says), "{field}: {msg}");
     }
+    // The relayout alone changes nothing: the unedited header loads.
+    assert_eq!(load_bytes(&edited_model(&good, |_, _| {})).0, S::Ok);
 }
 
 /// Every numeric U-Net field, the step count and the tiles set to values a damaged or hostile

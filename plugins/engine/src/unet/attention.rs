@@ -6,7 +6,7 @@
 //! weights into the "new" order (q/k/v split before heads) runs but gives wrong results.
 //! Logits use `(q·ch^-1/4)ᵀ(k·ch^-1/4)` = `qᵀk/√ch`, i.e. standard scaled dot-product
 //! attention, which lets libtorch pick its fused kernels.
-use super::resblock::{conv_cfg, group_norm, norm_f32};
+use super::resblock::{conv_cfg, conv_shapes, group_norm, group_norm_shapes, norm_f32};
 use tch::{nn, nn::Module, Tensor};
 
 #[derive(Debug)]
@@ -15,6 +15,14 @@ pub struct AttentionBlock {
     norm: nn::GroupNorm,
     qkv: nn::Conv1D,
     proj_out: nn::Conv1D,
+}
+
+/// The variables [`AttentionBlock::new`] creates for `channels`, names relative to the block.
+pub fn parameter_shapes(channels: i64) -> Vec<(String, Vec<i64>)> {
+    let mut v = group_norm_shapes("norm.", channels);
+    v.extend(conv_shapes("qkv.", channels, 3 * channels, &[1]));
+    v.extend(conv_shapes("proj_out.", channels, channels, &[1]));
+    v
 }
 
 impl AttentionBlock {

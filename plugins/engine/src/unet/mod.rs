@@ -1,4 +1,4 @@
-//! The ADM ("guided diffusion") U-Net (reference §2), the network behind every DAVI role:
+//! The ADM ("guided diffusion") U-Net (docs/algorithm.md §2), the network behind every DAVI role:
 //! teacher score, fake score and one-step generator.
 //!
 //! Variable paths mirror the official state dicts, `nn.Sequential` indices included
@@ -129,6 +129,9 @@ impl UNetConfig {
         if self.model_channels % 2 != 0 {
             return bad("model_channels must be even (timestep embedding)".into());
         }
+        if self.norm_groups <= 0 || self.attention_resolutions.iter().any(|r| *r <= 0) {
+            return bad("norm_groups and attention_resolutions must be positive".into());
+        }
         for m in &self.channel_mult {
             let ch = m * self.model_channels;
             if *m <= 0 || ch % self.norm_groups != 0 {
@@ -136,6 +139,23 @@ impl UNetConfig {
             }
             if self.num_head_channels > 0 && !self.attention_resolutions.is_empty() && ch % self.num_head_channels != 0 {
                 return bad(format!("channels {ch} not divisible by num_head_channels {}", self.num_head_channels));
+            }
+        }
+        // The middle block always attends, whatever `attention_resolutions` says, and with
+        // `num_head_channels = -1` the head count is `num_heads` everywhere: check every
+        // attention layer the layout has, not just the levels listed.
+        let layout = self.layout();
+        for (_, layers) in layout.blocks() {
+            for layer in layers {
+                if let LayerPlan::Attn { channels, heads } = *layer {
+                    if heads < 1 || channels % heads != 0 {
+                        return bad(format!(
+                            "attention over {channels} channels does not split into {heads} heads \
+                             (num_head_channels {}, num_heads {})",
+                            self.num_head_channels, self.num_heads
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -161,6 +181,153 @@ impl UNetConfig {
 
     pub fn time_embed_dim(&self) -> i64 {
         4 * self.model_channels
+    }
+}
+
+/// One layer of the architecture as the config lays it out, before any variable exists.
+/// [`UNetModel::new`] builds these and [`UNetConfig::parameter_shapes`] lists their variables,
+/// both from the one walk in [`UNetConfig::layout`], so the shapes a model file is checked
+/// against are the shapes the network is built with.
+#[derive(Clone, Copy, Debug)]
+enum LayerPlan {
+    /// The 3×3 input convolution.
+    ConvIn { cin: i64, cout: i64 },
+    Res(ResBlockConfig),
+    Attn { channels: i64, heads: i64 },
+    Down { channels: i64, conv: bool },
+    Up { channels: i64, conv: bool },
+}
+
+/// The whole network as layer plans, section by section (`input_blocks.i.j`,
+/// `middle_block.j`, `output_blocks.i.j`), plus the width the `out` head reads.
+struct Layout {
+    input_blocks: Vec<Vec<LayerPlan>>,
+    middle_block: Vec<LayerPlan>,
+    output_blocks: Vec<Vec<LayerPlan>>,
+    head_channels: i64,
+}
+
+impl Layout {
+    /// Every block with its official path (`input_blocks.3`, `middle_block`).
+    fn blocks(&self) -> impl Iterator<Item = (String, &[LayerPlan])> {
+        self.input_blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (format!("input_blocks.{i}"), b.as_slice()))
+            .chain(std::iter::once(("middle_block".to_string(), self.middle_block.as_slice())))
+            .chain(self.output_blocks.iter().enumerate().map(|(i, b)| (format!("output_blocks.{i}"), b.as_slice())))
+    }
+}
+
+impl LayerPlan {
+    fn build(&self, vs: &nn::Path, norm_groups: i64) -> Layer {
+        match *self {
+            LayerPlan::ConvIn { cin, cout } => Layer::Conv(nn::conv2d(vs, cin, cout, 3, resblock::conv_cfg(cin * 9, 1, 1))),
+            LayerPlan::Res(cfg) => Layer::Res(ResBlock::new(vs, &cfg)),
+            LayerPlan::Attn { channels, heads } => Layer::Attn(AttentionBlock::new(vs, channels, heads, norm_groups)),
+            LayerPlan::Down { channels, conv } => Layer::Down(Downsample::new(vs, channels, conv)),
+            LayerPlan::Up { channels, conv } => Layer::Up(Upsample::new(vs, channels, conv)),
+        }
+    }
+
+    /// The layer's variables, names relative to the layer, with their shapes.
+    fn parameter_shapes(&self) -> Vec<(String, Vec<i64>)> {
+        match *self {
+            LayerPlan::ConvIn { cin, cout } => resblock::conv_shapes("", cin, cout, &[3, 3]),
+            LayerPlan::Res(cfg) => cfg.parameter_shapes(),
+            LayerPlan::Attn { channels, .. } => attention::parameter_shapes(channels),
+            LayerPlan::Down { channels, conv } => Downsample::parameter_shapes(channels, conv),
+            LayerPlan::Up { channels, conv } => Upsample::parameter_shapes(channels, conv),
+        }
+    }
+}
+
+impl UNetConfig {
+    /// The layer-by-layer layout the config describes (no variable is created).
+    fn layout(&self) -> Layout {
+        let c = self;
+        let mc = c.model_channels;
+        let rates = c.attention_rates();
+        let rcfg = |cin: i64, cout: i64| ResBlockConfig {
+            in_channels: cin,
+            out_channels: cout,
+            emb_channels: c.time_embed_dim(),
+            use_scale_shift_norm: c.use_scale_shift_norm,
+            norm_groups: c.norm_groups,
+            up: false,
+            down: false,
+        };
+        let attn = |ch: i64| LayerPlan::Attn { channels: ch, heads: c.heads_for(ch) };
+
+        let mut ch = c.channel_mult[0] * mc;
+        let mut input_blocks = vec![vec![LayerPlan::ConvIn { cin: c.in_channels, cout: ch }]];
+        let mut chans = vec![ch];
+        let mut ds = 1;
+        for (level, mult) in c.channel_mult.iter().enumerate() {
+            for _ in 0..c.num_res_blocks {
+                let out = mult * mc;
+                let mut layers = vec![LayerPlan::Res(rcfg(ch, out))];
+                ch = out;
+                if rates.contains(&ds) {
+                    layers.push(attn(ch));
+                }
+                input_blocks.push(layers);
+                chans.push(ch);
+            }
+            if level + 1 != c.channel_mult.len() {
+                input_blocks.push(vec![if c.resblock_updown {
+                    LayerPlan::Res(ResBlockConfig { down: true, ..rcfg(ch, ch) })
+                } else {
+                    LayerPlan::Down { channels: ch, conv: c.conv_resample }
+                }]);
+                chans.push(ch);
+                ds *= 2;
+            }
+        }
+
+        let middle_block = vec![LayerPlan::Res(rcfg(ch, ch)), attn(ch), LayerPlan::Res(rcfg(ch, ch))];
+
+        let mut output_blocks = Vec::new();
+        for (level, mult) in c.channel_mult.iter().enumerate().rev() {
+            for i in 0..=c.num_res_blocks {
+                let skip = chans.pop().expect("one skip per input block");
+                let out = mult * mc;
+                let mut layers = vec![LayerPlan::Res(rcfg(ch + skip, out))];
+                ch = out;
+                if rates.contains(&ds) {
+                    layers.push(attn(ch));
+                }
+                if level > 0 && i == c.num_res_blocks {
+                    layers.push(if c.resblock_updown {
+                        LayerPlan::Res(ResBlockConfig { up: true, ..rcfg(ch, ch) })
+                    } else {
+                        LayerPlan::Up { channels: ch, conv: c.conv_resample }
+                    });
+                    ds /= 2;
+                }
+                output_blocks.push(layers);
+            }
+        }
+        Layout { input_blocks, middle_block, output_blocks, head_channels: ch }
+    }
+
+    /// Every variable of the network by official name, with its shape, in construction
+    /// order, computed from the config alone: nothing is allocated, so a model file can be
+    /// checked tensor by tensor before a network of the size its metadata claims is built.
+    pub fn parameter_shapes(&self) -> Result<Vec<(String, Vec<i64>)>> {
+        self.validate()?;
+        let (mc, emb) = (self.model_channels, self.time_embed_dim());
+        let layout = self.layout();
+        let mut out = resblock::linear_shapes("time_embed.0.", mc, emb);
+        out.extend(resblock::linear_shapes("time_embed.2.", emb, emb));
+        for (block, layers) in layout.blocks() {
+            for (j, layer) in layers.iter().enumerate() {
+                out.extend(layer.parameter_shapes().into_iter().map(|(n, s)| (format!("{block}.{j}.{n}"), s)));
+            }
+        }
+        out.extend(resblock::group_norm_shapes("out.0.", layout.head_channels));
+        out.extend(resblock::conv_shapes("out.2.", layout.head_channels, self.out_channels, &[3, 3]));
+        Ok(out)
     }
 }
 
@@ -221,91 +388,24 @@ impl UNetModel {
     /// every ResBlock, every attention `proj_out` and the head `out.2` zero-initialised.
     pub fn new(vs: &nn::Path, config: &UNetConfig) -> Result<Self> {
         config.validate()?;
-        let c = config;
-        let mc = c.model_channels;
-        let emb_dim = c.time_embed_dim();
-        let rates = c.attention_rates();
+        let (mc, emb_dim) = (config.model_channels, config.time_embed_dim());
         let te = vs / "time_embed";
         let time_embed_0 = resblock::linear(&te / 0, mc, emb_dim);
         let time_embed_2 = resblock::linear(&te / 2, emb_dim, emb_dim);
-        let rcfg = |cin: i64, cout: i64| ResBlockConfig {
-            in_channels: cin,
-            out_channels: cout,
-            emb_channels: emb_dim,
-            use_scale_shift_norm: c.use_scale_shift_norm,
-            norm_groups: c.norm_groups,
-            up: false,
-            down: false,
+        let layout = config.layout();
+        let build = |section: nn::Path, layers: &[LayerPlan]| {
+            TimestepBlock(layers.iter().enumerate().map(|(j, l)| l.build(&(&section / j), config.norm_groups)).collect())
         };
-
-        let ib = vs / "input_blocks";
-        let mut ch = c.channel_mult[0] * mc;
-        let conv_in = resblock::conv_cfg(c.in_channels * 9, 1, 1);
-        let mut input_blocks =
-            vec![TimestepBlock(vec![Layer::Conv(nn::conv2d(&ib / 0 / 0, c.in_channels, ch, 3, conv_in))])];
-        let mut chans = vec![ch];
-        let mut ds = 1;
-        for (level, mult) in c.channel_mult.iter().enumerate() {
-            for _ in 0..c.num_res_blocks {
-                let p = &ib / input_blocks.len();
-                let out = mult * mc;
-                let mut layers = vec![Layer::Res(ResBlock::new(&(&p / 0), &rcfg(ch, out)))];
-                ch = out;
-                if rates.contains(&ds) {
-                    layers.push(Layer::Attn(AttentionBlock::new(&(&p / 1), ch, c.heads_for(ch), c.norm_groups)));
-                }
-                input_blocks.push(TimestepBlock(layers));
-                chans.push(ch);
-            }
-            if level + 1 != c.channel_mult.len() {
-                let p = &ib / input_blocks.len() / 0;
-                let layer = if c.resblock_updown {
-                    Layer::Res(ResBlock::new(&p, &ResBlockConfig { down: true, ..rcfg(ch, ch) }))
-                } else {
-                    Layer::Down(Downsample::new(&p, ch, c.conv_resample))
-                };
-                input_blocks.push(TimestepBlock(vec![layer]));
-                chans.push(ch);
-                ds *= 2;
-            }
-        }
-
-        let mb = vs / "middle_block";
-        let middle_block = TimestepBlock(vec![
-            Layer::Res(ResBlock::new(&(&mb / 0), &rcfg(ch, ch))),
-            Layer::Attn(AttentionBlock::new(&(&mb / 1), ch, c.heads_for(ch), c.norm_groups)),
-            Layer::Res(ResBlock::new(&(&mb / 2), &rcfg(ch, ch))),
-        ]);
-
-        let ob = vs / "output_blocks";
-        let mut output_blocks = Vec::new();
-        for (level, mult) in c.channel_mult.iter().enumerate().rev() {
-            for i in 0..=c.num_res_blocks {
-                let p = &ob / output_blocks.len();
-                let skip = chans.pop().expect("one skip per input block");
-                let out = mult * mc;
-                let mut layers = vec![Layer::Res(ResBlock::new(&(&p / 0), &rcfg(ch + skip, out)))];
-                ch = out;
-                if rates.contains(&ds) {
-                    layers.push(Layer::Attn(AttentionBlock::new(&(&p / 1), ch, c.heads_for(ch), c.norm_groups)));
-                }
-                if level > 0 && i == c.num_res_blocks {
-                    let q = &p / layers.len();
-                    layers.push(if c.resblock_updown {
-                        Layer::Res(ResBlock::new(&q, &ResBlockConfig { up: true, ..rcfg(ch, ch) }))
-                    } else {
-                        Layer::Up(Upsample::new(&q, ch, c.conv_resample))
-                    });
-                    ds /= 2;
-                }
-                output_blocks.push(TimestepBlock(layers));
-            }
-        }
+        let (ib, ob) = (vs / "input_blocks", vs / "output_blocks");
+        let input_blocks = layout.input_blocks.iter().enumerate().map(|(i, b)| build(&ib / i, b)).collect();
+        let middle_block = build(vs / "middle_block", &layout.middle_block);
+        let output_blocks = layout.output_blocks.iter().enumerate().map(|(i, b)| build(&ob / i, b)).collect();
 
         let out = vs / "out";
-        let out_norm = resblock::group_norm(&out / 0, c.norm_groups, ch);
+        let ch = layout.head_channels;
+        let out_norm = resblock::group_norm(&out / 0, config.norm_groups, ch);
         let zero = nn::ConvConfig { padding: 1, ws_init: nn::Init::Const(0.0), bs_init: nn::Init::Const(0.0), ..Default::default() };
-        let out_conv = nn::conv2d(&out / 2, c.channel_mult[0] * mc, c.out_channels, 3, zero);
+        let out_conv = nn::conv2d(&out / 2, ch, config.out_channels, 3, zero);
         Ok(UNetModel {
             config: config.clone(),
             time_embed_0,
@@ -336,7 +436,7 @@ impl UNetModel {
         self.out_conv.forward(&resblock::norm_f32(&self.out_norm, &h).silu())
     }
 
-    /// The weight the adaptive GAN weight differentiates against (reference §5.5):
+    /// The weight the adaptive GAN weight differentiates against (docs/algorithm.md §5.5):
     /// `output_blocks[-1][0].out_layers[-1].weight`.
     pub fn last_layer_weight(&self) -> &Tensor {
         match &self.output_blocks.last().expect("non-empty").0[0] {
@@ -346,12 +446,11 @@ impl UNetModel {
     }
 }
 
-/// Number of parameters the config produces (built on the meta-free CPU path, no data).
+/// Number of variables and parameters the config produces (from its shape list: nothing is
+/// allocated, so even the largest preset is counted instantly).
 pub fn parameter_count(config: &UNetConfig) -> Result<(usize, i64)> {
-    let vs = nn::VarStore::new(tch::Device::Cpu);
-    let _ = tch::no_grad(|| UNetModel::new(&vs.root(), config))?;
-    let vars = vs.variables();
-    Ok((vars.len(), vars.values().map(|t| t.numel() as i64).sum()))
+    let shapes = config.parameter_shapes()?;
+    Ok((shapes.len(), shapes.iter().map(|(_, s)| s.iter().product::<i64>()).sum()))
 }
 
 #[cfg(test)]

@@ -29,6 +29,23 @@ pub fn group_norm(vs: nn::Path, groups: i64, channels: i64) -> nn::GroupNorm {
     nn::group_norm(vs, groups, channels, nn::GroupNormConfig { eps: 1e-5, ..Default::default() })
 }
 
+/// The variables of a conv layer (`weight` `[cout, cin, kernel…]`, `bias` `[cout]`) named
+/// after `prefix`, as `nn::conv1d`/`nn::conv2d` create them.
+pub fn conv_shapes(prefix: &str, cin: i64, cout: i64, kernel: &[i64]) -> Vec<(String, Vec<i64>)> {
+    let weight = [&[cout, cin][..], kernel].concat();
+    vec![(format!("{prefix}weight"), weight), (format!("{prefix}bias"), vec![cout])]
+}
+
+/// The variables of [`linear`] (`weight` `[o, i]`, `bias` `[o]`).
+pub fn linear_shapes(prefix: &str, i: i64, o: i64) -> Vec<(String, Vec<i64>)> {
+    vec![(format!("{prefix}weight"), vec![o, i]), (format!("{prefix}bias"), vec![o])]
+}
+
+/// The variables of [`group_norm`] (affine `weight` and `bias`, one per channel).
+pub fn group_norm_shapes(prefix: &str, channels: i64) -> Vec<(String, Vec<i64>)> {
+    vec![(format!("{prefix}weight"), vec![channels]), (format!("{prefix}bias"), vec![channels])]
+}
+
 /// ADM's `GroupNorm32`: evaluated in f32, cast back to the input kind (matters in bf16/fp16).
 pub fn norm_f32(gn: &nn::GroupNorm, x: &Tensor) -> Tensor {
     if x.kind() == Kind::Float {
@@ -52,6 +69,23 @@ pub struct ResBlockConfig {
     pub norm_groups: i64,
     pub up: bool,
     pub down: bool,
+}
+
+impl ResBlockConfig {
+    /// The variables [`ResBlock::new`] creates, names relative to the block.
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<i64>)> {
+        let (cin, cout) = (self.in_channels, self.out_channels);
+        let emb_out = if self.use_scale_shift_norm { 2 * cout } else { cout };
+        let mut v = group_norm_shapes("in_layers.0.", cin);
+        v.extend(conv_shapes("in_layers.2.", cin, cout, &[3, 3]));
+        v.extend(linear_shapes("emb_layers.1.", self.emb_channels, emb_out));
+        v.extend(group_norm_shapes("out_layers.0.", cout));
+        v.extend(conv_shapes("out_layers.3.", cout, cout, &[3, 3]));
+        if cin != cout {
+            v.extend(conv_shapes("skip_connection.", cin, cout, &[1, 1]));
+        }
+        v
+    }
 }
 
 fn resample(x: &Tensor, up: bool, down: bool) -> Tensor {
@@ -133,6 +167,10 @@ impl Downsample {
     pub fn new(vs: &nn::Path, ch: i64, use_conv: bool) -> Self {
         Downsample(use_conv.then(|| nn::conv2d(vs / "op", ch, ch, 3, conv_cfg(ch * 9, 2, 1))))
     }
+    /// The variables [`Downsample::new`] creates.
+    pub fn parameter_shapes(ch: i64, use_conv: bool) -> Vec<(String, Vec<i64>)> {
+        if use_conv { conv_shapes("op.", ch, ch, &[3, 3]) } else { Vec::new() }
+    }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match &self.0 {
             Some(c) => c.forward(x),
@@ -148,6 +186,10 @@ pub struct Upsample(Option<nn::Conv2D>);
 impl Upsample {
     pub fn new(vs: &nn::Path, ch: i64, use_conv: bool) -> Self {
         Upsample(use_conv.then(|| nn::conv2d(vs / "conv", ch, ch, 3, conv_cfg(ch * 9, 1, 1))))
+    }
+    /// The variables [`Upsample::new`] creates.
+    pub fn parameter_shapes(ch: i64, use_conv: bool) -> Vec<(String, Vec<i64>)> {
+        if use_conv { conv_shapes("conv.", ch, ch, &[3, 3]) } else { Vec::new() }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let x = resample(x, true, false);

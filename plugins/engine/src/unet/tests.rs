@@ -42,7 +42,8 @@ fn ffhq_preset_matches_official_counts_and_names() {
 fn imagenet_preset_matches_official_counts_and_names() {
     let (n, p) = parameter_count(&UNetConfig::imagenet256()).unwrap();
     assert_eq!((n, p), (566, 552_814_086));
-    let s = shapes(&UNetConfig::imagenet256());
+    // Listed, not built (2.2 GB of f32); the list equals what is built (test below).
+    let s: std::collections::BTreeMap<_, _> = UNetConfig::imagenet256().parameter_shapes().unwrap().into_iter().collect();
     for (k, shape) in [
         ("input_blocks.10.1.qkv.weight", vec![1536, 512, 1]),
         ("input_blocks.13.1.qkv.weight", vec![3072, 1024, 1]),
@@ -66,6 +67,38 @@ pub fn tiny() -> UNetConfig {
         norm_groups: 8,
         ..UNetConfig::ffhq256()
     }
+}
+
+/// The shape list model files are checked against before a network is built is exactly what
+/// the constructor creates, name for name, under every layout switch of the config.
+#[test]
+fn parameter_shapes_equal_the_built_variables() {
+    let configs = [
+        UNetConfig::ffhq256(),
+        tiny(),
+        UNetConfig { resblock_updown: false, ..tiny() },
+        UNetConfig { resblock_updown: false, conv_resample: false, ..tiny() },
+        UNetConfig {
+            in_channels: 1,
+            out_channels: 1,
+            use_scale_shift_norm: false,
+            num_res_blocks: 2,
+            num_head_channels: -1,
+            num_heads: 2,
+            attention_resolutions: vec![32, 16, 8],
+            ..tiny()
+        },
+        UNetConfig { attention_resolutions: vec![], channel_mult: vec![2], ..tiny() },
+    ];
+    for c in configs {
+        let listed = c.parameter_shapes().unwrap();
+        let by_name: std::collections::BTreeMap<_, _> = listed.iter().cloned().collect();
+        assert_eq!(by_name.len(), listed.len(), "a name listed twice for {c:?}");
+        assert_eq!(by_name, shapes(&c), "{c:?}");
+    }
+    let mut bad = tiny();
+    bad.norm_groups = 7;
+    assert!(bad.parameter_shapes().is_err(), "an unbuildable config has no shape list");
 }
 
 #[test]

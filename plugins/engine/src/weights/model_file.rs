@@ -9,8 +9,9 @@
 //! | `format_version` | `1` |
 //! | `meta` | JSON of [`ModelMeta`]: U-Net config, schedule, role, operator spec, perturb_h, provenance |
 //!
-//! Loading checks every tensor by name against the architecture the metadata describes:
-//! a missing, unexpected or mis-shaped tensor is an error naming it. Saving writes a
+//! Loading checks the whole file before building anything: every metadata field's range, then
+//! every tensor by name against the shape list the metadata's architecture implies: a
+//! missing, unexpected, mis-shaped or non-float tensor is an error naming it. Saving writes a
 //! temporary file beside the target and renames it, so a crash never leaves a half model.
 use crate::diffusion::BetaSchedule;
 use crate::error::{EngineError, Result};
@@ -308,27 +309,75 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
     })
 }
 
-/// Load a model from in-memory safetensors bytes onto `device`.
+/// Load a model from in-memory safetensors bytes onto `device`. The whole file is checked
+/// before anything is built: the metadata field by field ([`ModelMeta::validate`]), then every
+/// tensor's name, dtype and shape against the shape list the U-Net config implies
+/// ([`UNetConfig::parameter_shapes`], computed without allocating). Only then is the network
+/// built and filled, so its size is bounded by the file's own bytes, whatever the metadata
+/// claims, and no tensor is ever cast from an integer or reshaped.
 pub fn load_bytes(bytes: &[u8], device: Device) -> Result<LoadedModel> {
     let meta = meta_from_bytes(bytes).map_err(EngineError::Weights)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| EngineError::Weights(format!("corrupt tensor data: {e:?}")))?;
+    let expected = meta.unet.parameter_shapes().map_err(|e| EngineError::Weights(format!("metadata `unet`: {e}")))?;
+    let kind = check_tensors(&st, &expected).map_err(EngineError::Weights)?;
     let mut vs = nn::VarStore::new(device);
     let net = tch::no_grad(|| UNetModel::new(&vs.root(), &meta.unet))?;
     let named: Vec<(String, Tensor)> = st
         .tensors()
         .into_iter()
         .map(|(name, view)| {
-            // Network weights are floating point; an integer tensor would be cast silently.
-            let kind = dtype_to_kind(view.dtype())
-                .filter(|k| matches!(k, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double))
-                .ok_or_else(|| EngineError::Weights(format!("tensor `{name}` has dtype {:?}; model weights must be F32, F16, BF16 or F64", view.dtype())))?;
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            Ok((name, Tensor::from_data_size(view.data(), &shape, kind)))
+            (name, Tensor::from_data_size(view.data(), &shape, kind))
         })
-        .collect::<Result<_>>()?;
+        .collect();
     copy_by_name(&mut vs, named)?;
     vs.freeze();
     Ok(LoadedModel { meta, vs, net })
+}
+
+/// Check a model file's tensors against the architecture's `expected` names and shapes, from
+/// the header alone: every tensor present once, none extra, each of its expected shape, all of
+/// one floating-point dtype (a model file is written from one network; an integer tensor
+/// would otherwise be cast silently into nonsense weights). Returns the file's dtype as a
+/// libtorch kind; the first problem, in name order, is the error, naming the tensor.
+fn check_tensors(st: &SafeTensors, expected: &[(String, Vec<i64>)]) -> std::result::Result<Kind, String> {
+    let expected: HashMap<&str, &[i64]> = expected.iter().map(|(n, s)| (n.as_str(), s.as_slice())).collect();
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut file_dtype: Option<(Dtype, &str)> = None;
+    let mut extra = Vec::new();
+    for (name, view) in &tensors {
+        let dtype = view.dtype();
+        if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
+            return Err(format!("tensor `{name}` has dtype {dtype:?}; model weights must be F32, F16, BF16 or F64"));
+        }
+        match file_dtype {
+            None => file_dtype = Some((dtype, name)),
+            Some((first, first_name)) if first != dtype => {
+                return Err(format!("tensor `{name}` has dtype {dtype:?} but `{first_name}` has {first:?}; a model file holds one dtype"));
+            }
+            Some(_) => {}
+        }
+        let Some(want) = expected.get(name.as_str()) else {
+            extra.push(name.as_str());
+            continue;
+        };
+        let got: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if got != *want {
+            return Err(format!("tensor `{name}` has shape {got:?}, the architecture expects {want:?}"));
+        }
+    }
+    if let Some(first) = extra.first() {
+        return Err(format!("unexpected tensor `{first}` ({} not in the architecture)", extra.len()));
+    }
+    let present: std::collections::HashSet<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let mut missing: Vec<&str> = expected.keys().copied().filter(|n| !present.contains(n)).collect();
+    missing.sort();
+    if let Some(first) = missing.first() {
+        return Err(format!("missing tensor `{first}` ({} missing in all)", missing.len()));
+    }
+    let (dtype, _) = file_dtype.ok_or("the file holds no tensors")?;
+    Ok(dtype_to_kind(dtype).expect("float dtypes have a kind"))
 }
 
 /// Copy named tensors into a var store, strictly: every variable must be present once with

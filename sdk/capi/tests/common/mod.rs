@@ -1,11 +1,22 @@
 //! Helpers shared by the integration tests: paths of the built libraries, tiny random model
-//! files, deterministic test pictures, PNM files, PSNR, and compiling the C/C++ hosts.
+//! files and edited (hostile) copies of them, owners of C handles and option structs for
+//! in-process C API calls, deterministic test pictures, PNM files, PSNR, and compiling the
+//! C/C++ hosts.
 #![allow(dead_code)]
 
+use davi::{
+    davi_context_free, davi_context_last_error, davi_context_new, davi_context_options_init,
+    davi_restore_options_init, davi_spec_free, davi_spec_new_task, DaviContext,
+    DaviContextOptions, DaviRestoreOptions, DaviSpec,
+};
 use davi_engine::weights::{LoadedModel, ModelMeta};
-use davi_sdk::OperatorSpec;
+use davi_sdk::{DaviStatus as S, OperatorSpec};
+use serde_json::{json, Value};
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::ptr::null_mut;
 use std::sync::OnceLock;
 use tch::Device;
 
@@ -104,6 +115,157 @@ pub fn denoise_model() -> &'static Path {
         write_tiny_model(&p, Some(OperatorSpec::for_task("denoise").unwrap()), 12);
         p
     })
+}
+
+/// `good` (a model file) with its safetensors header edited: `edit` gets the parsed `meta`
+/// JSON and the whole header (tensor entries by name). The edit may change a tensor's dtype
+/// (to one of the same width) or shape (to one of the same size), or remove the tensor: the
+/// data section is laid out again for the tensors the header still names, so the file stays
+/// well-formed safetensors and only the libdavi-level check can refuse it.
+pub fn edited_model(good: &[u8], edit: impl FnOnce(&mut Value, &mut Value)) -> Vec<u8> {
+    let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let original: Value = serde_json::from_slice(&good[8..8 + n]).unwrap();
+    let mut header = original.clone();
+    let mut meta: Value =
+        serde_json::from_str(header["__metadata__"]["meta"].as_str().unwrap()).unwrap();
+    edit(&mut meta, &mut header);
+    header["__metadata__"]["meta"] = Value::String(meta.to_string());
+    let offsets = |name: &str| -> (usize, usize) {
+        let o = &original[name]["data_offsets"];
+        (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize)
+    };
+    let mut kept: Vec<String> = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect();
+    kept.sort_by_key(|k| offsets(k).0);
+    let data = &good[8 + n..];
+    let mut body = Vec::with_capacity(data.len());
+    for name in kept {
+        let (start, end) = offsets(&name);
+        header[&name]["data_offsets"] = json!([body.len(), body.len() + end - start]);
+        body.extend_from_slice(&data[start..end]);
+    }
+    let mut text = header.to_string().into_bytes();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&body);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small owners of C handles, and option structs, for in-process C API calls
+
+pub struct Ctx(pub *mut DaviContext);
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        unsafe { davi_context_free(self.0) }
+    }
+}
+impl Ctx {
+    pub fn last_error(&self) -> String {
+        let mut buf = [0 as c_char; 1024];
+        let st =
+            unsafe { davi_context_last_error(self.0, buf.as_mut_ptr(), buf.len(), null_mut()) };
+        assert_eq!(st, S::Ok);
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+// Contexts may be used, and shared, from any thread, and specs read from several at once
+// (C_API.md, "Threads"): the tests that move these owners across threads test exactly that.
+unsafe impl Send for Ctx {}
+unsafe impl Sync for Ctx {}
+
+pub struct Spec(pub *mut DaviSpec);
+unsafe impl Send for Spec {}
+unsafe impl Sync for Spec {}
+impl Drop for Spec {
+    fn drop(&mut self) {
+        unsafe { davi_spec_free(self.0) }
+    }
+}
+
+pub fn context_options() -> DaviContextOptions {
+    let mut o = std::mem::MaybeUninit::<DaviContextOptions>::uninit();
+    let st = unsafe { davi_context_options_init(o.as_mut_ptr(), size_of::<DaviContextOptions>()) };
+    assert_eq!(st, S::Ok);
+    let mut o = unsafe { o.assume_init() };
+    o.device = c"cpu".as_ptr();
+    // A fixed intra-op thread count: libtorch's setting is process-wide and tests run in
+    // parallel, so every context of these tests asks for the same value.
+    o.threads = 1;
+    o
+}
+
+pub fn try_context(o: &DaviContextOptions) -> (S, Option<Ctx>, String) {
+    let mut ctx = null_mut();
+    let mut err = [0 as c_char; 512];
+    let st = unsafe { davi_context_new(o, &mut ctx, err.as_mut_ptr(), err.len()) };
+    let msg = unsafe { CStr::from_ptr(err.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    if st == S::Ok {
+        assert!(!ctx.is_null());
+        (st, Some(Ctx(ctx)), msg)
+    } else {
+        assert!(ctx.is_null(), "out written on failure");
+        (st, None, msg)
+    }
+}
+
+pub fn context(model: &Path) -> Ctx {
+    let path = CString::new(model.as_os_str().as_bytes()).unwrap();
+    let mut o = context_options();
+    o.model_path = path.as_ptr();
+    let (st, ctx, msg) = try_context(&o);
+    assert_eq!(st, S::Ok, "{msg}");
+    ctx.unwrap()
+}
+
+pub fn spec(task: &str) -> Spec {
+    let t = CString::new(task).unwrap();
+    let mut s = null_mut();
+    assert_eq!(unsafe { davi_spec_new_task(t.as_ptr(), &mut s) }, S::Ok);
+    Spec(s)
+}
+
+pub fn restore_options(tile: u32, overlap: u32, seed: u64) -> DaviRestoreOptions {
+    let mut o = std::mem::MaybeUninit::<DaviRestoreOptions>::uninit();
+    assert_eq!(
+        unsafe { davi_restore_options_init(o.as_mut_ptr(), size_of::<DaviRestoreOptions>()) },
+        S::Ok
+    );
+    let mut o = unsafe { o.assume_init() };
+    o.tile = tile;
+    o.overlap = overlap;
+    o.seed = seed;
+    o
+}
+
+/// A Rust closure as a progress callback: `user_data` points at a [`Progress`]; the closure
+/// gets the fraction and returns `false` to cancel. It must not panic (nothing may unwind
+/// through the library).
+pub type Progress<'a> = &'a mut dyn FnMut(f32) -> bool;
+
+/// The `DaviRestoreOptions.progress` function that calls the [`Progress`] at `user`.
+pub unsafe extern "C" fn progress_closure(user: *mut c_void, fraction: f32) -> i32 {
+    let f = unsafe { &mut *user.cast::<Progress>() };
+    (!f(fraction)) as i32
+}
+
+/// Set `o`'s callback to call `progress` (which must outlive the restore).
+pub fn set_progress(o: &mut DaviRestoreOptions, progress: &mut Progress) {
+    o.progress = Some(progress_closure);
+    o.user_data = (progress as *mut Progress).cast();
 }
 
 /// A deterministic, smooth-plus-texture test picture, `channels` interleaved u8 samples per
