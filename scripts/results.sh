@@ -19,8 +19,14 @@ cd "$root"
 ./scripts/setup.sh >/dev/null
 ./scripts/setup-eval.sh >/dev/null
 ./scripts/fetch-photos.sh
-cargo build --release --locked -p davi-cli
-davi="$root/target/release/davi"
+# DAVI=PATH scores with that build of the CLI instead of building one (e.g. the binary the
+# training runs use while the tree is being edited).
+if [ -n "${DAVI:-}" ]; then
+  davi="$(realpath "$DAVI")"
+else
+  cargo build --release --locked -p davi-cli
+  davi="$root/target/release/davi"
+fi
 RUNS="${DAVI_RUNS:-${XDG_CACHE_HOME:-$HOME/.cache}/libdavi/runs}"
 export OMP_WAIT_POLICY=PASSIVE
 # PEERS=DIR keeps the classical half (measurements and peer scores, the slow part: BM3D) in
@@ -38,6 +44,8 @@ if [ ! -f "$work/peers.json" ]; then
   mv "$work/peers.json.tmp" "$work/peers.json"
 fi
 for t in sr4 deblur denoise inpaint colorize; do
+  # Results of an earlier run in a reused PEERS folder must not be scored as this run's.
+  rm -f "$work"/deg/*/"${t}"_{davi,p1,p2}.png
   models=("davi=models/photo-$t.safetensors")
   # A phase's best export is scored separately only when it is not the shipped file itself.
   for ph in "p1=$RUNS/photo-$t" "p2=$RUNS/photo-$t-davi"; do

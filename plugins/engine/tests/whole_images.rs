@@ -1,12 +1,12 @@
-//! The shipped default models on a whole 1024×768 photograph, per task, as a user restores
-//! one: no tile-grid structure in the error (a phantom hole per tile, a colour per tile,
-//! seams), and inpainting boxes anywhere are filled while every observed pixel stays as
-//! measured. Quality margins (beating the lifted measurement, and for inpainting a flat fill
-//! with the mean colour around each box) are the opt-in `quality_targets` test
-//! (`cargo test -p davi-engine --test whole_images -- --ignored`): they are the default
-//! models' training target (docs/models.md), not yet met by every task. The lattice measure is
-//! `metrics::lattice_score` at the strides 32- and 64-pixel tiles would have left, and at the
-//! model's own tile stride. `DAVI_MODEL_DIR` points the test at other models: of the 32-pixel
+//! The shipped default models on a whole 1024×768 photograph, per task, as a user restores one:
+//! no tile-grid structure in the error (a phantom hole per tile, a colour per tile, seams), and
+//! inpainting boxes anywhere are filled while every observed pixel stays as measured. Quality
+//! margins (beating the lifted measurement, and for inpainting a flat fill with the mean colour
+//! around each box) are the opt-in `quality_targets` test (`cargo test -p davi-engine --test
+//! whole_images -- --ignored`): they are the default models' training target (docs/models.md),
+//! not yet met by every task. The lattice measure is `metrics::lattice_score` at a tiled
+//! model's own tile stride and twice it, and for window models at the strides 32- and 64-pixel
+//! tiles would have left. `DAVI_MODEL_DIR` points the test at other models: of the 32-pixel
 //! tile models shipped before, super-resolution (3.8) and inpainting (13.7, a phantom hole per
 //! tile) fail it; their colorizer's colour per tile scores 2.3 and is not caught.
 //! Needs `scripts/fetch-photos.sh` (the test script runs it).
@@ -60,11 +60,19 @@ fn check(task: &str, spec: OperatorSpec) -> (f64, f64) {
     let (out, r) = restore(task, &spec, &obs);
     assert_eq!(out.size(), clean.size(), "{task}");
     assert!(out.isfinite().all().int64_value(&[]) == 1, "{task}: non-finite output");
-    let mut strides = vec![24, 48];
-    if r.model.meta.restore_window.is_none() {
-        let t = r.default_tiling();
-        strides.push(t.tile - t.overlap);
-    }
+    // A tiling can only leave structure at its stride and the stride's multiples, so a tiled
+    // model is checked there. Elsewhere the score only measures how the photograph's own
+    // content happens to fold: a plain Gaussian blur of this photograph (no tiles at all)
+    // scores 2.5 at stride 24, and so does the deblurring model run on 384-pixel tiles.
+    // Window models have no stride; they are checked at the strides of 32- and 64-pixel
+    // tiles with a quarter overlap, where the per-tile models shipped before failed.
+    let strides = match r.model.meta.restore_window {
+        None => {
+            let t = r.default_tiling();
+            vec![t.tile - t.overlap, 2 * (t.tile - t.overlap)]
+        }
+        Some(_) => vec![24, 48],
+    };
     for s in strides {
         let score = metrics::lattice_score(&out, &clean, s);
         eprintln!("{task}: lattice score at stride {s}: {score:.2}");
