@@ -8,7 +8,7 @@ input and output (scripts/bench.sh does both):
     .venv/bin/python scripts/bench_pytorch.py /tmp/davi-bench
 
 It holds its own, independent implementation of the ADM ("guided diffusion") U-Net forward,
-written from the architecture in the implementation reference (§2: cosine-then-sine
+written from the architecture in docs/algorithm.md (§2.2: cosine-then-sine
 timestep embedding, GroupNorm(32) evaluated in f32, scale = first half of the embedding
 projection, legacy head-first QKV attention with q and k each scaled by ch^-1/4 and the
 softmax in f32, skip concatenation [h, skip]). No third-party model code is imported; the

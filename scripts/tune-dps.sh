@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Choose DPS's step size per task on *training* photographs (never the held-out ones), as the
-# DPS reference asks when DPS runs with another project's operators: sweep `scale` over
-# SCALES with DPS_NFE evaluations on VAL_IMAGES training photos cropped to MAX_SIDE, and
-# keep the best mean PSNR. Writes scripts/dps-scales.txt ("task scale" lines, read by
+# Choose DPS's step size per task on *training* photographs (never the held-out ones), as
+# DPS needs when it runs with another project's operators (docs/algorithm.md §8.3): sweep
+# `scale` over SCALES with DPS_NFE evaluations on VAL_IMAGES training photos cropped to
+# MAX_SIDE, and keep the best mean PSNR. Writes scripts/dps-scales.txt ("task scale" lines, read by
 # scripts/results.sh) and docs/dps-tuning.md (every number).
 #
 #   ./scripts/tune-dps.sh                       # 3 scales x 5 tasks x 2 photos, DPS-1000, 64 px

@@ -13,7 +13,8 @@
 //! Load once, never unload: a library is opened with `RTLD_NOW | RTLD_LOCAL` (plus
 //! `RTLD_NODELETE` on Linux) and its handle is leaked on purpose, so function pointers taken
 //! from it stay valid for the life of the process and no thread-local destructor can outlive
-//! its code (see `docs/ecosystem-notes.md` §6.2 and rust-lang/rust#88737). Refused libraries
+//! its code (unloading a Rust library after one of its thread-locals registered a destructor
+//! leaves that destructor pointing into unmapped code; rust-lang/rust#88737). Refused libraries
 //! stay mapped as well; their count is bounded by the files scanned.
 //!
 //! Anchors: `nagisa/rust_libloading` (`os::unix::Library::open` with explicit flags) and the

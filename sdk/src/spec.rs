@@ -23,15 +23,17 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OperatorSpec {
-    /// Separable Gaussian blur (reference §4.2 `gaussian`).
+    /// Separable Gaussian blur (docs/algorithm.md §4.2.1, §4.2.2; official `gaussian`).
     GaussianBlur(GaussianBlur),
-    /// Down-sampling by an integer factor (reference §4.2 `sr_averagepooling`, `bicubic`).
+    /// Down-sampling by an integer factor (docs/algorithm.md §4.2.3; official
+    /// `sr_averagepooling`, `bicubic`).
     SuperResolution(SuperResolution),
-    /// Missing rectangles (reference §4.2 `inpainting`).
+    /// Missing rectangles (docs/algorithm.md §4.2.4; official `inpainting`).
     Inpainting(Inpainting),
-    /// Identity operator: only noise (reference §4.2 `deno`).
+    /// Identity operator: only noise (docs/algorithm.md §4.2.5; official `deno`).
     Denoising(Denoising),
-    /// Weighted channel sum to one gray channel (reference §4.2 `colorization`).
+    /// Weighted channel sum to one gray channel (docs/algorithm.md §4.2.6; official
+    /// `colorization`).
     Colorization(Colorization),
 }
 

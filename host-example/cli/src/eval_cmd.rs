@@ -8,7 +8,7 @@
 //!           [--device D] [--noise-sigma S] [--perturb-h H] [--quiet]
 //! ```
 //! The evaluation itself lives in the engine (`davi_engine::eval`, DPS in `davi_engine::dps`
-//! after Chung et al., ICLR 2023, as described in docs/dps-reference.md). This file parses the
+//! after Chung et al., ICLR 2023, as described in docs/algorithm.md §8). This file parses the
 //! command line, loads the models, adapts the classical plugin (`davi-classical`, loaded through the plugin loader
 //! because the engine must not depend on it) to the engine's `ExternalMethod` hook, shows
 //! progress, and writes the JSON and Markdown reports atomically. The Markdown table also goes

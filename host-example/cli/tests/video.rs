@@ -82,7 +82,7 @@ fn ffmpeg_to_davi_video_to_ffmpeg_restores_every_frame() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("davi video");
-    let mut sink = ffmpeg()
+    let sink = ffmpeg()
         .args(["-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &format!("{W}x{H}")])
         .args(["-r", "25", "-i", "-", "-c:v", "ffv1", "-pix_fmt", "bgr0"])
         .arg(&encoded)

@@ -12,7 +12,7 @@
 //! References: W. H. Richardson, "Bayesian-based iterative method of image restoration"
 //! (JOSA 1972); L. B. Lucy (AJ 1974); N. Dey et al., "Richardson–Lucy algorithm with total
 //! variation regularization for 3D confocal microscope deconvolution" (Microscopy Research
-//! and Technique 2006), eq. 7. The kernel follows the DAVI reference §4.2 `gaussian`:
+//! and Technique 2006), eq. 7. The kernel is the zero-padded blur's (docs/algorithm.md §4.2.1):
 //! `k(x) = exp(-x² / 2σ²)`, `x = -(size/2)..=size/2`, normalised to sum 1.
 
 use davi_sdk::{DaviError, Progress};

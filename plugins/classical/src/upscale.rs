@@ -14,7 +14,7 @@
 //!
 //! References: C. E. Duchon, "Lanczos filtering in one and two dimensions" (J. Appl. Meteor.
 //! 1979); M. Irani, S. Peleg, "Improving resolution by image registration" (CVGIP 1991). The
-//! down-sampling operators follow the DAVI reference §4.2 (`sr_averagepooling`: mean over
+//! down-sampling operators follow docs/algorithm.md §4.2.3 (`avg_pool`: mean over
 //! factor×factor blocks; `bicubic`: cubic kernel a = −0.5 stretched by the factor, 4·factor
 //! taps, reflective borders).
 

@@ -2,7 +2,7 @@
 //! Sampling for General Noisy Inverse Problems", ICLR 2023, arXiv 2209.14687): the many-step
 //! baseline DAVI is measured against in `davi eval`.
 //!
-//! The sampler follows `docs/dps-reference.md` (a description of the official code at
+//! The sampler follows docs/algorithm.md §8 (the official code at
 //! `DPS2022/diffusion-posterior-sampling` `effbde7`) step for step, with a diffusion prior from
 //! a model file (role `prior`: ε-prediction with learned-range variance, on its own
 //! `meta.schedule` / `meta.diffusion_steps`). Starting from `x_T ~ N(0, I)`, each step at
@@ -26,7 +26,7 @@
 //! value `scale` and normalises nothing else. [`DpsOptions::scale`] is that code `scale`
 //! (= 2ζ'). [`default_scale`] gives the official repository's per-task values (SR and blur
 //! 0.3, inpainting 0.5); denoising and colorization are not DPS tasks, for them 0.5 (the
-//! middle of the 0.3 / 0.5 / 1.0 sweep the reference recommends) is used.
+//! middle of the 0.3 / 0.5 / 1.0 sweep of docs/algorithm.md §8.3) is used.
 //!
 //! **Respacing.** With `nfe < T` the sampler runs on a subset of the prior's timesteps, the
 //! way guided diffusion's `SpacedDiffusion` does it (`space_timesteps(T, "N")`): the kept
@@ -36,11 +36,11 @@
 //! clipped posterior variance, learned-range bounds) comes from those betas, and the network
 //! is still given the original integer timestep `t_k`. `N = T` is exactly the official
 //! 1000-step sampler; `N = 1` keeps only `t = T−1` (a single guided Tweedie step).
-//! DPS was tuned for the full ancestral chain; fewer steps are a cost/quality knob, and the
-//! reference notes that DPS falls behind at 100 NFE or fewer.
+//! DPS was tuned for the full ancestral chain; fewer steps are a cost/quality knob
+//! (docs/algorithm.md §8.4), and the DPS paper reports that it falls behind at 100 NFE or fewer.
 //!
 //! **NFE** is the number of network evaluations, one per step; each also costs a backward
-//! pass to the input (about 2.3–2.8 forwards in time, reference §7).
+//! pass to the input (roughly two to three forwards in time, docs/algorithm.md §8.5).
 //!
 //! Noise (`x_T` and every `z`) comes from [`seeded_normal`] generators derived from the
 //! caller's seed, independent of tch's global RNG, so a run is reproducible on the CPU.
@@ -56,7 +56,7 @@ use tch::{Device, Kind, Tensor};
 /// Network evaluations of the official sampler (all 1000 steps, no respacing).
 pub const DEFAULT_NFE: usize = 1000;
 
-/// The official repository's `scale` for an operator kind (reference §3); 0.5 for the two
+/// The official repository's `scale` for an operator kind (docs/algorithm.md §8.3); 0.5 for the two
 /// kinds DPS never ran (denoising, colorization).
 pub fn default_scale(spec: &OperatorSpec) -> f64 {
     match spec {
@@ -316,7 +316,7 @@ mod tests {
         // The last step maps x̂0 to itself: c1 = 1, c2 = 0.
         assert!((r.diffusion.posterior_mean_coef1[0] - 1.0).abs() < 1e-12);
         assert!(r.diffusion.posterior_mean_coef2[0].abs() < 1e-12);
-        // Reference §1 check value: sqrt(1/abar_999) of the linear schedule.
+        // Check value of docs/algorithm.md §3.5: sqrt(1/abar_999) of the linear schedule.
         assert!((r.diffusion.sqrt_recip_alphas_cumprod[24] - 157.410).abs() < 1e-2);
     }
 

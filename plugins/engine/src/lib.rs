@@ -1,17 +1,34 @@
 //! The DAVI restoration engine on tch (libtorch), CPU and CUDA.
 //!
 //! DAVI (ECCV 2024) maps a degraded measurement `y = A(x) + n` to a clean-image sample in one
-//! network evaluation. This crate holds everything that needs libtorch:
+//! network evaluation. This crate holds everything that needs libtorch. The method as
+//! implemented, with numbered sections the module docs cite, is `docs/algorithm.md`; one line
+//! per file is in `docs/ARCHITECTURE.md`.
 //!
+//! The maths:
 //! - [`unet`]: the ADM ("guided diffusion") U-Net, parameter names identical to the official
-//!   state dicts so official checkpoints load by name;
-//! - [`diffusion`]: beta schedules, DDPM arrays and the I2SB bridge arrays DAVI uses (f64);
-//! - [`operators`]: degradation operators `A` with adjoint, pseudo-inverse and lift;
+//!   state dicts so official checkpoints load by name (§2);
+//! - [`diffusion`]: beta schedules, DDPM arrays and the I2SB bridge arrays DAVI uses (f64, §3);
+//! - [`operators`]: degradation operators `A` with adjoint, pseudo-inverse and lift (§4).
+//!
+//! Restoration and evaluation:
+//! - [`restore`]: one-step restoration exactly as the official evaluator does it (§6.1);
+//! - [`tiling`]: overlapped, blended tiles, so any image size runs in bounded memory (§6.2);
+//! - [`windows`]: restoration through low-resolution context windows, for inpainting and
+//!   colorization models (§6.3);
+//! - [`pipeline`]: observations in [0, 1] to measurements in [-1, 1] and back (§4.5);
+//! - [`dps`]: the many-step DPS baseline on a diffusion prior (§8);
+//! - [`metrics`]: PSNR and SSIM (§7);
+//! - [`eval`]: the evaluation behind `davi eval` (§7).
+//!
+//! Models, training, plumbing:
 //! - [`weights`]: the self-describing safetensors model format and the official `.pt` reader;
-//! - [`restore`]: one-step restoration exactly as the official evaluator does it;
-//! - [`device`]: `auto | cpu | cuda:N` selection;
+//! - [`defaults`]: where the shipped default model of each task is found;
+//! - [`train`]: diffusion-prior and DAVI training, resumable (§5);
 //! - [`plugin`]: the engine as a libdavi plugin (`davi_plugin_entry`) and the restore path the
-//!   C API shares.
+//!   C API shares;
+//! - [`device`]: `auto | cpu | cuda:N` selection;
+//! - [`error`]: [`EngineError`], grouped by who is at fault.
 //!
 //! It builds as an rlib (linked by the `davi` CLI and tests) and as a cdylib (the plugin).
 pub mod defaults;

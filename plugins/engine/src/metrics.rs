@@ -1,6 +1,7 @@
-//! Image quality metrics on [0, 1] data, as the official evaluation computes them (reference
-//! §7): PSNR with data range 1 over all values of an image, and SSIM (Wang et al. 2004:
-//! 11×11 Gaussian window σ = 1.5, K1 = 0.01, K2 = 0.03, per channel, averaged).
+//! Image quality metrics on [0, 1] data, as the official evaluation computes them
+//! (docs/algorithm.md §7): PSNR with data range 1 over all values of an image, and SSIM
+//! (Wang et al. 2004: 11×11 Gaussian window σ = 1.5, K1 = 0.01, K2 = 0.03, per channel,
+//! averaged).
 use tch::{Kind, Tensor};
 
 /// Per-image PSNR in dB of `(B, C, H, W)` batches in [0, 1]. Identical images give +inf.

@@ -2,7 +2,7 @@
 //!
 //! Users hold *observations*: a blurry photo, a small photo to enlarge, a photo with a hole,
 //! a noisy photo, a gray photo — values in [0, 1]. The network works on measurements `y` in
-//! the official [-1, 1] convention (reference §4.3). This module is the one place that maps
+//! the official [-1, 1] convention (docs/algorithm.md §4.5). This module is the one place that maps
 //! between the two, so the CLI, the C API and the plugins agree:
 //!
 //! | operator | observation | measurement `y` | restored image |

@@ -1,4 +1,4 @@
-//! One-step restoration, exactly as the official evaluator does it (reference §6).
+//! One-step restoration, exactly as the official evaluator does it (docs/algorithm.md §6.1).
 //!
 //! 1. lift the measurement to image space (`check_dims`);
 //! 2. `x_in = mu_x0[999]·ŷ + mu_x1[999]·ŷ + (1 - abar_999)·h·z` = `ŷ + 0.999267·h·z`;

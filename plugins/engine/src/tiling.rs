@@ -6,8 +6,8 @@
 //! so every tile has full size and no padding artefacts reach the interior). Each tile's
 //! output is weighted by a separable raised-cosine window that ramps over the overlap and
 //! is 1 elsewhere; the weighted sum divided by the summed weights is seam-free because the
-//! weights of overlapping tiles cross-fade smoothly (users of tiled upscalers report hard
-//! seams with crop-only "prepadding"; see docs/ecosystem-notes.md §1.3).
+//! weights of overlapping tiles cross-fade smoothly, where cropping the overlaps away
+//! ("prepadding" only) leaves hard seams (docs/algorithm.md §6.2).
 use tch::{Kind, Tensor};
 
 /// Tile geometry.

@@ -1,4 +1,4 @@
-//! DPS (Chung et al., ICLR 2023, as described in docs/dps-reference.md) and `davi eval`
+//! DPS (Chung et al., ICLR 2023, as described in docs/algorithm.md §8) and `davi eval`
 //! (issue 5) on tiny random networks: what must hold whatever the weights are — shapes,
 //! finiteness, the requested NFE, determinism for a seed, cancellation, the guidance pulling
 //! the sample towards the measurement, and an evaluation report with every requested method.
@@ -109,8 +109,8 @@ fn dps_full_chain_when_nfe_equals_the_prior_steps() {
     assert!(out.sample.isfinite().all().int64_value(&[]) == 1);
 }
 
-/// A two-step chain (timesteps 999 then 0), transcribed by hand from dps-reference.md §2
-/// with the respaced betas of §"Respacing" (β'_999 = 1 − ᾱ_999/ᾱ_0), must give exactly what
+/// A two-step chain (timesteps 999 then 0), transcribed by hand from docs/algorithm.md §8.2
+/// with the respaced betas of §8.4 (β'_999 = 1 − ᾱ_999/ᾱ_0), must give exactly what
 /// the sampler gives: the Tweedie estimate, the learned-range ancestral noise of the first
 /// step, and at the last step `x̂0 − scale·∇‖y − A(x̂0)‖` with no noise.
 #[test]

@@ -8,7 +8,8 @@
 //! [`c_str`] before anything is read through them.
 //!
 //! The only per-thread state is a `Cell<u32>` depth counter, which has no destructor, so the
-//! library never registers a thread-local destructor (see `docs/ecosystem-notes.md` §6.2).
+//! library never registers a thread-local destructor (one would point into unmapped code if a
+//! host unloaded the library while the thread lived on; see `sdk/src/loader.rs`).
 //!
 //! Anchor: `rustls/rustls-ffi: librustls/src/panic.rs` (`ffi_panic_boundary!`) and
 //! `librustls/src/ffi.rs` (`try_ref_from_ptr!`).

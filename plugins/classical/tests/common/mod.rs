@@ -1,6 +1,6 @@
 //! Synthetic test images, degradations written independently of the plugin, and PSNR.
 //!
-//! The degradations follow the DAVI reference §4.2–4.3 (zero-padded Gaussian blur, block-mean
+//! The degradations follow docs/algorithm.md §4.2–4.3 (zero-padded Gaussian blur, block-mean
 //! down-sampling, boxes blanked before the noise, additive Gaussian noise), implemented here
 //! naively (2-D convolution, explicit loops) so a bug shared with the plugin's fast code
 //! cannot hide.

@@ -1,4 +1,4 @@
-//! The I2SB-style bridge DAVI uses to form generator inputs (reference §3.3, §3.5).
+//! The I2SB-style bridge DAVI uses to form generator inputs (docs/algorithm.md §3.3, §3.4).
 //!
 //! `betas_bridge` mirrors the first half of the i2sb betas; `std_fwd`/`std_bwd` are square
 //! roots of its forward/backward cumulative sums; `mu_x0 + mu_x1 = 1` interpolate between
@@ -69,7 +69,7 @@ impl Bridge {
 mod tests {
     use super::*;
 
-    /// Reference §3.4, table 2.
+    /// The bridge table of docs/algorithm.md §3.5.
     #[test]
     fn bridge_matches_reference_table() {
         let b = Bridge::new(&Diffusion::davi());

@@ -1,4 +1,4 @@
-//! Diffusion and bridge maths (reference §3), all in f64.
+//! Diffusion and bridge maths (docs/algorithm.md §3), all in f64.
 //!
 //! - [`schedule`]: beta schedules (`linear`, `cosine`, and the quadratic `i2sb` one DAVI
 //!   uses for every coefficient, quirk Q1) and the derived DDPM arrays;

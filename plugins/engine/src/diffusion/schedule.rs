@@ -1,4 +1,4 @@
-//! Beta schedules and the DDPM arrays derived from them (reference §3.1–3.2).
+//! Beta schedules and the DDPM arrays derived from them (docs/algorithm.md §3.1–3.2).
 //!
 //! DAVI builds every coefficient from the `i2sb` schedule, `beta_t = linspace(√1e-4, √0.02)²`,
 //! although both teachers were trained with `linear` (quirk Q1). A faithful port keeps
@@ -43,7 +43,7 @@ impl BetaSchedule {
     }
 }
 
-/// All per-timestep DDPM arrays of one schedule (reference §3.2), f64.
+/// All per-timestep DDPM arrays of one schedule (docs/algorithm.md §3.2), f64.
 #[derive(Clone, Debug)]
 pub struct Diffusion {
     pub schedule: BetaSchedule,
@@ -163,7 +163,7 @@ mod tests {
         (a - b).abs() <= rel * b.abs().max(1e-12)
     }
 
-    /// Reference §3.4, table 1.
+    /// The schedule table of docs/algorithm.md §3.5.
     #[test]
     fn i2sb_matches_reference_table() {
         let d = Diffusion::davi();

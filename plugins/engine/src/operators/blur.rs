@@ -1,5 +1,5 @@
-//! Gaussian blur, [`davi_sdk::spec::BlurMode::ZeroPadded`]: the true separable blur (reference §4.2
-//! `gaussian`, and the "true blur" option of quirk Q6).
+//! Gaussian blur, [`davi_sdk::spec::BlurMode::ZeroPadded`]: the true separable blur
+//! (docs/algorithm.md §4.2.1, and the "true blur" option of quirk Q6).
 //!
 //! The 1D kernel has `size` taps `k(x) = exp(-x²/2σ²)`, `x = -(size-1)/2 ..= (size-1)/2`,
 //! normalised to sum 1. The blur is the 'same'-size correlation with this kernel along rows

@@ -1,5 +1,5 @@
 //! Gaussian blur, [`davi_sdk::spec::BlurMode::Ddrm`]: the operator the official code actually
-//! applies for `gaussian` (reference §4.1, §4.2 `gaussian`, quirk Q6), so that measurements
+//! applies for `gaussian` (docs/algorithm.md §4.2.2, quirk Q6), so that measurements
 //! match the official training and evaluation distribution.
 //!
 //! The official `Deblurring` class (inherited from DDRM) builds it from the SVD of a 1D blur
@@ -372,7 +372,7 @@ mod tests {
     }
 
     /// The official geometry (σ = 3, 61 taps, 256×256×3): 73 of 256 1D singular values survive
-    /// the 3e-2 threshold, 73² 2D ones are non-zero (reference §4.2).
+    /// the 3e-2 threshold, 73² 2D ones are non-zero (docs/algorithm.md §4.2.2).
     #[test]
     #[ignore = "builds the full 256x256 operator (two 256x256 SVDs); run with --ignored"]
     fn ddrm_blur_official_size() {

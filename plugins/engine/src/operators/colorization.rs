@@ -1,4 +1,4 @@
-//! Colorization (reference §4.2 `colorization`, §4.3 for the lift): the per-pixel weighted
+//! Colorization (docs/algorithm.md §4.2.6, §4.3 for the lift): the per-pixel weighted
 //! channel sum `y = Σ_c w_c x_c` to one gray channel, official weights (0.3333, 0.3334,
 //! 0.3333). Images must have 3 channels. Per pixel the operator is the row vector `wᵀ`, so the
 //! adjoint is `y ↦ (w_c y)_c` and the pseudo-inverse `w y / ‖w‖²`. The measurement is

@@ -1,6 +1,6 @@
-//! Denoising (reference §4.2 `deno`): the identity operator; only the measurement noise
-//! (σ = 0.20 by default, §4.3) degrades the image. Every map returns its input unchanged,
-//! as a shallow clone sharing storage (callers add noise out of place, see
+//! Denoising (docs/algorithm.md §4.2.5; official `deno`): the identity operator; only the
+//! measurement noise (σ = 0.20 by default, §4.3) degrades the image. Every map returns its
+//! input unchanged, as a shallow clone sharing storage (callers add noise out of place, see
 //! [`super::measure`]).
 use super::linalg::expect_shape;
 use super::Operator;

@@ -1,4 +1,4 @@
-//! Box inpainting (reference §4.2 `inpainting`, §4.3, quirks Q7 and Q27).
+//! Box inpainting (docs/algorithm.md §4.2.4, §4.3, quirks Q7 and Q27).
 //!
 //! The official operator keeps the pixels outside the missing rectangles (all channels) and
 //! stores / feeds the *zero-filled image* `Aᵀ A x` as the measurement, shape `(B, C, H, W)`.

@@ -1,10 +1,10 @@
 //! Shared building blocks of the operators: host-side f64 matrices, their SVD and separable
 //! pseudo-inverses, read-only device constants, and input-shape checks.
 //!
-//! Every operator of reference §4 that is not diagonal in pixel space is *separable*: it acts
-//! as `M_h X M_wᵀ` on each channel `X` (blur, bicubic down-sampling). Its matrices are built on
-//! the host in f64 (exact tap sums, reflective indices, SVD), and only then stored as f32 on
-//! the target device (the precision of the official code, which builds them in f32).
+//! Every operator that is not diagonal in pixel space is *separable* (docs/algorithm.md §4.4):
+//! it acts as `M_h X M_wᵀ` on each channel `X` (blur, bicubic down-sampling). Its matrices are
+//! built on the host in f64 (exact tap sums, reflective indices, SVD), and only then stored as
+//! f32 on the target device (the precision of the official code, which builds them in f32).
 //!
 //! Dense matrix products are used instead of convolutions on purpose: they are exact for any
 //! kernel width relative to the image, their transpose is the exact adjoint, and on CUDA they

@@ -1,4 +1,4 @@
-//! Degradation operators `A` of the inverse problem `y = A(x) + n` (reference §4).
+//! Degradation operators `A` of the inverse problem `y = A(x) + n` (docs/algorithm.md §4).
 //!
 //! Every operator works on image batches `(B, C, H, W)` in [-1, 1] of any size and channel
 //! count, and offers the forward map, its adjoint, a pseudo-inverse, and the *lift* of a

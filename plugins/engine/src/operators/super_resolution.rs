@@ -1,5 +1,5 @@
-//! Super-resolution down-sampling by an integer factor `f` (reference §4.2
-//! `sr_averagepooling` and `bicubic`, §4.3 for the lift).
+//! Super-resolution down-sampling by an integer factor `f` (docs/algorithm.md §4.2.3; official
+//! `sr_averagepooling` and `bicubic`; §4.3 for the lift).
 //!
 //! - [`DownsampleMethod::AvgPool`] (the official `sr4`/`sr2`/`sr8` operator): the mean over each
 //!   `f × f` block, exactly `avg_pool2d(x, f, stride f)`. Its rows are `1/f²` on a block, so the

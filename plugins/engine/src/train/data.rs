@@ -2,7 +2,7 @@
 //!
 //! Files are found recursively (PNG, JPEG, TIFF) and sorted, so a split is reproducible.
 //! Two preprocessings:
-//! - `center`: the official one (reference §5.2, quirk Q23): centre square crop of side
+//! - `center`: the official one (docs/algorithm.md §5.2, quirk Q23): centre square crop of side
 //!   min(W, H), bilinear resize to `size`, values mapped to [-1, 1];
 //! - `random`: patch training — each sample takes a random `size`×`size` crop of a randomly
 //!   rescaled image (scale in `[min_scale, 1]`), with an optional horizontal flip.

@@ -1,5 +1,5 @@
-//! One iteration of DAVI's amortised training (reference §5.3–5.5), faithful to the
-//! official `run_step`, with the official bugs decided (docs/quirks.md):
+//! One iteration of DAVI's amortised training (docs/algorithm.md §5.3–5.5), faithful to the
+//! official `run_step`, with the official bugs decided (docs/algorithm.md §9):
 //!
 //! **Phase A** (fake score + discriminator): generator samples `x̂` from the perturbed
 //! bridge input (no grad); the fake score learns them with the hybrid loss at

@@ -1,4 +1,4 @@
-//! The PatchGAN discriminator of DAVI's GAN term (reference §5.4; the taming-transformers
+//! The PatchGAN discriminator of DAVI's GAN term (docs/algorithm.md §5.4; the taming-transformers
 //! `NLayerDiscriminator` with intermediate features): kernel 4, padding 2, LeakyReLU 0.2,
 //! BatchNorm after every inner conv, always in training mode (batch statistics), real and
 //! fake batches through separate forward calls. Conv weights ~ N(0, 0.02), BN weights

@@ -1,4 +1,4 @@
-//! Diffusion training losses (reference §3.6): the "hybrid" loss of improved DDPM used by
+//! Diffusion training losses (docs/algorithm.md §3.6): the "hybrid" loss of improved DDPM used by
 //! guided diffusion to train the teachers, and by DAVI for the fake score — ε-MSE plus the
 //! variational bound term that trains the learned-range variance (with ε̂ detached so only
 //! v receives the VB gradient).

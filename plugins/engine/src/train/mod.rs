@@ -1,5 +1,5 @@
 //! Training, in tch: the diffusion prior (DDPM with the hybrid loss, as guided diffusion
-//! trains the official teachers) and DAVI's amortised training (reference §5), both
+//! trains the official teachers) and DAVI's amortised training (docs/algorithm.md §5), both
 //! resumable from atomic checkpoints.
 //!
 //! - [`config`]: TOML run configs, presets and overrides;

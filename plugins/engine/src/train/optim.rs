@@ -3,8 +3,9 @@
 //! resume impossible).
 //!
 //! AdamW follows PyTorch's defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01 on every
-//! parameter, reference §5.6 and quirk Q13). The EMA follows `ema_pytorch.EMA(beta=0.9999,
-//! update_every=5)` with its defaults (reference §5.7): hard copies until call 100, then
+//! parameter, docs/algorithm.md §5.6 and quirk Q13). The EMA follows
+//! `ema_pytorch.EMA(beta=0.9999, update_every=5)` with its defaults (docs/algorithm.md §5.7):
+//! hard copies until call 100, then
 //! decay `min(beta, 1 - (1 + n - 100)^(-2/3))` every 5th call.
 use tch::{nn, Kind, Tensor};
 
@@ -206,7 +207,7 @@ mod tests {
         let e = Ema::default();
         assert_eq!(e.decay_at(1), None);
         assert_eq!(e.decay_at(100), Some(0.0));
-        // first averaging call n = 105: 1 - (1 + 5)^(-2/3) = 0.697 (reference §5.7)
+        // first averaging call n = 105: 1 - (1 + 5)^(-2/3) = 0.697 (docs/algorithm.md §5.7)
         let d = e.decay_at(105).unwrap();
         assert!((d - (1.0 - 6f64.powf(-2.0 / 3.0))).abs() < 1e-12, "{d}");
         assert!((d - 0.697).abs() < 1e-3);

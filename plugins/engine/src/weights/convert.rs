@@ -1,10 +1,11 @@
 //! Official checkpoints to self-describing model files (`davi convert`).
 //!
-//! Accepts (reference §2.5): plain state dicts (`ffhq_10m.pt`, `256x256_diffusion_uncond.pt`,
-//! OrderedDict pickles in zip or legacy format), DAVI evaluation checkpoints
-//! (`{deg}_ema.pt`: `implicit_func_ema` → `ema_model.<key>` are the inference weights), and
-//! DAVI training checkpoints (`model-ema-<step>.pt`, same entry). Every tensor is cast to f32
-//! (the official weights are f32; fp16 copies of convolutions are safe to widen).
+//! Accepts (docs/algorithm.md §2.3): plain state dicts (`ffhq_10m.pt`,
+//! `256x256_diffusion_uncond.pt`, OrderedDict pickles in zip or legacy format), DAVI
+//! evaluation checkpoints (`{deg}_ema.pt`: `implicit_func_ema` → `ema_model.<key>` are the
+//! inference weights), and DAVI training checkpoints (`model-ema-<step>.pt`, same entry).
+//! Every tensor is cast to f32 (the official weights are f32; fp16 copies of convolutions are
+//! safe to widen).
 use super::model_file::{self, ModelMeta};
 use super::torch_pickle::{self, RawTensor};
 use crate::error::{EngineError, Result};
