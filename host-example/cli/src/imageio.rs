@@ -5,8 +5,14 @@
 //! plane, if any, is kept aside untouched and written back unchanged (re-sampled only when
 //! the image changes size, as in super-resolution). Writing goes through a temporary file
 //! and a rename, so a failed run never leaves a half-written output.
+//!
+//! [`read_with_meta`] and [`write_with_meta`] also carry the colour profile and EXIF block
+//! from an input to an output, as far as the pinned `image` crate (0.25) reads and writes
+//! them: ICC profiles of PNG (`iCCP`), JPEG (APP2) and TIFF; EXIF of PNG (`eXIf`) and JPEG
+//! (APP1). See [`Metadata`].
 use anyhow::{bail, Context, Result};
-use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, LumaA, Rgb, Rgba};
+use image::codecs::{jpeg::JpegEncoder, png::PngEncoder, tiff::TiffEncoder};
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageEncoder, ImageFormat, Luma, LumaA, Rgb, Rgba};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -33,18 +39,55 @@ fn planar(data: Vec<f32>, h: u32, w: u32, c: usize) -> Tensor {
     Tensor::from_slice(&data).view([h as i64, w as i64, c as i64]).permute([2, 0, 1]).unsqueeze(0).contiguous()
 }
 
+/// Metadata carried from an input file to its restored output, verbatim.
+///
+/// What the pinned `image` 0.25 crate can do, and so what is kept:
+/// - the ICC colour profile: read from PNG, JPEG and TIFF, written to PNG, JPEG and TIFF;
+///   written only when its colour space matches the output (a `GRAY` profile on a gray
+///   output, an `RGB ` profile on a colour one), so colorization drops a gray profile and a
+///   CMYK JPEG's profile is dropped (its pixels are decoded to RGB);
+/// - the EXIF block: read from PNG (an `eXIf` chunk before the image data) and JPEG (APP1),
+///   written to PNG and JPEG, copied byte for byte (orientation included; size tags are
+///   not updated after super-resolution).
+///
+/// Not kept: TIFF EXIF/tags, XMP, IPTC, PNG text chunks, `gAMA`/`cHRM`/`sRGB`/`pHYs`, JPEG
+/// JFIF density and comments; PNM and BMP carry nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Metadata {
+    pub icc: Option<Vec<u8>>,
+    pub exif: Option<Vec<u8>>,
+}
+
 /// Read an image file, or a `.npy` raw measurement (see [`read_npy`]).
 pub fn read(path: &Path) -> Result<Picture> {
+    read_with_meta(path).map(|(p, _)| p)
+}
+
+/// Read an image file and the metadata to carry to its output ([`Metadata`]).
+pub fn read_with_meta(path: &Path) -> Result<(Picture, Metadata)> {
     if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
-        return read_npy(path);
+        return Ok((read_npy(path)?, Metadata::default()));
     }
-    let img = image::ImageReader::open(path)
+    let mut decoder = image::ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read {}", path.display()))?
-        .decode()
+        .into_decoder()
         .with_context(|| format!("cannot decode {}", path.display()))?;
-    Ok(from_dynamic(img))
+    // Unreadable metadata is dropped, never a reason to refuse the pixels.
+    let icc = decoder.icc_profile().ok().flatten().filter(|v| !v.is_empty());
+    let exif = decoder.exif_metadata().ok().flatten().filter(|v| !v.is_empty());
+    let img = DynamicImage::from_decoder(decoder).with_context(|| format!("cannot decode {}", path.display()))?;
+    Ok((from_dynamic(img), Metadata { icc, exif }))
+}
+
+/// Whether an ICC profile describes the output's colour model (header bytes 16..20).
+fn icc_fits(icc: &[u8], gray: bool) -> bool {
+    match icc.get(16..20) {
+        Some(b"GRAY") => gray,
+        Some(b"RGB ") => !gray,
+        _ => false,
+    }
 }
 
 /// Convert a decoded image.
@@ -113,6 +156,12 @@ pub fn to_dynamic(p: &Picture) -> Result<DynamicImage> {
 /// Write atomically; the format comes from the extension (png, jpg/jpeg, tif/tiff, pgm/ppm,
 /// bmp).
 pub fn write(path: &Path, p: &Picture) -> Result<()> {
+    write_with_meta(path, p, &Metadata::default())
+}
+
+/// [`write`], embedding what of `meta` the format holds (see [`Metadata`]). With empty
+/// metadata the bytes are those of [`write`].
+pub fn write_with_meta(path: &Path, p: &Picture, meta: &Metadata) -> Result<()> {
     let fmt = ImageFormat::from_path(path).with_context(|| format!("unknown image extension: {}", path.display()))?;
     let mut img = to_dynamic(p)?;
     if fmt == ImageFormat::Jpeg {
@@ -123,7 +172,26 @@ pub fn write(path: &Path, p: &Picture) -> Result<()> {
         img = if p.channels() == 1 { DynamicImage::ImageLuma8(img.to_luma8()) } else { DynamicImage::ImageRgb8(img.to_rgb8()) };
     }
     let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, fmt).with_context(|| format!("cannot encode {}", path.display()))?;
+    let icc = meta.icc.clone().filter(|icc| icc_fits(icc, p.channels() == 1));
+    let exif = meta.exif.clone();
+    // The encoders `DynamicImage::write_to` would pick, with the metadata set on them.
+    fn with_meta<E: ImageEncoder>(mut e: E, icc: Option<Vec<u8>>, exif: Option<Vec<u8>>) -> E {
+        // PNG and JPEG accept both; TIFF refuses EXIF (then it is left out).
+        if let Some(icc) = icc {
+            let _ = e.set_icc_profile(icc);
+        }
+        if let Some(exif) = exif {
+            let _ = e.set_exif_metadata(exif);
+        }
+        e
+    }
+    let encoded = match fmt {
+        ImageFormat::Png => img.write_with_encoder(with_meta(PngEncoder::new(&mut buf), icc, exif)),
+        ImageFormat::Jpeg => img.write_with_encoder(with_meta(JpegEncoder::new(&mut buf), icc, exif)),
+        ImageFormat::Tiff => img.write_with_encoder(with_meta(TiffEncoder::new(&mut buf), icc, exif)),
+        _ => img.write_to(&mut buf, fmt),
+    };
+    encoded.with_context(|| format!("cannot encode {}", path.display()))?;
     davi_engine::weights::model_file::write_atomic(path, buf.get_ref()).map_err(anyhow::Error::from)
 }
 

@@ -3,6 +3,7 @@
 //! ```text
 //! davi degrade IN -o OUT (--task T | --op SPEC) [--seed N]      simulate a measurement
 //! davi restore IN -o OUT [--model M] [--task T | --op SPEC] ...  restore a photograph
+//! davi batch IN_DIR OUT_DIR [--task T ...] [--shard i/n] ...     restore a folder tree
 //! davi convert CKPT.pt -o MODEL.safetensors --preset P ...       official checkpoint → model
 //! davi info (MODEL | --preset P)                                  config and parameter count
 //! davi train-prior / train (--config F | --preset P) [--set k=v]... [--resume]
@@ -12,7 +13,9 @@
 //! Errors are one line on stderr and a non-zero exit; outputs are written atomically.
 mod eval_cmd;
 mod imageio;
+mod batch;
 mod plugins;
+mod restore_cmd;
 mod video;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -20,7 +23,6 @@ use clap::{Args, Parser, Subcommand};
 use davi_engine::diffusion::BetaSchedule;
 use davi_engine::pipeline;
 use davi_engine::restore::{RestoreOptions, Restorer};
-use davi_engine::tiling::Tiling;
 use davi_engine::unet::{parameter_count, UNetConfig};
 use davi_engine::weights::{convert, model_file, ModelMeta, ModelRole};
 use davi_sdk::OperatorSpec;
@@ -53,28 +55,8 @@ enum Cmd {
         /// values in [-1, 1], before clamping and quantisation).
         #[arg(short, long)]
         output: PathBuf,
-        /// Model file (.safetensors written by `davi convert` or the trainer). Default: the
-        /// shipped model for the task (see docs/models.md).
-        #[arg(long)]
-        model: Option<PathBuf>,
         #[command(flatten)]
-        op: OpArgs,
-        /// auto | cpu | cuda | cuda:N
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Seed of the bridge perturbation noise.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Bridge perturbation h (default: the model's; 0 = deterministic).
-        #[arg(long)]
-        perturb_h: Option<f64>,
-        /// Tile size in pixels (a multiple of the network's down-sampling factor). Default:
-        /// the model's preferred tile (its training patch size), else 256.
-        #[arg(long)]
-        tile: Option<i64>,
-        /// Overlap between neighbouring tiles, blended smoothly (default: a quarter tile).
-        #[arg(long)]
-        overlap: Option<i64>,
+        args: restore_cmd::RestoreArgs,
         /// Restore through a plugin loaded from this folder or file (repeatable) instead of
         /// the built-in engine; see `davi plugins`.
         #[arg(long)]
@@ -83,6 +65,9 @@ enum Cmd {
         #[arg(long)]
         plugin_id: Option<String>,
     },
+    /// Restore every image under a folder into another, keeping relative paths (resumable,
+    /// shardable; see docs/hosts/batch.md).
+    Batch(batch::BatchArgs),
     /// Convert an official PyTorch checkpoint into a self-describing model file.
     Convert {
         input: PathBuf,
@@ -192,7 +177,7 @@ struct TrainArgs {
 }
 
 #[derive(Args, Clone, Default)]
-struct OpArgs {
+pub(crate) struct OpArgs {
     /// Task: deblur | sr4 | sr2 | sr8 | inpaint | denoise | colorize.
     #[arg(long, conflicts_with = "op")]
     task: Option<String>,
@@ -239,14 +224,13 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Degrade { input, output, op, seed } => degrade(&input, &output, &op, seed),
-        Cmd::Restore { input, output, model, op, device, seed, perturb_h, tile, overlap, plugin, plugin_id } => {
+        Cmd::Restore { input, output, args, plugin, plugin_id } => {
             if !plugin.is_empty() || plugin_id.is_some() {
-                return restore_with_plugin(&input, &output, model.as_deref(), &op, &device, &plugin, plugin_id.as_deref());
+                return restore_with_plugin(&input, &output, args.model.as_deref(), &args.op, &args.device, &plugin, plugin_id.as_deref());
             }
-            let tiling = tile.map(|t| Tiling { tile: t, overlap: overlap.unwrap_or(t / 4) });
-            let opts = RestoreOptions { perturb_h, seed, tiling };
-            restore(&input, &output, model.as_deref(), &op, &device, &opts)
+            restore_cmd::Engine::load(&args)?.restore_file(&input, &output, true)
         }
+        Cmd::Batch(a) => batch::run(&a),
         Cmd::Plugins { plugin } => plugins::list(&plugin),
         Cmd::Video { width, height, pix_fmt, model, op, device, batch, seed, perturb_h, progress_json, print_output_size } => {
             if width == 0 || height == 0 || width > 16384 || height > 16384 {
@@ -333,41 +317,6 @@ fn degrade(input: &Path, output: &Path, op: &OpArgs, seed: u64) -> Result<()> {
         (a, _) => a.as_ref().map(|a| a.shallow_clone()),
     };
     imageio::write(output, &imageio::Picture { color: obs, alpha, sixteen_bit: pic.sixteen_bit })
-}
-
-fn restore(input: &Path, output: &Path, model: Option<&Path>, op: &OpArgs, device: &str, opts: &RestoreOptions) -> Result<()> {
-    let device = davi_engine::parse_device(device)?;
-    let (loaded, spec) = load_generator(model, op, device)?;
-    let channels = loaded.meta.unet.in_channels;
-    let restorer = Restorer::new(loaded, device);
-    let pic = imageio::read(input)?;
-    let problem = pipeline::problem_from_observation(&spec, &pic.color, channels, device)?;
-    let mut last = -1i32;
-    let mut progress = |f: f32| {
-        let pct = (f * 100.0) as i32;
-        if pct / 10 != last / 10 && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            eprint!("\rrestoring {pct:3}%");
-            last = pct;
-        }
-        true
-    };
-    let x_hat = restorer.restore(problem.op.as_ref(), &problem.y, opts, &mut progress)?;
-    if last >= 0 {
-        eprintln!();
-    }
-    if output.extension().and_then(|e| e.to_str()).map(|e| e.eq_ignore_ascii_case("npy")) == Some(true) {
-        return imageio::write_npy(output, &x_hat.squeeze_dim(0));
-    }
-    let color = pipeline::to_picture(&x_hat, problem.gray_out).to_device(tch::Device::Cpu);
-    let alpha = pic.alpha.as_ref().map(|a| {
-        let (h, w) = (color.size()[2], color.size()[3]);
-        if a.size()[2] == h && a.size()[3] == w {
-            a.shallow_clone()
-        } else {
-            a.upsample_bilinear2d([h, w], false, None, None).clamp(0.0, 1.0)
-        }
-    });
-    imageio::write(output, &imageio::Picture { color, alpha, sixteen_bit: pic.sixteen_bit })
 }
 
 /// The operator to restore with. `--op` is taken as given; `--task` selects the model's own
