@@ -21,6 +21,9 @@ fn main() {
         // Load once, never unload: a host that dlcloses libdavi keeps it mapped, so no
         // thread-local destructor of Rust's std or libtorch can outlive its code.
         println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+        // Export the `davi_*` API only: symbols of the static dependencies stay local
+        // (tests/header.rs checks `nm -D` against include/davi.h).
+        println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs,ALL");
     }
 
     let manifest = std::fs::read_to_string("Cargo.toml").expect("read Cargo.toml");

@@ -1,7 +1,9 @@
 //! The committed `include/davi.h` is what the pinned cbindgen generates from the sources, and
-//! its version macros are the ones of `Cargo.toml` and of the built library.
+//! its version macros are the ones of `Cargo.toml` and of the built library, and the library
+//! exports exactly the functions the header declares.
 #[path = "../gen/header.rs"]
 mod header;
+mod common;
 
 use std::ffi::CStr;
 use std::process::Command;
@@ -146,4 +148,43 @@ fn every_macro_and_constant_compiles_when_used() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The dynamic symbols a shared library defines (functions and data).
+fn exported_symbols(lib: &std::path::Path) -> Vec<String> {
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only", "--format=posix"])
+        .arg(lib)
+        .output()
+        .expect("run nm (binutils)");
+    assert!(out.status.success(), "nm {}: {}", lib.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (name, kind) = (f.next()?, f.next()?);
+            // Functions and data; version node entries (A) are not symbols.
+            matches!(kind, "T" | "D" | "B" | "R" | "W" | "V").then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// `libdavi.so` exports the `davi_*` functions of the header and nothing else, and the engine
+/// plugin library only its plugin entry: Rust exports every `#[no_mangle]` function of every
+/// dependency from a cdylib (tch's stream callbacks, bzip2's error hook), and a host that also
+/// loads another tch-based library could bind those to the wrong copy. Both build scripts link
+/// with `--exclude-libs ALL`, which keeps the dependencies' symbols local.
+#[test]
+fn the_libraries_export_only_their_api() {
+    let text = committed();
+    let exported = exported_symbols(&common::lib_dir().join("libdavi.so"));
+    let stray: Vec<&String> = exported.iter().filter(|n| !n.starts_with("davi_")).collect();
+    assert!(stray.is_empty(), "libdavi.so exports symbols outside the API: {stray:?}");
+    for name in &exported {
+        let declared = text.contains(&format!(" {name}(")) || text.contains(&format!("*{name}("));
+        assert!(declared, "{name} is exported but not declared in include/davi.h");
+    }
+    assert!(exported.len() >= 20, "only {} davi_* symbols exported", exported.len());
+    let plugin = exported_symbols(&common::lib_dir().join("libdavi_engine.so"));
+    assert_eq!(plugin, ["davi_plugin_entry"], "the engine plugin library's exports");
 }
