@@ -217,8 +217,18 @@ fn main() {
     }
 }
 
+/// The error and its causes on one line. A cause whose text its parent already ends with (an
+/// engine I/O error prints its `std::io::Error`, which is also its source) is said once.
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if parts.last().is_some_and(|p| p.ends_with(&s)) {
+            continue;
+        }
+        parts.push(s);
+    }
+    parts.join(": ")
 }
 
 fn run(cli: Cli) -> Result<()> {

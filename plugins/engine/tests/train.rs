@@ -243,3 +243,45 @@ fn loss_scaling_by_a_power_of_two_changes_nothing_but_the_scale() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn resume_helpers_cut_the_log_and_remove_only_dead_writers_temporaries() {
+    use davi_engine::train::monitor::truncate_log;
+    let dir = std::env::temp_dir().join(format!("davi-train-{}-resume-helpers", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The log: records past the checkpoint's step and a half-written last line are cut; a
+    // line without a readable step is kept; cutting twice changes nothing.
+    let log = dir.join("log.jsonl");
+    assert_eq!(truncate_log(&log, 3).unwrap(), 0, "no log yet");
+    let kept = "{\"step\":1,\"loss\":0.5}\n{\"step\":2,\"loss\":0.4}\n{\"eval\":true,\"step\":2}\nnot json\n{\"step\":3,\"loss\":0.3}\n";
+    let cut = "{\"eval\":true,\"step\":4}\n{\"step\":5,\"lo";
+    std::fs::write(&log, format!("{kept}{cut}")).unwrap();
+    assert_eq!(truncate_log(&log, 3).unwrap(), cut.len() as u64);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), kept);
+    assert_eq!(truncate_log(&log, 3).unwrap(), 0);
+    std::fs::write(&log, "{\"step\":2}\n{\"step\":3").unwrap();
+    truncate_log(&log, 3).unwrap();
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "{\"step\":2}\n", "a half-written record goes even at the checkpoint's step");
+    truncate_log(&log, 0).unwrap();
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "", "a run starting afresh starts an empty log");
+
+    // Temporary files of `write_atomic`: only those of processes that no longer run go.
+    assert_eq!(model_file::temporary_name("checkpoint.safetensors", 42), ".checkpoint.safetensors.tmp42");
+    assert_eq!(model_file::temporary_pid(".checkpoint.safetensors.tmp42"), Some(42));
+    for not_temp in ["checkpoint.safetensors", ".tmp42", "x.tmp42", ".x.tmp", ".x.tmp4a", ".x.tmp-1"] {
+        assert_eq!(model_file::temporary_pid(not_temp), None, "{not_temp}");
+    }
+    let live = dir.join(model_file::temporary_name("a.png", std::process::id()));
+    let dead = dir.join(model_file::temporary_name("a.png", u32::MAX - 1));
+    for p in [&live, &dead] {
+        std::fs::write(p, b"partial").unwrap();
+    }
+    model_file::write_atomic(&dir.join("a.png"), b"whole").unwrap();
+    assert!(!live.exists(), "write_atomic renamed its own temporary file");
+    std::fs::write(&live, b"partial").unwrap();
+    assert_eq!(model_file::remove_stale_temporaries(&dir), 1);
+    assert!(live.exists() && !dead.exists() && log.exists());
+    assert_eq!(std::fs::read(dir.join("a.png")).unwrap(), b"whole");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -26,10 +26,12 @@ impl Monitor {
         self
     }
 
-    /// Append a record to the JSONL log.
+    /// Append a record to the JSONL log, as one write of the whole line (a kill never leaves
+    /// half a record).
     pub fn log(&self, record: &serde_json::Value) -> Result<()> {
+        let line = format!("{record}\n");
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).map_err(|e| EngineError::io(&self.log_path, e))?;
-        writeln!(f, "{record}").map_err(|e| EngineError::io(&self.log_path, e))
+        f.write_all(line.as_bytes()).map_err(|e| EngineError::io(&self.log_path, e))
     }
 
     /// Redraw the progress line.
@@ -52,6 +54,34 @@ impl Monitor {
     pub fn elapsed(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }
+}
+
+/// Cut a run's JSONL log back to the records of steps up to `step`, the step the run resumes
+/// from: records of steps after its checkpoint were logged by a process that was killed (or
+/// failed) before it saved them, and are logged again when those steps re-run. The log keeps
+/// its longest prefix of whole lines (ending in a newline) whose `step` is at most `step`;
+/// lines without a readable step are kept. Returns how many bytes were cut.
+pub fn truncate_log(path: &Path, step: u64) -> Result<u64> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(EngineError::io(path, e)),
+    };
+    let mut keep = 0usize;
+    while let Some(nl) = bytes[keep..].iter().position(|&b| b == b'\n') {
+        let line = &bytes[keep..keep + nl];
+        let logged = serde_json::from_slice::<serde_json::Value>(line).ok().and_then(|v| v.get("step").and_then(|s| s.as_u64()));
+        if logged.is_some_and(|s| s > step) {
+            break;
+        }
+        keep += nl + 1;
+    }
+    if keep == bytes.len() {
+        return Ok(0);
+    }
+    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| EngineError::io(path, e))?;
+    f.set_len(keep as u64).and_then(|_| f.sync_all()).map_err(|e| EngineError::io(path, e))?;
+    Ok((bytes.len() - keep) as u64)
 }
 
 fn fmt_secs(s: f64) -> String {

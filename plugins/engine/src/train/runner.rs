@@ -5,10 +5,18 @@
 //! atomically), `grids/step<k>.png` (degraded | restored | reference on held-out crops),
 //! `curves.png` and, at the end or on `davi export`, `model.safetensors`: the EMA network
 //! as a self-describing model that `davi restore` and `libdavi` load.
+//!
+//! Crash safety: every file but the log is written with [`model_file::write_atomic`] (a
+//! temporary sibling, fsync, rename, fsync of the directory), so a kill at any moment leaves
+//! the previous complete checkpoint (or the new one) under its name. The log is appended one
+//! whole line per write and, on resume, cut back to the checkpoint's step
+//! ([`truncate_log`]), so re-run steps are not logged twice. A checkpoint that cannot be
+//! written (full disk, file size limit) stops the run with an error naming the step that
+//! is kept.
 use super::config::TrainConfig;
 use super::data::{list_images, Dataset, Prefetcher};
 use super::davi::DaviTrainer;
-use super::monitor::{plot_log, save_grid, Monitor};
+use super::monitor::{plot_log, save_grid, truncate_log, Monitor};
 use super::optim::AdamW;
 use super::prior::PriorTrainer;
 use super::{seed_step, Terms};
@@ -221,6 +229,20 @@ fn save_checkpoint(dir: &Path, cfg: &TrainConfig, trainer: &Trainer, step: u64, 
     model_file::write_tensors(&dir.join(CHECKPOINT), &tensors, md)
 }
 
+/// Say, in a failed checkpoint write's error, which step is kept on disk.
+fn checkpoint_failed(e: EngineError, step: u64, kept: Option<u64>) -> EngineError {
+    let kept = match kept {
+        Some(k) => format!("the checkpoint of step {k} is kept; make room and --resume"),
+        None => "no checkpoint was written yet".into(),
+    };
+    match e {
+        EngineError::Io { path, source } => {
+            EngineError::Io { path, source: std::io::Error::new(source.kind(), format!("writing the checkpoint of step {step} failed: {source} ({kept})")) }
+        }
+        other => other,
+    }
+}
+
 /// Load a checkpoint written by [`save_checkpoint`]: returns (step, wall seconds so far).
 /// A truncated, corrupt or foreign file is refused with a message naming it.
 pub fn load_checkpoint(path: &Path, cfg: &TrainConfig, trainer: &mut Trainer) -> Result<(u64, f64)> {
@@ -305,6 +327,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
     }
     let dir = cfg.run.out_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
+    // Temporary files of writes a killed run never finished.
+    model_file::remove_stale_temporaries(&dir);
+    model_file::remove_stale_temporaries(&dir.join("grids"));
     let ckpt = dir.join(CHECKPOINT);
     if ckpt.exists() && !opts.resume {
         return Err(EngineError::InvalidInput(format!("{} already holds a run: pass --resume to continue it, or choose another run.out_dir", dir.display())));
@@ -313,6 +338,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
     tch::manual_seed(cfg.run.seed as i64);
     let mut trainer = Trainer::new(cfg, &devices)?;
     let (mut step, wall_before) = if opts.resume && ckpt.exists() { load_checkpoint(&ckpt, cfg, &mut trainer)? } else { (0, 0.0) };
+    // Records of steps after the checkpoint were logged by a run that stopped before saving
+    // them: those steps run again now.
+    truncate_log(&dir.join("log.jsonl"), step)?;
+    let mut saved_step = (step > 0).then_some(step);
     let files = list_images(&cfg.data.train_dir)?;
     let batch = cfg.prior.as_ref().map(|p| p.batch).or(cfg.davi.as_ref().map(|d| d.batch)).expect("validated");
     let ds = Dataset::open(files, trainer.window(cfg.data.size), cfg.data.crop, cfg.data.min_scale, cfg.data.hflip)?;
@@ -351,7 +380,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
         }
         let out_of_time = opts.max_seconds_now.is_some_and(|s| monitor.elapsed() >= s);
         if step % cfg.run.checkpoint_every == 0 || step == stop_at || out_of_time {
-            save_checkpoint(&dir, cfg, &trainer, step, wall_before + monitor.elapsed())?;
+            save_checkpoint(&dir, cfg, &trainer, step, wall_before + monitor.elapsed()).map_err(|e| checkpoint_failed(e, step, saved_step))?;
+            saved_step = Some(step);
         }
         if out_of_time {
             break;

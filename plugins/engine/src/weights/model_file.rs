@@ -168,23 +168,70 @@ pub fn to_bytes(meta: &ModelMeta, tensors: &[(String, Tensor)]) -> Result<Vec<u8
         .map_err(|e| EngineError::Weights(format!("serialising: {e:?}")))
 }
 
-/// Write bytes to `path` atomically: a temporary sibling, fsync, then rename.
+/// Write bytes to `path` atomically: a temporary sibling (`.NAME.tmp<pid>`, see
+/// [`temporary_name`]), fsync, rename over `path`, then fsync the directory so the rename
+/// itself is durable. A crash (SIGKILL, power loss) at any moment leaves either the old file
+/// or the new one under `path`, never a mix; at worst the temporary file stays behind (see
+/// [`remove_stale_temporaries`]). A failed write (a full disk, `EFBIG`) removes the temporary
+/// file and leaves `path` untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| EngineError::InvalidInput(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(temporary_name(&name.to_string_lossy(), std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        drop(f);
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
         return Err(EngineError::io(path, e));
     }
+    // Best effort: some file systems refuse fsync on a directory, and the new file is in
+    // place by now, so an error here is not worth failing the write for.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
+}
+
+/// The name [`write_atomic`] gives the temporary file of `name` written by process `pid`.
+pub fn temporary_name(name: &str, pid: u32) -> String {
+    format!(".{name}.tmp{pid}")
+}
+
+/// The writer's pid, when `name` is a temporary file name of [`write_atomic`].
+pub fn temporary_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (base, pid) = rest.rsplit_once(".tmp")?;
+    if base.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Remove the temporary files [`write_atomic`] left in `dir` when a writer was killed
+/// mid-write (a training checkpoint's can be hundreds of MB). Only files of processes that
+/// no longer run are removed; where that cannot be told (no `/proc`), nothing is. Returns
+/// how many were removed.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = temporary_pid(&name.to_string_lossy()) else { continue };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Save a network's variables with metadata (atomic).
