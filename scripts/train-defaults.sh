@@ -65,20 +65,28 @@ ship() {
   fi
 }
 
+# A queue of tasks, one turn each in rotation until every run is finished. A turn that fails
+# (a full disk, a run folder removed under it) is logged and its task leaves the rotation, so
+# one broken run never stops the other tasks of its queue.
 worker() {
-  local busy=1
+  local busy=1 failed=" "
   while [ "$busy" = 1 ]; do
     busy=0
     for t in $1; do
-      local p1="$RUNS/photo-$t" p2="$RUNS/photo-$t-davi"
+      case "$failed" in *" $t "*) continue ;; esac
+      local p1="$RUNS/photo-$t" p2="$RUNS/photo-$t-davi" ok=1
       if [ ! -f "$p1/config.toml" ] || [ "$(run_step "$p1")" -lt "$(total_steps "$p1")" ]; then
         echo "$(date -u +%FT%TZ) photo-$t: phase 1 from step $(run_step "$p1")" >&2
-        turn "$p1" "photo-$t" --set "davi.init=\"$root/models/photo-$t.safetensors\""
+        turn "$p1" "photo-$t" --set "davi.init=\"$root/models/photo-$t.safetensors\"" || ok=0
         busy=1
       elif [ ! -f "$p2/config.toml" ] || [ "$(run_step "$p2")" -lt "$(total_steps "$p2")" ]; then
         echo "$(date -u +%FT%TZ) photo-$t: phase 2 from step $(run_step "$p2")" >&2
-        turn "$p2" "photo-$t-davi" --set "davi.init=\"$p1/best.safetensors\""
+        turn "$p2" "photo-$t-davi" --set "davi.init=\"$p1/best.safetensors\"" || ok=0
         busy=1
+      fi
+      if [ "$ok" = 0 ]; then
+        echo "$(date -u +%FT%TZ) photo-$t: the turn failed (see above); skipped until the next start" >&2
+        failed="$failed$t "
       fi
       ship "$t"
     done

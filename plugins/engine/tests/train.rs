@@ -274,14 +274,18 @@ fn resume_helpers_cut_the_log_and_remove_only_dead_writers_temporaries() {
     }
     let live = dir.join(model_file::temporary_name("a.png", std::process::id()));
     let dead = dir.join(model_file::temporary_name("a.png", u32::MAX - 1));
-    for p in [&live, &dead] {
+    let dead_other = dir.join(model_file::temporary_name("b.png", u32::MAX - 1));
+    let lookalike = dir.join(".a.png.tmp.x.tmp4294967294");
+    for p in [&live, &dead, &dead_other, &lookalike] {
         std::fs::write(p, b"partial").unwrap();
     }
     model_file::write_atomic(&dir.join("a.png"), b"whole").unwrap();
     assert!(!live.exists(), "write_atomic renamed its own temporary file");
+    assert!(!dead.exists(), "a killed writer's temporary of the same name goes with the next write");
+    assert!(dead_other.exists() && lookalike.exists(), "write_atomic touches only temporaries of its own name");
     std::fs::write(&live, b"partial").unwrap();
-    assert_eq!(model_file::remove_stale_temporaries(&dir), 1);
-    assert!(live.exists() && !dead.exists() && log.exists());
+    assert_eq!(model_file::remove_stale_temporaries(&dir), 2, "the folder sweep takes every dead writer's temporary");
+    assert!(live.exists() && !dead_other.exists() && !lookalike.exists() && log.exists());
     assert_eq!(std::fs::read(dir.join("a.png")).unwrap(), b"whole");
     std::fs::remove_dir_all(&dir).ok();
 }

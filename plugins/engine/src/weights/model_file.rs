@@ -171,9 +171,10 @@ pub fn to_bytes(meta: &ModelMeta, tensors: &[(String, Tensor)]) -> Result<Vec<u8
 /// Write bytes to `path` atomically: a temporary sibling (`.NAME.tmp<pid>`, see
 /// [`temporary_name`]), fsync, rename over `path`, then fsync the directory so the rename
 /// itself is durable. A crash (SIGKILL, power loss) at any moment leaves either the old file
-/// or the new one under `path`, never a mix; at worst the temporary file stays behind (see
-/// [`remove_stale_temporaries`]). A failed write (a full disk, `EFBIG`) removes the temporary
-/// file and leaves `path` untouched.
+/// or the new one under `path`, never a mix; at worst the temporary file stays behind until
+/// the next successful write of the same `path` removes it ([`remove_stale_temporaries_of`];
+/// training also sweeps its run folder, [`remove_stale_temporaries`]). A failed write (a full
+/// disk, `EFBIG`) removes the temporary file and leaves `path` untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -195,6 +196,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
+    remove_stale_temporaries_of(path);
     Ok(())
 }
 
@@ -218,6 +220,21 @@ pub fn temporary_pid(name: &str) -> Option<u32> {
 /// no longer run are removed; where that cannot be told (no `/proc`), nothing is. Returns
 /// how many were removed.
 pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    remove_stale_matching(dir, |_| true)
+}
+
+/// Remove the temporary files a killed writer of `path` left beside it (`.NAME.tmp<pid>` of
+/// processes that no longer run), and no other file: the folder may be the user's (an output
+/// of `davi restore` or `davi batch`), so only temporaries of this very name are touched.
+pub fn remove_stale_temporaries_of(path: &Path) -> usize {
+    let Some(name) = path.file_name() else { return 0 };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = name.to_string_lossy();
+    remove_stale_matching(dir, |file| temporary_pid(file).is_some_and(|pid| file == temporary_name(&name, pid)))
+}
+
+/// Remove the temporary files in `dir` that `is_candidate` accepts and whose writer is gone.
+fn remove_stale_matching(dir: &Path, is_candidate: impl Fn(&str) -> bool) -> usize {
     if !Path::new("/proc/self").exists() {
         return 0;
     }
@@ -225,7 +242,11 @@ pub fn remove_stale_temporaries(dir: &Path) -> usize {
     let mut n = 0;
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = temporary_pid(&name.to_string_lossy()) else { continue };
+        let name = name.to_string_lossy();
+        if !is_candidate(&name) {
+            continue;
+        }
+        let Some(pid) = temporary_pid(&name) else { continue };
         let alive = Path::new(&format!("/proc/{pid}")).exists();
         if !alive && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok() {
             n += 1;
