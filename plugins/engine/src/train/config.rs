@@ -114,6 +114,11 @@ pub struct DaviConfig {
     /// the supervised phase of `docs/models.md`.
     #[serde(default = "one")]
     pub ikl_weight: f64,
+    /// Factor on the PatchGAN term's adaptive weight (official 1). The adaptive weight gives
+    /// the GAN term the ground-truth term's last-layer gradient norm, before `reg_coeff`;
+    /// below 1 the GAN pulls less against the clean image.
+    #[serde(default = "one")]
+    pub adv_scale: f64,
     /// A fixed bridge time for the generator's input instead of the official
     /// `trunc(1000·Beta(3,1) − 0.5)` draw; 999 trains exactly the input restoration sees.
     #[serde(default)]
@@ -287,6 +292,9 @@ impl TrainConfig {
             }
             if !(d.ikl_weight.is_finite() && d.ikl_weight >= 0.0) {
                 return bad("davi.ikl_weight must be a finite number >= 0");
+            }
+            if !(d.adv_scale.is_finite() && d.adv_scale >= 0.0) {
+                return bad("davi.adv_scale must be a finite number >= 0");
             }
             if d.bridge_t.is_some_and(|t| !(0..1000).contains(&t)) {
                 return bad("davi.bridge_t must be in 0..=999");

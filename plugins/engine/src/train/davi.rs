@@ -310,7 +310,7 @@ impl Replica {
             let mut gan = None;
             if sh.cfg.gan {
                 let l_g = self.disc.generator_loss(&c.x, &x_hat);
-                let w = adaptive_weight(&l_gt, &l_g, self.gen.last_layer_weight());
+                let w = adaptive_weight(&l_gt, &l_g, self.gen.last_layer_weight()) * sh.cfg.adv_scale;
                 loss = loss + &l_g * w;
                 gan = Some((l_g.double_value(&[]), w));
             }
