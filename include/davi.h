@@ -21,7 +21,7 @@
 #define DAVI_VERSION_STRING "0.1.0"
 /* C ABI revision: bumped by every append; a library with davi_abi_version() >=
  * DAVI_ABI_VERSION implements everything this header declares. */
-#define DAVI_ABI_VERSION 2
+#define DAVI_ABI_VERSION 3
 
 /**
  * Outcome of a call. `Ok` is zero; every other value is a failure.
@@ -63,7 +63,8 @@ typedef enum DaviStatus {
      */
     DAVI_STATUS_DEVICE_ERROR = 7,
     /**
-     * The progress callback asked to stop. Outputs are untouched.
+     * The progress callback (or, for training, a cancel call) asked to stop. A restore leaves
+     * its output untouched; a training run stops with a checkpoint of the step it reached.
      */
     DAVI_STATUS_CANCELLED = 8,
     /**
@@ -91,6 +92,16 @@ typedef enum DaviStatus {
      * progress callback on a context that is restoring (ABI 2).
      */
     DAVI_STATUS_BUSY = 14,
+    /**
+     * A file could not be written or read: a full disk, a file size limit, no permission
+     * (ABI 3). Training keeps what was on disk before (its last checkpoint).
+     */
+    DAVI_STATUS_IO_ERROR = 15,
+    /**
+     * A training config is unknown (preset name), not valid TOML, has unknown keys or bad
+     * values, or is of the other kind of run than the caller asked for (ABI 3).
+     */
+    DAVI_STATUS_INVALID_CONFIG = 16,
 } DaviStatus;
 
 /**
@@ -162,6 +173,28 @@ typedef enum DaviDownsampleMethod {
 } DaviDownsampleMethod;
 
 /**
+ * Which kind of network a training run trains (`DaviTrainingOptions.kind`,
+ * `DaviTrainingInfo.kind`).
+ */
+typedef enum DaviTrainingKind {
+    /**
+     * Options only: accept a config of either kind.
+     */
+    DAVI_TRAINING_KIND_ANY = 0,
+    /**
+     * A diffusion prior (DDPM with the hybrid loss): the teacher a DAVI run learns from.
+     * Its model file is a prior, which `davi_context_new` refuses and a DAVI config names as
+     * `davi.teacher`.
+     */
+    DAVI_TRAINING_KIND_PRIOR = 1,
+    /**
+     * DAVI's amortised training of a one-step generator: its model file restores through
+     * `davi_context_new`.
+     */
+    DAVI_TRAINING_KIND_DAVI = 2,
+} DaviTrainingKind;
+
+/**
  * A loaded DAVI generator on a device, with a detailed message about its last failed call.
  *
  * Made by `davi_context_new`, used by `davi_restore`, freed by `davi_context_free`. A context
@@ -185,6 +218,17 @@ typedef struct DaviContext DaviContext;
  * `DAVI_STATUS_INVALID_ARGUMENT` (the same holds for contexts).
  */
 typedef struct DaviSpec DaviSpec;
+
+/**
+ * A training run open in memory: its networks, optimisers, data and run directory (ABI 3).
+ *
+ * Made by `davi_training_new`, trained by `davi_training_run` (in the caller's thread) or
+ * `davi_training_start` (in a thread libdavi owns), freed by `davi_training_free`, which
+ * cancels and joins a run in progress. Every call may come from any thread; one run trains
+ * at a time (a second is `DAVI_STATUS_BUSY`); `davi_training_cancel`, `davi_training_info`
+ * and `davi_training_last_error` may be called while it trains.
+ */
+typedef struct DaviTraining DaviTraining;
 
 /**
  * The raw integer form of a [`DaviStatus`], as returned through the plugin function table.
@@ -345,6 +389,203 @@ typedef struct DaviImage {
     void *data;
 } DaviImage;
 
+
+/**
+ * Options of `davi_training_new` (ABI 3). Fill with `davi_training_options_init`, then set
+ * the config: `preset` or `config`, or neither to resume the run in `run_dir` with the
+ * config saved there.
+ */
+typedef struct DaviTrainingOptions {
+    /**
+     * `sizeof(DaviTrainingOptions)` as the caller compiled it.
+     */
+    uint32_t struct_size;
+    /**
+     * A `DaviTrainingKind` value: the kind of run the caller expects; a config of the other
+     * kind is `DAVI_STATUS_INVALID_CONFIG`. `DAVI_TRAINING_KIND_ANY` accepts both.
+     */
+    uint32_t kind;
+    /**
+     * NUL-terminated name of a built-in preset (`"tiny-prior"`, `"photo-denoise-davi"`, …;
+     * `docs/models.md`), or NULL.
+     */
+    const char *preset;
+    /**
+     * NUL-terminated TOML text of a config (the format of `plugins/engine/presets/`), or NULL.
+     */
+    const char *config;
+    /**
+     * `override_count` NUL-terminated `key.path=value` overrides applied to the config in
+     * order (as `davi train --set`, e.g. `"run.total_steps=8"`, `"data.train_dir=\"/x\""`);
+     * NULL when `override_count` is 0.
+     */
+    const char *const *overrides;
+    /**
+     * Number of `overrides`.
+     */
+    size_t override_count;
+    /**
+     * NUL-terminated run directory (checkpoints, log, grids, model files), replacing the
+     * config's `run.out_dir`; NULL keeps it. With neither `preset` nor `config`, the run in
+     * this directory is resumed with its saved `config.toml`.
+     */
+    const char *run_dir;
+    /**
+     * 1: continue the checkpoint in the run directory, if there is one; 0: a run directory
+     * that holds a checkpoint is refused (`DAVI_STATUS_INVALID_ARGUMENT`), so no run is
+     * overwritten by mistake. Implied when resuming from `run_dir` alone.
+     */
+    uint32_t resume;
+    /**
+     * Reserved, 0.
+     */
+    uint32_t reserved;
+} DaviTrainingOptions;
+
+/**
+ * Where a training run stands (`davi_training_info`, ABI 3).
+ */
+typedef struct DaviTrainingInfo {
+    /**
+     * `sizeof(DaviTrainingInfo)` as the caller compiled it.
+     */
+    uint32_t struct_size;
+    /**
+     * `DAVI_TRAINING_KIND_PRIOR` or `DAVI_TRAINING_KIND_DAVI`.
+     */
+    uint32_t kind;
+    /**
+     * Steps done (updated after every step while the run trains).
+     */
+    uint64_t step;
+    /**
+     * The run's `run.total_steps`.
+     */
+    uint64_t total_steps;
+    /**
+     * The step of the newest checkpoint on disk (0: none yet).
+     */
+    uint64_t checkpoint_step;
+    /**
+     * 1 while a run (`davi_training_run`, `davi_training_start`) or an export of this
+     * handle is in progress.
+     */
+    uint32_t running;
+    /**
+     * 1 once `step == total_steps` (the run directory then holds `model.safetensors`).
+     */
+    uint32_t finished;
+} DaviTrainingInfo;
+
+/**
+ * What a training progress callback is told after every step (ABI 3).
+ *
+ * The struct, its strings and arrays belong to libdavi and are valid only during the
+ * callback: copy what you keep. Fields are only ever appended; `struct_size` says how many
+ * the library filled.
+ */
+typedef struct DaviTrainingProgress {
+    /**
+     * `sizeof(DaviTrainingProgress)` as the library was built.
+     */
+    uint32_t struct_size;
+    /**
+     * Number of entries in `term_names` and `term_values`.
+     */
+    uint32_t term_count;
+    /**
+     * Steps done: the step that just finished, counted from 1.
+     */
+    uint64_t step;
+    /**
+     * The run's `run.total_steps`.
+     */
+    uint64_t total_steps;
+    /**
+     * The step of the newest checkpoint on disk (0: none yet), after this step's own.
+     */
+    uint64_t checkpoint_step;
+    /**
+     * 1 when this step evaluated on the held-out images (`run.eval_every`, and the last
+     * step), else 0.
+     */
+    uint32_t evaluated;
+    /**
+     * Reserved, 0.
+     */
+    uint32_t reserved;
+    /**
+     * The step's total loss: `loss` of a prior, `loss_g` (the generator's) of a DAVI run.
+     */
+    double loss;
+    /**
+     * Held-out PSNR in dB of the generator when this step evaluated a DAVI run (with
+     * `data.heldout_dir` set), else NaN.
+     */
+    double heldout_psnr;
+    /**
+     * Held-out SSIM, like `heldout_psnr`.
+     */
+    double heldout_ssim;
+    /**
+     * Wall seconds the run has trained, over all its sessions.
+     */
+    double elapsed_seconds;
+    /**
+     * Names of the step's loss terms (`loss`, `mse`, `vb` of a prior; `loss_g`, `ikl`,
+     * `con`, `gt`, `fake_score`, `disc`, `gan_g`, `w_adv` of DAVI), then, when the step
+     * evaluated, the held-out metrics (`heldout_psnr`, `heldout_ssim`,
+     * `heldout_psnr_measurement`, or a prior's `heldout_eps_mse`). NUL-terminated.
+     */
+    const char *const *term_names;
+    /**
+     * The values of `term_names`, in the same order.
+     */
+    const double *term_values;
+} DaviTrainingProgress;
+
+/**
+ * Progress callback of `davi_training_run` and `davi_training_start` (ABI 3).
+ *
+ * Called after every step, on the thread that trains: the caller's thread in
+ * `davi_training_run`, a thread of libdavi's own in `davi_training_start` (one at a time,
+ * never concurrently). `progress` and what it points to are valid only during the call.
+ * `user_data` is `DaviTrainingRunOptions.user_data`, passed back untouched; it must stay
+ * valid until the run ends (`davi_training_run` returns, or `davi_training_wait` /
+ * `davi_training_free` returns after `davi_training_start`). Return 0 to continue, non-zero
+ * to cancel: the run then writes a checkpoint of this step and ends with
+ * `DAVI_STATUS_CANCELLED`. The callback must not unwind (C++ exceptions, `longjmp`) through
+ * libdavi.
+ */
+typedef int32_t (*DaviTrainingProgressFn)(void *user_data,
+                                          const struct DaviTrainingProgress *progress);
+
+/**
+ * Options of one `davi_training_run` or `davi_training_start` (ABI 3). Fill with
+ * `davi_training_run_options_init`; NULL options mean exactly those defaults.
+ */
+typedef struct DaviTrainingRunOptions {
+    /**
+     * `sizeof(DaviTrainingRunOptions)` as the caller compiled it.
+     */
+    uint32_t struct_size;
+    /**
+     * Reserved, 0.
+     */
+    uint32_t reserved;
+    /**
+     * Steps to run in this call at most; 0 = until the run's `run.total_steps`.
+     */
+    uint64_t max_steps;
+    /**
+     * Progress and cancellation, or NULL. See `DaviTrainingProgressFn`.
+     */
+    DaviTrainingProgressFn progress;
+    /**
+     * Passed to `progress` untouched.
+     */
+    void *user_data;
+} DaviTrainingRunOptions;
 
 #ifdef __cplusplus
 extern "C" {
@@ -614,6 +855,184 @@ enum DaviStatus davi_restore(struct DaviContext *ctx,
                              struct DaviImage *output,
                              const struct DaviSpec *spec,
                              const struct DaviRestoreOptions *options);
+
+/**
+ * Fill `*options` with the defaults (either kind, no config, the config's run directory, no
+ * resume) and set its `struct_size`. `options_size` is `sizeof(DaviTrainingOptions)` as the
+ * caller compiled it.
+ *
+ * # Safety
+ * `options` must be NULL or valid for writes of `options_size` bytes.
+ */
+enum DaviStatus davi_training_options_init(struct DaviTrainingOptions *options,
+                                           size_t options_size);
+
+/**
+ * Open a training run: resolve its config, check its data, create its run directory (or
+ * resume the checkpoint there), build the networks and load the images.
+ *
+ * The config is `options.preset` or `options.config` with `options.overrides` applied, its
+ * run directory `options.run_dir` if set; with neither preset nor config, the run in
+ * `options.run_dir` is resumed with the config saved there. On success `*out` receives a new
+ * handle, which the caller frees with `davi_training_free`; nothing has trained yet. On
+ * failure `*out` is untouched and `err_buf` (if not NULL; `err_len` bytes) says why:
+ * `DAVI_STATUS_INVALID_CONFIG` (unknown preset, TOML that does not parse, an unknown key, a
+ * bad value or override, the other kind than `options.kind`), `DAVI_STATUS_NOT_FOUND`
+ * (a data folder missing or without images, a missing teacher, a run directory without
+ * `config.toml`), `DAVI_STATUS_INVALID_ARGUMENT` (a run directory holding a checkpoint
+ * without `options.resume`), `DAVI_STATUS_MODEL_ERROR` (a checkpoint or teacher that does
+ * not load; the file is left as it is), `DAVI_STATUS_IO_ERROR` (a directory that cannot be
+ * written). `options` and what it points to are only read during the call.
+ *
+ * Training uses libtorch's process-wide random generator and sets its intra-op threads
+ * (`run.threads`): runs in one process reproduce only while no other run or restore draws
+ * from it at the same time (docs/C_API.md, "Training").
+ *
+ * # Safety
+ * `options` must be NULL or point to a `DaviTrainingOptions` of its `struct_size` bytes whose
+ * strings are NULL or NUL-terminated and whose `overrides` (if `override_count` > 0) points
+ * to `override_count` string pointers; `out` must be NULL or writable; `err_buf` must be
+ * NULL or writable for `err_len` bytes.
+ */
+enum DaviStatus davi_training_new(const struct DaviTrainingOptions *options,
+                                  struct DaviTraining **out,
+                                  char *err_buf,
+                                  size_t err_len);
+
+/**
+ * Free a training handle. A run in progress in libdavi's thread is cancelled (it writes the
+ * checkpoint of the step it reached) and joined first, so this may take as long as a step
+ * and a checkpoint write; no thread of the handle outlives the call. NULL, a pointer that is
+ * not a live training handle (for example one already freed) and other handles are ignored.
+ * Must not be called from the handle's own progress callback, nor while another thread is in
+ * `davi_training_run` on it.
+ *
+ * # Safety
+ * `training` must be NULL or a pointer value; only live training handles are dereferenced.
+ */
+void davi_training_free(struct DaviTraining *training);
+
+/**
+ * Copy the message of the last failed call on `training` into `buf`, exactly as
+ * `davi_context_last_error` does (empty after a success). A background run's outcome is
+ * recorded when it ends. Safe to call from any thread, also while the run trains.
+ *
+ * # Safety
+ * `training` must be NULL or a live training handle; `buf` NULL or writable for `len` bytes;
+ * `out_len` NULL or writable.
+ */
+enum DaviStatus davi_training_last_error(const struct DaviTraining *training,
+                                         char *buf,
+                                         size_t len,
+                                         size_t *out_len);
+
+/**
+ * Where the run stands: its kind, steps done, total steps, the step of the checkpoint on
+ * disk, whether a run is in progress and whether it finished. `info_size` is
+ * `sizeof(DaviTrainingInfo)` as the caller compiled it; `*info` is written on success only,
+ * with its `struct_size` set. Safe to call from any thread, also while the run trains.
+ *
+ * # Safety
+ * `training` must be NULL or a live training handle; `info` NULL or writable for `info_size`
+ * bytes.
+ */
+enum DaviStatus davi_training_info(const struct DaviTraining *training,
+                                   struct DaviTrainingInfo *info,
+                                   size_t info_size);
+
+/**
+ * The run directory (its `model.safetensors` is the finished run's model), copied into `buf`
+ * like `davi_context_last_error` copies messages (a path that is not UTF-8 is copied with
+ * replacement characters).
+ *
+ * # Safety
+ * `training` must be NULL or a live training handle; `buf` NULL or writable for `len` bytes;
+ * `out_len` NULL or writable.
+ */
+enum DaviStatus davi_training_run_dir(const struct DaviTraining *training,
+                                      char *buf,
+                                      size_t len,
+                                      size_t *out_len);
+
+/**
+ * Fill `*options` with the defaults (train to the end, no callback) and set its
+ * `struct_size`. `options_size` is `sizeof(DaviTrainingRunOptions)` as the caller compiled it.
+ *
+ * # Safety
+ * `options` must be NULL or valid for writes of `options_size` bytes.
+ */
+enum DaviStatus davi_training_run_options_init(struct DaviTrainingRunOptions *options,
+                                               size_t options_size);
+
+/**
+ * Train in the calling thread: up to `options.max_steps` steps (0 or NULL options: until
+ * `run.total_steps`), calling `options.progress` after every step on this thread. Returns
+ * when the run finished or ran its steps (`DAVI_STATUS_OK`), was cancelled (by the callback
+ * or `davi_training_cancel` from another thread: `DAVI_STATUS_CANCELLED`) or failed. Every
+ * return leaves the run directory with a checkpoint of the step reached, except a failure,
+ * which leaves the last good one: a loss that became non-finite (`INVALID_ARGUMENT`), a
+ * checkpoint or log that cannot be written, e.g. on a full disk (`IO_ERROR`; the message
+ * names the step kept), a caught panic (`PANIC`). After a failure the handle only reports
+ * it: free it and open the run directory again to resume. A later call after `OK` or
+ * `CANCELLED` continues from the step reached. The run's `model.safetensors` is written when
+ * the last step is done. `DAVI_STATUS_BUSY` if a run or export of this handle is in progress
+ * (also when called from its own progress callback).
+ *
+ * # Safety
+ * `training` must be NULL or a live training handle; `options` NULL or a
+ * `DaviTrainingRunOptions` of its `struct_size` bytes.
+ */
+enum DaviStatus davi_training_run(struct DaviTraining *training,
+                                  const struct DaviTrainingRunOptions *options);
+
+/**
+ * `davi_training_run` in a thread libdavi starts and owns; returns at once (`DAVI_STATUS_OK`
+ * when the thread started). The progress callback is then called on that thread, never
+ * concurrently. `davi_training_wait` waits for the run and returns its status;
+ * `davi_training_cancel` stops it after the current step; `davi_training_free` does both.
+ * `DAVI_STATUS_BUSY` if a run or export of this handle is in progress.
+ *
+ * # Safety
+ * As `davi_training_run`; `options.user_data` must stay valid until the run ended
+ * (`davi_training_wait` or `davi_training_free` returned).
+ */
+enum DaviStatus davi_training_start(struct DaviTraining *training,
+                                    const struct DaviTrainingRunOptions *options);
+
+/**
+ * Ask the run in progress on `training` (in any thread, or in libdavi's) to stop after its
+ * current step: it writes a checkpoint of that step and ends with `DAVI_STATUS_CANCELLED`.
+ * Returns at once, from any thread (also from the progress callback); with no run in
+ * progress it does nothing.
+ *
+ * # Safety
+ * `training` must be NULL or a live training handle.
+ */
+enum DaviStatus davi_training_cancel(struct DaviTraining *training);
+
+/**
+ * Wait for the run `davi_training_start` started to end and return its status (that of
+ * `davi_training_run`: `OK`, `CANCELLED` or the failure; again on every call until the next
+ * start). `DAVI_STATUS_INVALID_ARGUMENT` if no run was started; `DAVI_STATUS_BUSY` when
+ * called from that run's own progress callback (it would wait for itself).
+ *
+ * # Safety
+ * `training` must be NULL or a live training handle.
+ */
+enum DaviStatus davi_training_wait(struct DaviTraining *training);
+
+/**
+ * Write the EMA network of the step reached as a model file at `path`, atomically (a
+ * temporary file renamed over `path`: a crash or a full disk never leaves part of one): the
+ * file a finished run writes as `model.safetensors`, and the format `davi export` writes. A
+ * DAVI run's file is a generator `davi_context_new` loads; a prior's is a teacher for a DAVI
+ * config (`davi.teacher`). `DAVI_STATUS_BUSY` while a run is in progress; `IO_ERROR` if it
+ * cannot be written.
+ *
+ * # Safety
+ * `training` must be NULL or a live training handle; `path` NULL or NUL-terminated.
+ */
+enum DaviStatus davi_training_export(struct DaviTraining *training, const char *path);
 
 #ifdef __cplusplus
 }  // extern "C"

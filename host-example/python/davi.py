@@ -37,15 +37,33 @@ Failures raise ``DaviError`` (``.status`` is the libdavi status name) with libda
 message. The library is found through $DAVI_LIBRARY, then ``libdavi.so.0`` beside this file,
 then the build folders of the source checkout this file lives in, then the system's loader
 path. Run ``python3 davi.py IN.pnm OUT.pnm --task denoise`` to restore a PNM file.
+
+Training (libdavi ABI 3) trains a prior or a DAVI restorer from a preset or TOML config::
+
+    with davi.Training(preset="photo-denoise-davi", run_dir="runs/mine",
+                       overrides={"data.train_dir": "photos/", "run.total_steps": 2000}) as t:
+        for event in t.events():            # trains in libdavi's thread, yields every step
+            print(event.step, event.loss, event.heldout_psnr)
+            if want_to_stop:
+                t.cancel()                  # stops after this step, with a checkpoint
+        t.export("mine.safetensors")         # a model file davi.Context(model=...) restores with
+
+``davi.Training(run_dir=...)`` alone resumes the run in that folder; ``t.run(progress=f)``
+trains in the calling thread instead (``f(event)`` returning False cancels).
 """
 
 import array
+import collections
 import ctypes
 import ctypes.util
+import json
 import os
+import queue
 import sys
+import threading
 
-__all__ = ["restore", "Context", "DaviError", "version", "library_path"]
+__all__ = ["restore", "Context", "DaviError", "version", "library_path", "Training",
+           "TrainingProgress", "TrainingInfo"]
 
 # --- the C API (ABI 1) ---------------------------------------------------------------------
 
@@ -53,11 +71,13 @@ __all__ = ["restore", "Context", "DaviError", "version", "library_path"]
 _STATUS = [
     "OK", "NULL_ARGUMENT", "INVALID_ARGUMENT", "INVALID_SPEC", "UNSUPPORTED_OPERATOR",
     "UNSUPPORTED_FORMAT", "MODEL_ERROR", "DEVICE_ERROR", "CANCELLED", "OUT_OF_MEMORY",
-    "ABI_MISMATCH", "PANIC", "INTERNAL", "NOT_FOUND", "BUSY",
+    "ABI_MISMATCH", "PANIC", "INTERNAL", "NOT_FOUND", "BUSY", "IO_ERROR", "INVALID_CONFIG",
 ]
-# The oldest C ABI with every function and struct field declared here. ABI 2 only appended
+# The oldest C ABI with every function and struct field restoring uses. ABI 2 only appended
 # DAVI_STATUS_BUSY, which an ABI 1 library never returns, so ABI 1 libraries still serve.
 _ABI_VERSION = 1
+# Training (davi_training_*, DAVI_STATUS_IO_ERROR, DAVI_STATUS_INVALID_CONFIG) needs ABI 3.
+_TRAINING_ABI_VERSION = 3
 _U8, _U16, _F32 = 0, 1, 2
 _LAYOUTS = {1: 0, 2: 1, 3: 2, 4: 3}  # channels -> DaviChannelLayout
 _SAMPLE_BYTES = {_U8: 1, _U16: 2, _F32: 4}
@@ -100,6 +120,64 @@ class _Image(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("row_stride", ctypes.c_ssize_t),
         ("data", ctypes.c_void_p),
+    ]
+
+
+class _TrainingOptions(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("kind", ctypes.c_uint32),
+        ("preset", ctypes.c_char_p),
+        ("config", ctypes.c_char_p),
+        ("overrides", ctypes.POINTER(ctypes.c_char_p)),
+        ("override_count", ctypes.c_size_t),
+        ("run_dir", ctypes.c_char_p),
+        ("resume", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+class _TrainingProgress(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("term_count", ctypes.c_uint32),
+        ("step", ctypes.c_uint64),
+        ("total_steps", ctypes.c_uint64),
+        ("checkpoint_step", ctypes.c_uint64),
+        ("evaluated", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("loss", ctypes.c_double),
+        ("heldout_psnr", ctypes.c_double),
+        ("heldout_ssim", ctypes.c_double),
+        ("elapsed_seconds", ctypes.c_double),
+        ("term_names", ctypes.POINTER(ctypes.c_char_p)),
+        ("term_values", ctypes.POINTER(ctypes.c_double)),
+    ]
+
+
+_TrainingProgressFn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p,
+                                       ctypes.POINTER(_TrainingProgress))
+
+
+class _TrainingRunOptions(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("max_steps", ctypes.c_uint64),
+        ("progress", _TrainingProgressFn),
+        ("user_data", ctypes.c_void_p),
+    ]
+
+
+class _TrainingInfo(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("kind", ctypes.c_uint32),
+        ("step", ctypes.c_uint64),
+        ("total_steps", ctypes.c_uint64),
+        ("checkpoint_step", ctypes.c_uint64),
+        ("running", ctypes.c_uint32),
+        ("finished", ctypes.c_uint32),
     ]
 
 
@@ -178,6 +256,25 @@ def _declare(lib):
     for name, (res, args) in sigs.items():
         f = getattr(lib, name)
         f.restype, f.argtypes = res, args
+    # Training: ABI 3. An older library simply lacks these; Training() says so.
+    training = {
+        "davi_training_options_init": (ctypes.c_int, [P, SZ]),
+        "davi_training_new": (ctypes.c_int, [P, P, ctypes.c_char_p, SZ]),
+        "davi_training_free": (None, [P]),
+        "davi_training_last_error": (ctypes.c_int, [P, ctypes.c_char_p, SZ, P]),
+        "davi_training_info": (ctypes.c_int, [P, P, SZ]),
+        "davi_training_run_dir": (ctypes.c_int, [P, ctypes.c_char_p, SZ, P]),
+        "davi_training_run_options_init": (ctypes.c_int, [P, SZ]),
+        "davi_training_run": (ctypes.c_int, [P, P]),
+        "davi_training_start": (ctypes.c_int, [P, P]),
+        "davi_training_cancel": (ctypes.c_int, [P]),
+        "davi_training_wait": (ctypes.c_int, [P]),
+        "davi_training_export": (ctypes.c_int, [P, ctypes.c_char_p]),
+    }
+    for name, (res, args) in training.items():
+        f = getattr(lib, name, None)
+        if f is not None:
+            f.restype, f.argtypes = res, args
 
 
 def version():
@@ -422,6 +519,267 @@ def restore(pixels, width, height, task=None, model=None, device="auto", threads
         ctx = _contexts[key] = Context(task=None if model else task, model=model,
                                        device=device, threads=threads)
     return ctx.restore(pixels, width, height, **params)
+
+
+# --- training -------------------------------------------------------------------------------
+
+TrainingProgress = collections.namedtuple("TrainingProgress", [
+    "step", "total_steps", "checkpoint_step", "evaluated", "loss", "heldout_psnr",
+    "heldout_ssim", "elapsed_seconds", "terms"])
+TrainingProgress.__doc__ = """One training step, as libdavi reports it after the step.
+
+step            steps done (the step that just finished, from 1); total_steps the run's
+checkpoint_step the step of the newest checkpoint on disk (0: none yet)
+evaluated       True when this step evaluated on the held-out images
+loss            the step's total loss (a prior's ``loss``, a DAVI run's ``loss_g``)
+heldout_psnr, heldout_ssim   of a DAVI run's generator on the held-out images when this step
+                evaluated, else NaN
+elapsed_seconds wall seconds the run has trained, over all its sessions
+terms           dict of every loss term of the step (and the held-out metrics when it evaluated)
+"""
+
+TrainingInfo = collections.namedtuple("TrainingInfo", [
+    "kind", "step", "total_steps", "checkpoint_step", "running", "finished"])
+
+_KINDS = {None: 0, "any": 0, "prior": 1, "davi": 2}
+_KIND_NAMES = {1: "prior", 2: "davi"}
+
+
+def _toml_value(v):
+    """A Python value as the TOML text of an override's value."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[%s]" % ", ".join(_toml_value(x) for x in v)
+    # JSON's string escapes are valid in a TOML basic string.
+    return json.dumps(os.fspath(v) if hasattr(v, "__fspath__") else str(v))
+
+
+def _overrides(overrides):
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        return ["%s=%s" % (k, _toml_value(v)) for k, v in overrides.items()]
+    return [str(o) for o in overrides]
+
+
+def _progress_event(p):
+    p = p.contents
+    terms = {}
+    for i in range(p.term_count):
+        terms[p.term_names[i].decode()] = p.term_values[i]
+    return TrainingProgress(p.step, p.total_steps, p.checkpoint_step, bool(p.evaluated), p.loss,
+                            p.heldout_psnr, p.heldout_ssim, p.elapsed_seconds, terms)
+
+
+class _End:
+    def __init__(self, code):
+        self.code = code
+
+
+class Training:
+    """A training run open in libdavi: a prior or a DAVI restorer, its data and run folder.
+
+    Give the config as ``preset`` (a built-in name such as "tiny-prior" or
+    "photo-denoise-davi"), ``config`` (TOML text) or ``config_file`` (a TOML file), changed by
+    ``overrides`` (a dict {"run.total_steps": 100, "data.train_dir": "/photos"} or a list of
+    "key=value" strings, as ``davi train --set``); ``run_dir`` replaces the config's run
+    folder. With only ``run_dir``, the run in that folder is resumed. ``resume=True``
+    continues a checkpoint already in the folder (without it such a folder is refused).
+    ``kind`` ("prior" or "davi") refuses a config of the other kind.
+
+    Train with ``run`` (in this thread), ``start``/``wait`` (in libdavi's thread) or
+    ``events`` (a generator of ``TrainingProgress`` while libdavi's thread trains). Every run
+    ends with a checkpoint of the step reached; ``cancel`` stops after the current step.
+    ``export(path)`` writes the network as a model file. ``close`` (or leaving a ``with``
+    block) cancels a run in progress and waits for it.
+    """
+
+    def __init__(self, preset=None, config=None, config_file=None, run_dir=None,
+                 overrides=None, resume=False, kind=None):
+        lib = _library()
+        if lib.davi_abi_version() < _TRAINING_ABI_VERSION or \
+                not hasattr(lib, "davi_training_new"):
+            raise DaviError("ABI_MISMATCH", "%s implements C ABI %d; training needs %d"
+                            % (_lib_path, lib.davi_abi_version(), _TRAINING_ABI_VERSION))
+        if config_file is not None:
+            if config is not None:
+                raise ValueError("give config= or config_file=, not both")
+            with open(config_file, encoding="utf-8") as f:
+                config = f.read()
+        if kind not in _KINDS:
+            raise ValueError("kind must be None, 'prior' or 'davi'")
+        opts = _TrainingOptions()
+        _check(lib.davi_training_options_init(ctypes.byref(opts), ctypes.sizeof(opts)),
+               "training options")
+        texts = [o.encode() for o in _overrides(overrides)]
+        array_type = ctypes.c_char_p * max(1, len(texts))
+        self._override_array = array_type(*texts)
+        opts.kind = _KINDS[kind]
+        opts.preset = preset.encode() if preset else None
+        opts.config = config.encode() if config is not None else None
+        opts.overrides = ctypes.cast(self._override_array, ctypes.POINTER(ctypes.c_char_p))
+        opts.override_count = len(texts)
+        opts.run_dir = os.fsencode(run_dir) if run_dir is not None else None
+        opts.resume = 1 if resume else 0
+        err = ctypes.create_string_buffer(2048)
+        handle = ctypes.c_void_p()
+        code = lib.davi_training_new(ctypes.byref(opts), ctypes.byref(handle), err, len(err))
+        _check(code, "opening the training run", err.value.decode(errors="replace"))
+        self._handle = handle
+        self._callback = None  # the C callback of a background run, alive until it ends
+        self._failure = []     # an exception raised by a background run's progress callable
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self):
+        """Cancel a run in progress, wait for its checkpoint, and free the run."""
+        if getattr(self, "_handle", None):
+            _library().davi_training_free(self._handle)
+            self._handle = None
+            self._callback = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _live(self):
+        if not self._handle:
+            raise DaviError("INVALID_ARGUMENT", "the training run is closed")
+        return self._handle
+
+    def _last_error(self):
+        buf = ctypes.create_string_buffer(2048)
+        _library().davi_training_last_error(self._live(), buf, len(buf), None)
+        return buf.value.decode(errors="replace")
+
+    # -- state ------------------------------------------------------------------------------
+
+    def info(self):
+        """TrainingInfo(kind, step, total_steps, checkpoint_step, running, finished)."""
+        i = _TrainingInfo()
+        _check(_library().davi_training_info(self._live(), ctypes.byref(i), ctypes.sizeof(i)),
+               "training info")
+        return TrainingInfo(_KIND_NAMES.get(i.kind, i.kind), i.step, i.total_steps,
+                            i.checkpoint_step, bool(i.running), bool(i.finished))
+
+    @property
+    def run_dir(self):
+        """The run folder (its model.safetensors is the finished run's model)."""
+        lib = _library()
+        need = ctypes.c_size_t()
+        lib.davi_training_run_dir(self._live(), None, 0, ctypes.byref(need))
+        buf = ctypes.create_string_buffer(need.value + 1)
+        _check(lib.davi_training_run_dir(self._live(), buf, len(buf), None), "run folder")
+        return buf.value.decode(errors="replace")
+
+    # -- training ---------------------------------------------------------------------------
+
+    def _run_options(self, max_steps, progress, failure):
+        lib = _library()
+        opts = _TrainingRunOptions()
+        _check(lib.davi_training_run_options_init(ctypes.byref(opts), ctypes.sizeof(opts)),
+               "training run options")
+        opts.max_steps = int(max_steps)
+        callback = None
+        if progress is not None:
+            def on_progress(_user, p):
+                try:
+                    return 1 if progress(_progress_event(p)) is False else 0
+                except BaseException as e:  # never unwind through libdavi
+                    failure.append(e)
+                    return 1
+            callback = _TrainingProgressFn(on_progress)
+            opts.progress = callback
+        return opts, callback
+
+    def run(self, max_steps=0, progress=None):
+        """Train in this thread: ``max_steps`` steps (0: to the end of the run).
+
+        ``progress(event)`` is called after every step with a ``TrainingProgress``; returning
+        False cancels (DaviError CANCELLED; the checkpoint of that step is written), and an
+        exception it raises cancels and is re-raised. Returns ``info()``.
+        """
+        failure = []
+        opts, _callback = self._run_options(max_steps, progress, failure)
+        code = _library().davi_training_run(self._live(), ctypes.byref(opts))
+        if failure:
+            raise failure[0]
+        _check(code, "training", self._last_error())
+        return self.info()
+
+    def start(self, max_steps=0, progress=None):
+        """Train in libdavi's thread and return at once; ``progress`` is then called on that
+        thread (as in ``run``). ``wait()`` waits for the end."""
+        failure = []
+        opts, callback = self._run_options(max_steps, progress, failure)
+        code = _library().davi_training_start(self._live(), ctypes.byref(opts))
+        _check(code, "starting the training", self._last_error())
+        self._callback, self._failure = callback, failure
+
+    def cancel(self):
+        """Stop the run in progress after its current step (it writes a checkpoint). Returns
+        at once; any thread may call it."""
+        _check(_library().davi_training_cancel(self._live()), "cancel")
+
+    def wait(self):
+        """Wait for the run ``start`` began; raise its failure (CANCELLED included) or an
+        exception its ``progress`` raised. Returns ``info()``."""
+        code = _library().davi_training_wait(self._live())
+        if self._failure:
+            raise self._failure[0]
+        _check(code, "training", self._last_error())
+        return self.info()
+
+    def events(self, max_steps=0):
+        """Train in libdavi's thread and yield a ``TrainingProgress`` after every step.
+
+        The generator ends when the run ends: finished, ``max_steps`` done, or cancelled by
+        ``cancel()`` (from the loop or any thread). A failure raises ``DaviError``. Leaving
+        the loop early (``break``, an exception) cancels the run and waits for its
+        checkpoint.
+        """
+        events = queue.Queue()
+        self.start(max_steps, progress=events.put)
+        handle = self._handle
+
+        def waiter():
+            events.put(_End(_library().davi_training_wait(handle)))
+
+        thread = threading.Thread(target=waiter, name="davi-training-wait", daemon=True)
+        thread.start()
+        end = None
+        try:
+            while end is None:
+                item = events.get()
+                if isinstance(item, _End):
+                    end = item
+                else:
+                    yield item
+        finally:
+            if end is None:
+                _library().davi_training_cancel(handle)
+            thread.join()
+            self._callback = None
+        if end.code not in (0, _STATUS.index("CANCELLED")):
+            _check(end.code, "training", self._last_error())
+
+    def export(self, path):
+        """Write the network of the step reached as a model file at ``path`` (atomically). A
+        DAVI run's file restores with ``davi.Context(model=path)``; a prior's is a teacher
+        for a DAVI config (``davi.teacher``)."""
+        _check(_library().davi_training_export(self._live(), os.fsencode(path)),
+               "exporting to %s" % path, self._last_error())
 
 
 # --- command line: PNM in, PNM out ---------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Tests of davi.py against the real libdavi and the shipped default models.
+"""Tests of davi.py against the real libdavi and the shipped default models, and of training
+through it on the tiny presets (TrainingTests: synthetic images, seconds on a CPU).
 
 Run: DAVI_LIBRARY=target/debug/libdavi.so python3 -m unittest -v test_davi
 (the Rust test sdk/capi/tests/python.rs runs it with the library of its own build). NumPy
@@ -6,9 +7,14 @@ tests run where NumPy is importable (the project's .venv has it) and are skipped
 """
 
 import array
+import math
 import os
 import re
+import shutil
+import struct
+import tempfile
 import unittest
+import zlib
 
 import davi
 
@@ -143,6 +149,134 @@ class RestoreTests(unittest.TestCase):
     def test_version_and_library(self):
         self.assertRegex(davi.version(), r"^\d+\.\d+\.\d+$")
         self.assertTrue(davi.library_path())
+
+
+def write_png(path, width, height, rgb):
+    """An 8-bit RGB PNG, written with the standard library only."""
+    rows = b"".join(b"\x00" + rgb[y * width * 3:(y + 1) * width * 3] for y in range(height))
+
+    def chunk(tag, data):
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n"
+                + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def same_float(a, b):
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+class TrainingTests(unittest.TestCase):
+    """Training through davi.Training on the tiny presets (seconds on a CPU)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="davi-py-train-")
+        cls.images = os.path.join(cls.dir, "images")
+        os.makedirs(cls.images)
+        for i in range(3):
+            write_png(os.path.join(cls.images, "%d.png" % i), 40, 36, picture(40, 36, 3, seed=i))
+        # The teacher: the tiny prior trained to its end in this thread.
+        with davi.Training(preset="tiny-prior", kind="prior",
+                           run_dir=os.path.join(cls.dir, "prior"),
+                           overrides={"data.train_dir": cls.images, "run.total_steps": 2,
+                                      "run.device": "cpu"}) as t:
+            info = t.run()
+            cls.teacher = os.path.join(t.run_dir, "model.safetensors")
+        assert info.finished and info.kind == "prior", info
+        assert os.path.isfile(cls.teacher)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def davi_overrides(self, steps):
+        return {"data.train_dir": self.images, "data.heldout_dir": self.images,
+                "davi.teacher": self.teacher, "run.total_steps": steps,
+                "run.checkpoint_every": 1000, "run.eval_every": 2, "run.device": "cpu"}
+
+    def test_cancelled_and_resumed_run_equals_the_uninterrupted_one_and_exports(self):
+        over = self.davi_overrides(4)
+        full = []
+        with davi.Training(preset="tiny-davi", run_dir=os.path.join(self.dir, "full"),
+                           overrides=over) as t:
+            t.run(progress=full.append)
+        self.assertEqual([e.step for e in full], [1, 2, 3, 4])
+        self.assertTrue(full[1].evaluated and full[1].heldout_psnr > 0)
+        self.assertTrue(math.isnan(full[0].heldout_psnr))
+        self.assertIn("ikl", full[0].terms)
+
+        part_dir = os.path.join(self.dir, "part")
+        seen = []
+        with davi.Training(preset="tiny-davi", run_dir=part_dir, overrides=over) as t:
+            for event in t.events():      # trains in libdavi's thread
+                seen.append(event)
+                if event.step >= 2:
+                    t.cancel()            # stops after the step in progress, checkpointed
+            info = t.info()
+        self.assertIn(len(seen), (2, 3))
+        self.assertEqual((info.step, info.checkpoint_step, info.finished),
+                         (seen[-1].step, seen[-1].step, False))
+        with davi.Training(run_dir=part_dir) as t:   # resume from the folder alone
+            self.assertEqual(t.info().kind, "davi")
+            seen += list(t.events())
+            model = os.path.join(self.dir, "exported.safetensors")
+            t.export(model)
+        self.assertEqual([e.step for e in seen], [1, 2, 3, 4])
+        for a, b in zip(seen, full):
+            self.assertEqual(a.terms.keys(), b.terms.keys())
+            for k in a.terms:
+                self.assertTrue(same_float(a.terms[k], b.terms[k]),
+                                "step %d %s: %r vs %r" % (a.step, k, a.terms[k], b.terms[k]))
+            self.assertTrue(same_float(a.heldout_psnr, b.heldout_psnr))
+        with davi.Context(model=model, device="cpu") as ctx:
+            out, w, h, c = ctx.restore_sized(picture(12, 8, 3), 12, 8)
+        self.assertEqual((w, h, c, len(out)), (48, 32, 3, 48 * 32 * 3))
+
+    def test_progress_cancels_in_the_callers_thread_and_exceptions_come_back(self):
+        over = {"data.train_dir": self.images, "run.total_steps": 8, "run.device": "cpu",
+                "run.checkpoint_every": 1000}
+        with davi.Training(preset="tiny-prior", run_dir=os.path.join(self.dir, "cancel"),
+                           overrides=over) as t:
+            with self.assertRaises(davi.DaviError) as e:
+                t.run(progress=lambda ev: ev.step < 2)
+            self.assertEqual(e.exception.status, "CANCELLED")
+            self.assertEqual(t.info().checkpoint_step, 2)
+
+            def boom(_event):
+                raise KeyError("from the callback")
+            with self.assertRaises(KeyError):
+                t.run(progress=boom)
+            self.assertEqual(t.info().checkpoint_step, 3)
+            self.assertEqual(t.run(max_steps=2).step, 5)
+            t.start(max_steps=1)
+            with self.assertRaises(davi.DaviError) as e:
+                t.run()
+            self.assertEqual(e.exception.status, "BUSY")
+            self.assertEqual(t.wait().step, 6)
+
+    def test_bad_configs_and_missing_data_raise_clear_errors(self):
+        run_dir = os.path.join(self.dir, "refused")
+        with self.assertRaises(davi.DaviError) as e:
+            davi.Training(preset="no-such-preset", run_dir=run_dir)
+        self.assertEqual(e.exception.status, "INVALID_CONFIG")
+        self.assertIn("no-such-preset", str(e.exception))
+        with self.assertRaises(davi.DaviError) as e:
+            davi.Training(config="name = 'x'\n[run\n", run_dir=run_dir)
+        self.assertEqual(e.exception.status, "INVALID_CONFIG")
+        with self.assertRaises(davi.DaviError) as e:
+            davi.Training(preset="tiny-prior", kind="davi", run_dir=run_dir)
+        self.assertEqual(e.exception.status, "INVALID_CONFIG")
+        with self.assertRaises(davi.DaviError) as e:
+            davi.Training(preset="tiny-prior", run_dir=run_dir,
+                          overrides={"data.train_dir": os.path.join(self.dir, "nothing")})
+        self.assertEqual(e.exception.status, "NOT_FOUND")
+        self.assertIn("data.train_dir", str(e.exception))
+        with self.assertRaises(davi.DaviError) as e:
+            davi.Training(run_dir=os.path.join(self.dir, "no-run-here"))
+        self.assertEqual(e.exception.status, "NOT_FOUND")
 
 
 try:

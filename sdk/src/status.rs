@@ -45,7 +45,8 @@ pub enum DaviStatus {
     ModelError = 6,
     /// The requested device is unknown, absent or failed.
     DeviceError = 7,
-    /// The progress callback asked to stop. Outputs are untouched.
+    /// The progress callback (or, for training, a cancel call) asked to stop. A restore leaves
+    /// its output untouched; a training run stops with a checkpoint of the step it reached.
     Cancelled = 8,
     /// An allocation failed (host memory or device memory).
     OutOfMemory = 9,
@@ -60,12 +61,18 @@ pub enum DaviStatus {
     /// The object is in use and the call does not wait: a restore started from inside a
     /// progress callback on a context that is restoring (ABI 2).
     Busy = 14,
+    /// A file could not be written or read: a full disk, a file size limit, no permission
+    /// (ABI 3). Training keeps what was on disk before (its last checkpoint).
+    IoError = 15,
+    /// A training config is unknown (preset name), not valid TOML, has unknown keys or bad
+    /// values, or is of the other kind of run than the caller asked for (ABI 3).
+    InvalidConfig = 16,
 }
 
 impl DaviStatus {
     /// Every status, in value order (used by tests and by hosts that list codes).
     /// cbindgen:ignore
-    pub const ALL: [DaviStatus; 15] = [
+    pub const ALL: [DaviStatus; 17] = [
         DaviStatus::Ok,
         DaviStatus::NullArgument,
         DaviStatus::InvalidArgument,
@@ -81,6 +88,8 @@ impl DaviStatus {
         DaviStatus::Internal,
         DaviStatus::NotFound,
         DaviStatus::Busy,
+        DaviStatus::IoError,
+        DaviStatus::InvalidConfig,
     ];
 
     /// The raw value, as it travels through the plugin table.
@@ -112,6 +121,8 @@ impl DaviStatus {
             DaviStatus::Internal => c"internal error",
             DaviStatus::NotFound => c"not found",
             DaviStatus::Busy => c"busy: the object is in use and the call does not wait",
+            DaviStatus::IoError => c"a file could not be read or written",
+            DaviStatus::InvalidConfig => c"the training config is invalid",
         }
     }
 
@@ -236,7 +247,9 @@ mod tests {
         assert_eq!(DaviStatus::Panic.code(), 11);
         assert_eq!(DaviStatus::from_code(-1), None);
         assert_eq!(DaviStatus::Busy.code(), 14);
-        assert_eq!(DaviStatus::from_code(15), None);
+        assert_eq!(DaviStatus::IoError.code(), 15);
+        assert_eq!(DaviStatus::InvalidConfig.code(), 16);
+        assert_eq!(DaviStatus::from_code(17), None);
         assert_eq!(
             std::mem::size_of::<DaviStatus>(),
             std::mem::size_of::<std::ffi::c_int>()

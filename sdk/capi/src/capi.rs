@@ -12,15 +12,19 @@
 use crate::boundary::{arg, arg_mut, guard, guard_value, opt_c_str, struct_size_at_least};
 use crate::context::{self, Context, ModelSource, RestoreParams};
 use crate::handles::{self, Kind};
+use crate::training::{ConfigSource, ProgressFn, Training, TrainingKind, TrainingSetup};
 use crate::types::{
     DaviBlurMode, DaviContext, DaviContextOptions, DaviDownsampleMethod, DaviRestoreOptions,
-    DaviSpec, CONTEXT_OPTIONS_V1, RESTORE_OPTIONS_V1,
+    DaviSpec, DaviTraining, DaviTrainingInfo, DaviTrainingKind, DaviTrainingOptions,
+    DaviTrainingProgress, DaviTrainingRunOptions, CONTEXT_OPTIONS_V1, RESTORE_OPTIONS_V1,
+    TRAINING_INFO_V1, TRAINING_OPTIONS_V1, TRAINING_RUN_OPTIONS_V1,
 };
+use davi_engine::train::runner::StepReport;
 use davi_sdk::spec::{OperatorSpec, Rect};
 use davi_sdk::status::write_message;
 use davi_sdk::{DaviError, DaviImage, DaviStatus, DaviStatusCode, ImageView, ImageViewMut};
 use std::cell::Cell;
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -799,4 +803,485 @@ unsafe fn restore(
 
     let mut out_view = ImageViewMut::from_descriptor(output).map_err(|e| about("output", e))?;
     context::write_planar(&mut out_view, &restored, alpha.as_ref())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training (ABI 3)
+
+/// A live training handle, checked in the handle registry before it is dereferenced.
+unsafe fn training<'a>(p: *const DaviTraining) -> Result<&'a DaviTraining, DaviError> {
+    handles::check(p, Kind::Training, "training")?;
+    arg(p, "training")
+}
+
+/// A required, non-empty NUL-terminated path.
+unsafe fn path_arg(p: *const c_char, name: &str) -> Result<PathBuf, DaviError> {
+    if p.is_null() {
+        return Err(DaviError::null_argument(name));
+    }
+    let bytes = CStr::from_ptr(p).to_bytes();
+    if bytes.is_empty() {
+        return Err(DaviError::invalid_argument(format!("`{name}` is empty")));
+    }
+    path_from_bytes(bytes)
+}
+
+/// Fill `*options` with the defaults (either kind, no config, the config's run directory, no
+/// resume) and set its `struct_size`. `options_size` is `sizeof(DaviTrainingOptions)` as the
+/// caller compiled it.
+///
+/// # Safety
+/// `options` must be NULL or valid for writes of `options_size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_options_init(
+    options: *mut DaviTrainingOptions,
+    options_size: usize,
+) -> DaviStatus {
+    status(guard(|| {
+        let options = arg_mut(options, "options")?;
+        if options_size < TRAINING_OPTIONS_V1 {
+            return Err(DaviError::invalid_argument(format!(
+                "options_size {options_size} is smaller than DaviTrainingOptions ({TRAINING_OPTIONS_V1} bytes)"
+            )));
+        }
+        options.write(DaviTrainingOptions {
+            struct_size: TRAINING_OPTIONS_V1 as u32,
+            kind: DaviTrainingKind::Any as u32,
+            preset: std::ptr::null(),
+            config: std::ptr::null(),
+            overrides: std::ptr::null(),
+            override_count: 0,
+            run_dir: std::ptr::null(),
+            resume: 0,
+            reserved: 0,
+        });
+        Ok(())
+    }))
+}
+
+/// Open a training run: resolve its config, check its data, create its run directory (or
+/// resume the checkpoint there), build the networks and load the images.
+///
+/// The config is `options.preset` or `options.config` with `options.overrides` applied, its
+/// run directory `options.run_dir` if set; with neither preset nor config, the run in
+/// `options.run_dir` is resumed with the config saved there. On success `*out` receives a new
+/// handle, which the caller frees with `davi_training_free`; nothing has trained yet. On
+/// failure `*out` is untouched and `err_buf` (if not NULL; `err_len` bytes) says why:
+/// `DAVI_STATUS_INVALID_CONFIG` (unknown preset, TOML that does not parse, an unknown key, a
+/// bad value or override, the other kind than `options.kind`), `DAVI_STATUS_NOT_FOUND`
+/// (a data folder missing or without images, a missing teacher, a run directory without
+/// `config.toml`), `DAVI_STATUS_INVALID_ARGUMENT` (a run directory holding a checkpoint
+/// without `options.resume`), `DAVI_STATUS_MODEL_ERROR` (a checkpoint or teacher that does
+/// not load; the file is left as it is), `DAVI_STATUS_IO_ERROR` (a directory that cannot be
+/// written). `options` and what it points to are only read during the call.
+///
+/// Training uses libtorch's process-wide random generator and sets its intra-op threads
+/// (`run.threads`): runs in one process reproduce only while no other run or restore draws
+/// from it at the same time (docs/C_API.md, "Training").
+///
+/// # Safety
+/// `options` must be NULL or point to a `DaviTrainingOptions` of its `struct_size` bytes whose
+/// strings are NULL or NUL-terminated and whose `overrides` (if `override_count` > 0) points
+/// to `override_count` string pointers; `out` must be NULL or writable; `err_buf` must be
+/// NULL or writable for `err_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_new(
+    options: *const DaviTrainingOptions,
+    out: *mut *mut DaviTraining,
+    err_buf: *mut c_char,
+    err_len: usize,
+) -> DaviStatus {
+    let r = guard(|| {
+        if options.is_null() {
+            return Err(DaviError::null_argument("options"));
+        }
+        let out = arg_mut(out, "out")?;
+        struct_size_at_least(options, TRAINING_OPTIONS_V1, "DaviTrainingOptions")?;
+        let o = std::ptr::read(options);
+        if o.reserved != 0 {
+            return Err(DaviError::invalid_argument("options.reserved must be 0"));
+        }
+        let kind = DaviTrainingKind::decode(o.kind)?;
+        let invalid_config =
+            |what: &str| DaviError::new(DaviStatus::InvalidConfig, format!("{what} is not UTF-8"));
+        let preset = match o.preset.is_null() {
+            true => None,
+            false => Some(
+                CStr::from_ptr(o.preset)
+                    .to_str()
+                    .map_err(|_| invalid_config("options.preset"))?,
+            ),
+        };
+        let config = match o.config.is_null() {
+            true => None,
+            false => Some(
+                CStr::from_ptr(o.config)
+                    .to_str()
+                    .map_err(|_| invalid_config("options.config"))?,
+            ),
+        };
+        let run_dir = match o.run_dir.is_null() {
+            true => None,
+            false => Some(path_arg(o.run_dir, "options.run_dir")?),
+        };
+        if o.override_count > 0 && o.overrides.is_null() {
+            return Err(DaviError::null_argument("options.overrides"));
+        }
+        if o.override_count > 1 << 16 {
+            return Err(DaviError::invalid_argument(format!(
+                "options.override_count {} is implausibly large",
+                o.override_count
+            )));
+        }
+        let mut overrides = Vec::with_capacity(o.override_count);
+        for i in 0..o.override_count {
+            let p = *o.overrides.add(i);
+            if p.is_null() {
+                return Err(DaviError::null_argument(&format!("options.overrides[{i}]")));
+            }
+            let text = CStr::from_ptr(p)
+                .to_str()
+                .map_err(|_| invalid_config(&format!("options.overrides[{i}]")))?;
+            overrides.push(text.to_string());
+        }
+        let source = match (preset, config, &run_dir) {
+            (Some(p), None, _) => ConfigSource::Preset(p),
+            (None, Some(t), _) => ConfigSource::Toml(t),
+            (None, None, Some(_)) => ConfigSource::RunDir,
+            (None, None, None) => {
+                return Err(DaviError::invalid_argument(
+                    "no config: set options.preset, options.config or options.run_dir",
+                ))
+            }
+            (Some(_), Some(_), _) => {
+                return Err(DaviError::invalid_argument(
+                    "set only one of options.preset and options.config",
+                ))
+            }
+        };
+        let setup = TrainingSetup {
+            source,
+            overrides,
+            run_dir,
+            resume: o.resume != 0,
+            kind,
+        };
+        let inner = Training::open(&setup)?;
+        out.write(handles::register(
+            Box::new(DaviTraining { inner }),
+            Kind::Training,
+        ));
+        Ok(())
+    });
+    status_with_message(r, err_buf, err_len)
+}
+
+/// Free a training handle. A run in progress in libdavi's thread is cancelled (it writes the
+/// checkpoint of the step it reached) and joined first, so this may take as long as a step
+/// and a checkpoint write; no thread of the handle outlives the call. NULL, a pointer that is
+/// not a live training handle (for example one already freed) and other handles are ignored.
+/// Must not be called from the handle's own progress callback, nor while another thread is in
+/// `davi_training_run` on it.
+///
+/// # Safety
+/// `training` must be NULL or a pointer value; only live training handles are dereferenced.
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_free(training: *mut DaviTraining) {
+    let _ = guard(|| {
+        drop(handles::unregister(training, Kind::Training));
+        Ok(())
+    });
+}
+
+/// Copy the message of the last failed call on `training` into `buf`, exactly as
+/// `davi_context_last_error` does (empty after a success). A background run's outcome is
+/// recorded when it ends. Safe to call from any thread, also while the run trains.
+///
+/// # Safety
+/// `training` must be NULL or a live training handle; `buf` NULL or writable for `len` bytes;
+/// `out_len` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_last_error(
+    training: *const DaviTraining,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> DaviStatus {
+    status(guard(|| {
+        let t = self::training(training)?;
+        copy_text(&t.inner.last_error(), buf, len, out_len)
+    }))
+}
+
+/// Where the run stands: its kind, steps done, total steps, the step of the checkpoint on
+/// disk, whether a run is in progress and whether it finished. `info_size` is
+/// `sizeof(DaviTrainingInfo)` as the caller compiled it; `*info` is written on success only,
+/// with its `struct_size` set. Safe to call from any thread, also while the run trains.
+///
+/// # Safety
+/// `training` must be NULL or a live training handle; `info` NULL or writable for `info_size`
+/// bytes.
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_info(
+    training: *const DaviTraining,
+    info: *mut DaviTrainingInfo,
+    info_size: usize,
+) -> DaviStatus {
+    status(guard(|| {
+        let t = self::training(training)?;
+        let info = arg_mut(info, "info")?;
+        if info_size < TRAINING_INFO_V1 {
+            return Err(DaviError::invalid_argument(format!(
+                "info_size {info_size} is smaller than DaviTrainingInfo ({TRAINING_INFO_V1} bytes)"
+            )));
+        }
+        let i = t.inner.info();
+        info.write(DaviTrainingInfo {
+            struct_size: TRAINING_INFO_V1 as u32,
+            kind: match i.kind {
+                TrainingKind::Prior => DaviTrainingKind::Prior as u32,
+                TrainingKind::Davi => DaviTrainingKind::Davi as u32,
+            },
+            step: i.step,
+            total_steps: i.total_steps,
+            checkpoint_step: i.checkpoint_step,
+            running: i.running as u32,
+            finished: i.finished as u32,
+        });
+        Ok(())
+    }))
+}
+
+/// The run directory (its `model.safetensors` is the finished run's model), copied into `buf`
+/// like `davi_context_last_error` copies messages (a path that is not UTF-8 is copied with
+/// replacement characters).
+///
+/// # Safety
+/// `training` must be NULL or a live training handle; `buf` NULL or writable for `len` bytes;
+/// `out_len` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_run_dir(
+    training: *const DaviTraining,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> DaviStatus {
+    status(guard(|| {
+        let t = self::training(training)?;
+        copy_text(&t.inner.run_dir().to_string_lossy(), buf, len, out_len)
+    }))
+}
+
+/// Fill `*options` with the defaults (train to the end, no callback) and set its
+/// `struct_size`. `options_size` is `sizeof(DaviTrainingRunOptions)` as the caller compiled it.
+///
+/// # Safety
+/// `options` must be NULL or valid for writes of `options_size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_run_options_init(
+    options: *mut DaviTrainingRunOptions,
+    options_size: usize,
+) -> DaviStatus {
+    status(guard(|| {
+        let options = arg_mut(options, "options")?;
+        if options_size < TRAINING_RUN_OPTIONS_V1 {
+            return Err(DaviError::invalid_argument(format!(
+                "options_size {options_size} is smaller than DaviTrainingRunOptions ({TRAINING_RUN_OPTIONS_V1} bytes)"
+            )));
+        }
+        options.write(DaviTrainingRunOptions {
+            struct_size: TRAINING_RUN_OPTIONS_V1 as u32,
+            reserved: 0,
+            max_steps: 0,
+            progress: None,
+            user_data: std::ptr::null_mut(),
+        });
+        Ok(())
+    }))
+}
+
+/// A C progress callback and its `user_data`, called from the training thread.
+struct CTrainingProgress {
+    callback: unsafe extern "C" fn(*mut c_void, *const DaviTrainingProgress) -> i32,
+    user_data: *mut c_void,
+}
+
+// The host promises (DaviTrainingProgressFn) that `user_data` stays valid until the run ends,
+// and the callback is called from one thread at a time.
+unsafe impl Send for CTrainingProgress {}
+
+impl CTrainingProgress {
+    /// Call the callback with one step's report; `false` when it asks to cancel.
+    fn call(&self, r: &StepReport<'_>) -> bool {
+        let mut names = Vec::new();
+        let mut values = Vec::new();
+        for (k, v) in r.terms.iter().chain(r.eval.into_iter().flatten()) {
+            // Term names are identifiers; one with a NUL (impossible) is left out.
+            if let Ok(n) = CString::new(k.as_str()) {
+                names.push(n);
+                values.push(*v);
+            }
+        }
+        let pointers: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
+        let eval = |k: &str| r.eval.and_then(|e| e.get(k)).copied().unwrap_or(f64::NAN);
+        let loss = r.terms.get("loss_g").or(r.terms.get("loss")).copied();
+        let report = DaviTrainingProgress {
+            struct_size: std::mem::size_of::<DaviTrainingProgress>() as u32,
+            term_count: pointers.len() as u32,
+            step: r.step,
+            total_steps: r.total_steps,
+            checkpoint_step: r.checkpoint_step.unwrap_or(0),
+            evaluated: r.eval.is_some() as u32,
+            reserved: 0,
+            loss: loss.unwrap_or(f64::NAN),
+            heldout_psnr: eval("heldout_psnr"),
+            heldout_ssim: eval("heldout_ssim"),
+            elapsed_seconds: r.wall_seconds,
+            term_names: pointers.as_ptr(),
+            term_values: values.as_ptr(),
+        };
+        unsafe { (self.callback)(self.user_data, &report) == 0 }
+    }
+}
+
+/// Decode run options: the step limit and the progress callback.
+unsafe fn run_options(
+    options: *const DaviTrainingRunOptions,
+) -> Result<(Option<u64>, Option<ProgressFn<'static>>), DaviError> {
+    if options.is_null() {
+        return Ok((None, None));
+    }
+    struct_size_at_least(options, TRAINING_RUN_OPTIONS_V1, "DaviTrainingRunOptions")?;
+    let o = std::ptr::read(options);
+    if o.reserved != 0 {
+        return Err(DaviError::invalid_argument("options.reserved must be 0"));
+    }
+    let progress = o.progress.map(|callback| {
+        let c = CTrainingProgress {
+            callback,
+            user_data: o.user_data,
+        };
+        Box::new(move |r: &StepReport<'_>| c.call(r)) as ProgressFn<'static>
+    });
+    Ok(((o.max_steps != 0).then_some(o.max_steps), progress))
+}
+
+/// Decode `options` and hand them to `f`; a refusal of the options is recorded as the
+/// handle's last error. Nothing reads through `training` after `f` returns.
+unsafe fn with_run_options<T>(
+    training: *mut DaviTraining,
+    options: *const DaviTrainingRunOptions,
+    f: impl FnOnce(&Training, Option<u64>, Option<ProgressFn<'static>>) -> Result<T, DaviError>,
+) -> DaviStatus {
+    let r = guard(|| {
+        let t = self::training(training)?;
+        match run_options(options) {
+            Ok((max_steps, progress)) => f(&t.inner, max_steps, progress).map(|_| ()),
+            Err(e) => {
+                let r = Err(e);
+                t.inner.record(&r);
+                r
+            }
+        }
+    });
+    status(r)
+}
+
+/// Train in the calling thread: up to `options.max_steps` steps (0 or NULL options: until
+/// `run.total_steps`), calling `options.progress` after every step on this thread. Returns
+/// when the run finished or ran its steps (`DAVI_STATUS_OK`), was cancelled (by the callback
+/// or `davi_training_cancel` from another thread: `DAVI_STATUS_CANCELLED`) or failed. Every
+/// return leaves the run directory with a checkpoint of the step reached, except a failure,
+/// which leaves the last good one: a loss that became non-finite (`INVALID_ARGUMENT`), a
+/// checkpoint or log that cannot be written, e.g. on a full disk (`IO_ERROR`; the message
+/// names the step kept), a caught panic (`PANIC`). After a failure the handle only reports
+/// it: free it and open the run directory again to resume. A later call after `OK` or
+/// `CANCELLED` continues from the step reached. The run's `model.safetensors` is written when
+/// the last step is done. `DAVI_STATUS_BUSY` if a run or export of this handle is in progress
+/// (also when called from its own progress callback).
+///
+/// # Safety
+/// `training` must be NULL or a live training handle; `options` NULL or a
+/// `DaviTrainingRunOptions` of its `struct_size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_run(
+    training: *mut DaviTraining,
+    options: *const DaviTrainingRunOptions,
+) -> DaviStatus {
+    with_run_options(training, options, |t, max_steps, progress| {
+        t.run(max_steps, progress)
+    })
+}
+
+/// `davi_training_run` in a thread libdavi starts and owns; returns at once (`DAVI_STATUS_OK`
+/// when the thread started). The progress callback is then called on that thread, never
+/// concurrently. `davi_training_wait` waits for the run and returns its status;
+/// `davi_training_cancel` stops it after the current step; `davi_training_free` does both.
+/// `DAVI_STATUS_BUSY` if a run or export of this handle is in progress.
+///
+/// # Safety
+/// As `davi_training_run`; `options.user_data` must stay valid until the run ended
+/// (`davi_training_wait` or `davi_training_free` returned).
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_start(
+    training: *mut DaviTraining,
+    options: *const DaviTrainingRunOptions,
+) -> DaviStatus {
+    with_run_options(training, options, |t, max_steps, progress| {
+        t.start(max_steps, progress)
+    })
+}
+
+/// Ask the run in progress on `training` (in any thread, or in libdavi's) to stop after its
+/// current step: it writes a checkpoint of that step and ends with `DAVI_STATUS_CANCELLED`.
+/// Returns at once, from any thread (also from the progress callback); with no run in
+/// progress it does nothing.
+///
+/// # Safety
+/// `training` must be NULL or a live training handle.
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_cancel(training: *mut DaviTraining) -> DaviStatus {
+    status(guard(|| {
+        self::training(training)?.inner.cancel();
+        Ok(())
+    }))
+}
+
+/// Wait for the run `davi_training_start` started to end and return its status (that of
+/// `davi_training_run`: `OK`, `CANCELLED` or the failure; again on every call until the next
+/// start). `DAVI_STATUS_INVALID_ARGUMENT` if no run was started; `DAVI_STATUS_BUSY` when
+/// called from that run's own progress callback (it would wait for itself).
+///
+/// # Safety
+/// `training` must be NULL or a live training handle.
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_wait(training: *mut DaviTraining) -> DaviStatus {
+    status(guard(|| self::training(training)?.inner.wait().map(|_| ())))
+}
+
+/// Write the EMA network of the step reached as a model file at `path`, atomically (a
+/// temporary file renamed over `path`: a crash or a full disk never leaves part of one): the
+/// file a finished run writes as `model.safetensors`, and the format `davi export` writes. A
+/// DAVI run's file is a generator `davi_context_new` loads; a prior's is a teacher for a DAVI
+/// config (`davi.teacher`). `DAVI_STATUS_BUSY` while a run is in progress; `IO_ERROR` if it
+/// cannot be written.
+///
+/// # Safety
+/// `training` must be NULL or a live training handle; `path` NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn davi_training_export(
+    training: *mut DaviTraining,
+    path: *const c_char,
+) -> DaviStatus {
+    status(guard(|| {
+        let t = self::training(training)?;
+        match path_arg(path, "path") {
+            Ok(path) => t.inner.export(&path),
+            Err(e) => {
+                let r = Err(e);
+                t.inner.record(&r);
+                r
+            }
+        }
+    }))
 }

@@ -1,4 +1,4 @@
-//! The registry of live opaque handles: every `DaviContext` and `DaviSpec` this library has
+//! The registry of live opaque handles: every `DaviContext`, `DaviSpec` and `DaviTraining` this library has
 //! handed out and not yet freed, by address and kind.
 //!
 //! Why: a C host can pass any pointer where a handle is expected: a handle of another kind
@@ -26,6 +26,7 @@ use std::sync::Mutex;
 pub(crate) enum Kind {
     Context,
     Spec,
+    Training,
 }
 
 impl Kind {
@@ -33,6 +34,7 @@ impl Kind {
         match self {
             Kind::Context => "DaviContext",
             Kind::Spec => "DaviSpec",
+            Kind::Training => "DaviTraining",
         }
     }
 }

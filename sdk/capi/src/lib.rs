@@ -15,13 +15,21 @@
 //! conventions (ownership, NULL, threads, callbacks, errors, versioning) are in
 //! `docs/C_API.md`.
 //!
+//! Training (ABI 3): `davi_training_new` opens a training run (a preset or TOML config plus
+//! overrides, or a run directory to resume); `davi_training_run` trains it in the caller's
+//! thread, `davi_training_start` in a thread of libdavi's own (`davi_training_wait`,
+//! `davi_training_cancel`), both with a per-step progress callback; `davi_training_export`
+//! writes a model file `davi_context_new` loads. The loop is the engine's
+//! (`davi_engine::train::runner::Session`), the one `davi train` runs.
+//!
 //! Layers, top to bottom:
 //! - [`capi`]: the exported `extern "C"` functions, a thin adapter;
 //! - [`boundary`]: the panic boundary and pointer checks every exported body goes through;
 //! - `handles`: the registry of live opaque handles, so a handle of the wrong kind, a freed one
 //!   or garbage is refused without being read;
 //! - [`types`]: the C structs, enums and opaque handles of this API;
-//! - [`context`]: the safe Rust API the adapter calls ([`context::Context`]);
+//! - [`context`]: the safe Rust API the adapter calls ([`context::Context`]), and
+//!   [`training`] for training ([`training::Training`]);
 //! - below: `davi_engine::plugin::Generator` (shared with the engine's plugin) and the SDK's
 //!   image views and statuses.
 //!
@@ -35,12 +43,15 @@ pub mod boundary;
 pub mod capi;
 pub mod context;
 mod handles;
+pub mod training;
 pub mod types;
 
 pub use capi::*;
 pub use context::{Context, ModelSource, RestoreParams};
 pub use davi_sdk::{DaviChannelLayout, DaviImage, DaviSampleType, DaviStatus};
+pub use training::{ConfigSource, Training, TrainingInfo, TrainingKind, TrainingSetup};
 pub use types::{
     DaviBlurMode, DaviContext, DaviContextOptions, DaviDownsampleMethod, DaviProgressFn,
-    DaviRestoreOptions, DaviSpec,
+    DaviRestoreOptions, DaviSpec, DaviTraining, DaviTrainingInfo, DaviTrainingKind,
+    DaviTrainingOptions, DaviTrainingProgress, DaviTrainingProgressFn, DaviTrainingRunOptions,
 };

@@ -164,3 +164,182 @@ pub struct DaviContext {
     pub(crate) inner: crate::context::Context,
     pub(crate) last_error: std::sync::Mutex<String>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Training (ABI 3)
+
+/// Which kind of network a training run trains (`DaviTrainingOptions.kind`,
+/// `DaviTrainingInfo.kind`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DaviTrainingKind {
+    /// Options only: accept a config of either kind.
+    Any = 0,
+    /// A diffusion prior (DDPM with the hybrid loss): the teacher a DAVI run learns from.
+    /// Its model file is a prior, which `davi_context_new` refuses and a DAVI config names as
+    /// `davi.teacher`.
+    Prior = 1,
+    /// DAVI's amortised training of a one-step generator: its model file restores through
+    /// `davi_context_new`.
+    Davi = 2,
+}
+
+impl DaviTrainingKind {
+    pub(crate) fn decode(v: u32) -> Result<Option<crate::training::TrainingKind>, DaviError> {
+        use crate::training::TrainingKind;
+        match v {
+            0 => Ok(None),
+            1 => Ok(Some(TrainingKind::Prior)),
+            2 => Ok(Some(TrainingKind::Davi)),
+            _ => Err(DaviError::invalid_argument(format!(
+                "unknown training kind {v} (0 = any, 1 = prior, 2 = davi)"
+            ))),
+        }
+    }
+}
+
+/// Options of `davi_training_new` (ABI 3). Fill with `davi_training_options_init`, then set
+/// the config: `preset` or `config`, or neither to resume the run in `run_dir` with the
+/// config saved there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DaviTrainingOptions {
+    /// `sizeof(DaviTrainingOptions)` as the caller compiled it.
+    pub struct_size: u32,
+    /// A `DaviTrainingKind` value: the kind of run the caller expects; a config of the other
+    /// kind is `DAVI_STATUS_INVALID_CONFIG`. `DAVI_TRAINING_KIND_ANY` accepts both.
+    pub kind: u32,
+    /// NUL-terminated name of a built-in preset (`"tiny-prior"`, `"photo-denoise-davi"`, …;
+    /// `docs/models.md`), or NULL.
+    pub preset: *const c_char,
+    /// NUL-terminated TOML text of a config (the format of `plugins/engine/presets/`), or NULL.
+    pub config: *const c_char,
+    /// `override_count` NUL-terminated `key.path=value` overrides applied to the config in
+    /// order (as `davi train --set`, e.g. `"run.total_steps=8"`, `"data.train_dir=\"/x\""`);
+    /// NULL when `override_count` is 0.
+    pub overrides: *const *const c_char,
+    /// Number of `overrides`.
+    pub override_count: usize,
+    /// NUL-terminated run directory (checkpoints, log, grids, model files), replacing the
+    /// config's `run.out_dir`; NULL keeps it. With neither `preset` nor `config`, the run in
+    /// this directory is resumed with its saved `config.toml`.
+    pub run_dir: *const c_char,
+    /// 1: continue the checkpoint in the run directory, if there is one; 0: a run directory
+    /// that holds a checkpoint is refused (`DAVI_STATUS_INVALID_ARGUMENT`), so no run is
+    /// overwritten by mistake. Implied when resuming from `run_dir` alone.
+    pub resume: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+}
+
+/// What a training progress callback is told after every step (ABI 3).
+///
+/// The struct, its strings and arrays belong to libdavi and are valid only during the
+/// callback: copy what you keep. Fields are only ever appended; `struct_size` says how many
+/// the library filled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DaviTrainingProgress {
+    /// `sizeof(DaviTrainingProgress)` as the library was built.
+    pub struct_size: u32,
+    /// Number of entries in `term_names` and `term_values`.
+    pub term_count: u32,
+    /// Steps done: the step that just finished, counted from 1.
+    pub step: u64,
+    /// The run's `run.total_steps`.
+    pub total_steps: u64,
+    /// The step of the newest checkpoint on disk (0: none yet), after this step's own.
+    pub checkpoint_step: u64,
+    /// 1 when this step evaluated on the held-out images (`run.eval_every`, and the last
+    /// step), else 0.
+    pub evaluated: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+    /// The step's total loss: `loss` of a prior, `loss_g` (the generator's) of a DAVI run.
+    pub loss: f64,
+    /// Held-out PSNR in dB of the generator when this step evaluated a DAVI run (with
+    /// `data.heldout_dir` set), else NaN.
+    pub heldout_psnr: f64,
+    /// Held-out SSIM, like `heldout_psnr`.
+    pub heldout_ssim: f64,
+    /// Wall seconds the run has trained, over all its sessions.
+    pub elapsed_seconds: f64,
+    /// Names of the step's loss terms (`loss`, `mse`, `vb` of a prior; `loss_g`, `ikl`,
+    /// `con`, `gt`, `fake_score`, `disc`, `gan_g`, `w_adv` of DAVI), then, when the step
+    /// evaluated, the held-out metrics (`heldout_psnr`, `heldout_ssim`,
+    /// `heldout_psnr_measurement`, or a prior's `heldout_eps_mse`). NUL-terminated.
+    pub term_names: *const *const c_char,
+    /// The values of `term_names`, in the same order.
+    pub term_values: *const f64,
+}
+
+/// Progress callback of `davi_training_run` and `davi_training_start` (ABI 3).
+///
+/// Called after every step, on the thread that trains: the caller's thread in
+/// `davi_training_run`, a thread of libdavi's own in `davi_training_start` (one at a time,
+/// never concurrently). `progress` and what it points to are valid only during the call.
+/// `user_data` is `DaviTrainingRunOptions.user_data`, passed back untouched; it must stay
+/// valid until the run ends (`davi_training_run` returns, or `davi_training_wait` /
+/// `davi_training_free` returns after `davi_training_start`). Return 0 to continue, non-zero
+/// to cancel: the run then writes a checkpoint of this step and ends with
+/// `DAVI_STATUS_CANCELLED`. The callback must not unwind (C++ exceptions, `longjmp`) through
+/// libdavi.
+pub type DaviTrainingProgressFn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, progress: *const DaviTrainingProgress) -> i32,
+>;
+
+/// Options of one `davi_training_run` or `davi_training_start` (ABI 3). Fill with
+/// `davi_training_run_options_init`; NULL options mean exactly those defaults.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DaviTrainingRunOptions {
+    /// `sizeof(DaviTrainingRunOptions)` as the caller compiled it.
+    pub struct_size: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+    /// Steps to run in this call at most; 0 = until the run's `run.total_steps`.
+    pub max_steps: u64,
+    /// Progress and cancellation, or NULL. See `DaviTrainingProgressFn`.
+    pub progress: DaviTrainingProgressFn,
+    /// Passed to `progress` untouched.
+    pub user_data: *mut c_void,
+}
+
+/// Where a training run stands (`davi_training_info`, ABI 3).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DaviTrainingInfo {
+    /// `sizeof(DaviTrainingInfo)` as the caller compiled it.
+    pub struct_size: u32,
+    /// `DAVI_TRAINING_KIND_PRIOR` or `DAVI_TRAINING_KIND_DAVI`.
+    pub kind: u32,
+    /// Steps done (updated after every step while the run trains).
+    pub step: u64,
+    /// The run's `run.total_steps`.
+    pub total_steps: u64,
+    /// The step of the newest checkpoint on disk (0: none yet).
+    pub checkpoint_step: u64,
+    /// 1 while a run (`davi_training_run`, `davi_training_start`) or an export of this
+    /// handle is in progress.
+    pub running: u32,
+    /// 1 once `step == total_steps` (the run directory then holds `model.safetensors`).
+    pub finished: u32,
+}
+
+/// Size of the ABI 3 `DaviTrainingOptions`.
+pub(crate) const TRAINING_OPTIONS_V1: usize = size_of::<DaviTrainingOptions>();
+/// Size of the ABI 3 `DaviTrainingRunOptions`.
+pub(crate) const TRAINING_RUN_OPTIONS_V1: usize = size_of::<DaviTrainingRunOptions>();
+/// Size of the ABI 3 `DaviTrainingInfo`.
+pub(crate) const TRAINING_INFO_V1: usize = size_of::<DaviTrainingInfo>();
+
+/// A training run open in memory: its networks, optimisers, data and run directory (ABI 3).
+///
+/// Made by `davi_training_new`, trained by `davi_training_run` (in the caller's thread) or
+/// `davi_training_start` (in a thread libdavi owns), freed by `davi_training_free`, which
+/// cancels and joins a run in progress. Every call may come from any thread; one run trains
+/// at a time (a second is `DAVI_STATUS_BUSY`); `davi_training_cancel`, `davi_training_info`
+/// and `davi_training_last_error` may be called while it trains.
+pub struct DaviTraining {
+    pub(crate) inner: crate::training::Training,
+}

@@ -2,7 +2,9 @@
 //! `libdavi.so`): its result equals the C host's on the same photograph, byte for byte, under
 //! the system's plain `python3`; and its own unit tests (`test_davi.py`: sample types, alpha,
 //! super-resolution, colorization, inpainting boxes, seeds, progress and cancel, errors, NumPy
-//! arrays) pass under the project's `.venv` Python, which has NumPy.
+//! arrays, and training: a tiny run cancelled from the `events()` generator and resumed equals
+//! the uninterrupted one, and its export restores) pass under the project's `.venv` Python,
+//! which has NumPy.
 mod common;
 
 use common::*;
@@ -47,5 +49,8 @@ fn python_module_unit_tests_pass() {
         .expect("run python");
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "test_davi.py failed:\n{log}");
-    assert!(log.contains("NumpyTests") && !log.contains("skipped"), "{log}");
+    assert!(
+        log.contains("NumpyTests") && log.contains("TrainingTests") && !log.contains("skipped"),
+        "{log}"
+    );
 }

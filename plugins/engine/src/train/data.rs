@@ -151,10 +151,23 @@ impl Dataset {
     }
 }
 
-/// Batches for consecutive steps prepared on a background thread.
+/// Batches for consecutive steps prepared on a background thread, which ends (and is
+/// joined) when the prefetcher is dropped: a library that trains in a host's process leaves
+/// no thread of its own behind.
 pub struct Prefetcher {
     rx: mpsc::Receiver<(u64, Tensor)>,
-    _handle: std::thread::JoinHandle<()>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        // Close the channel first: the thread's next send fails and it returns.
+        let (_, closed) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.rx, closed));
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl Prefetcher {
@@ -168,7 +181,7 @@ impl Prefetcher {
                 s += 1;
             }
         });
-        Prefetcher { rx, _handle: handle }
+        Prefetcher { rx, handle: Some(handle) }
     }
 
     /// The batch for `step` (steps must be requested in order).

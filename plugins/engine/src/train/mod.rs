@@ -9,7 +9,8 @@
 //! - [`optim`]: AdamW with visible state, ema_pytorch's EMA;
 //! - [`amp`]: CUDA mixed precision (autocast + dynamic loss scaling);
 //! - [`prior`], [`davi`]: one training step of each kind;
-//! - [`runner`]: the loop — data, logging, evaluation, checkpoints, resume, export;
+//! - [`runner`]: the loop — data, logging, evaluation, checkpoints, resume, export; an open
+//!   run is a [`runner::Session`], which `davi train` and libdavi's `davi_training_*` share;
 //! - [`monitor`]: progress line, JSONL log, grids, plots.
 pub mod amp;
 pub mod config;

@@ -6,6 +6,12 @@
 //! `curves.png` and, at the end or on `davi export`, `model.safetensors`: the EMA network
 //! as a self-describing model that `davi restore` and `libdavi` load.
 //!
+//! One loop for every host: [`Session`] is an open run (the trainer, its data, where it
+//! stands) and [`Session::train`] runs steps with optional [`Hooks`] (a per-step progress
+//! callback, a cancel flag checked between steps that ends the call with a checkpoint).
+//! [`run`], what `davi train` calls, is one `train` call without hooks; libdavi's
+//! `davi_training_*` (sdk/capi) keep a session open across calls and threads.
+//!
 //! Crash safety: every file but the log is written with [`model_file::write_atomic`] (a
 //! temporary sibling, fsync, rename, fsync of the directory), so a kill at any moment leaves
 //! the previous complete checkpoint (or the new one) under its name. The log is appended one
@@ -27,6 +33,7 @@ use crate::metrics;
 use crate::weights::{model_file, ModelMeta, ModelRole};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{nn, Device, Tensor};
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -318,88 +325,262 @@ fn eval_set(cfg: &TrainConfig, device: Device) -> Result<Option<Tensor>> {
     Ok(Some(Tensor::stack(&crops, 0).to_device(device)))
 }
 
-/// Train according to `cfg` (creating or resuming its run directory).
+/// Train according to `cfg` (creating or resuming its run directory): one [`Session`], one
+/// [`Session::train`] invocation. What `davi train` runs.
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
-    let devices = crate::device::parse_devices(&cfg.run.device)?;
-    let device = devices[0];
-    if cfg.run.threads > 0 {
-        tch::set_num_threads(cfg.run.threads);
-    }
-    let dir = cfg.run.out_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
-    // Temporary files of writes a killed run never finished.
-    model_file::remove_stale_temporaries(&dir);
-    model_file::remove_stale_temporaries(&dir.join("grids"));
-    let ckpt = dir.join(CHECKPOINT);
-    if ckpt.exists() && !opts.resume {
-        return Err(EngineError::InvalidInput(format!("{} already holds a run: pass --resume to continue it, or choose another run.out_dir", dir.display())));
-    }
-    model_file::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-    tch::manual_seed(cfg.run.seed as i64);
-    let mut trainer = Trainer::new(cfg, &devices)?;
-    let (mut step, wall_before) = if opts.resume && ckpt.exists() { load_checkpoint(&ckpt, cfg, &mut trainer)? } else { (0, 0.0) };
-    // Records of steps after the checkpoint were logged by a run that stopped before saving
-    // them: those steps run again now.
-    truncate_log(&dir.join("log.jsonl"), step)?;
-    let mut saved_step = (step > 0).then_some(step);
-    let files = list_images(&cfg.data.train_dir)?;
-    let batch = cfg.prior.as_ref().map(|p| p.batch).or(cfg.davi.as_ref().map(|d| d.batch)).expect("validated");
-    let ds = Dataset::open(files, trainer.window(cfg.data.size), cfg.data.crop, cfg.data.min_scale, cfg.data.hflip)?;
-    let eval = eval_set(cfg, device)?;
-    let monitor = Monitor::new(&dir, step, cfg.run.total_steps).quiet(opts.quiet);
-    let prefetch = Prefetcher::start(ds, cfg.run.seed, step, batch, 2);
-    let stop_at = opts.max_steps_now.map(|n| (step + n).min(cfg.run.total_steps)).unwrap_or(cfg.run.total_steps);
-    let mut last = Terms::new();
-    while step < stop_at {
-        let x = prefetch.next(step).to_device(device);
-        last = trainer.step(&x, cfg.run.seed, step, cfg.run.total_steps);
-        if last.values().any(|v| !v.is_finite()) {
-            // The weights are already updated from a non-finite loss: do not save them; the
-            // last checkpoint on disk stays the last good state.
-            return Err(EngineError::InvalidInput(format!(
-                "loss became non-finite at step {step}: {last:?} (the last checkpoint is kept; lower the learning rate and --resume)"
-            )));
+    run_with_hooks(cfg, opts, &mut Hooks::default())
+}
+
+/// [`run`] with a progress callback and a cancel flag (libdavi's `davi_training_*` use
+/// [`Session`] directly, on the same code).
+pub fn run_with_hooks(cfg: &TrainConfig, opts: &RunOptions, hooks: &mut Hooks<'_>) -> Result<RunReport> {
+    let mut session = Session::open(cfg, opts.resume, opts.quiet)?;
+    session.train(opts.max_steps_now, opts.max_seconds_now, hooks)?;
+    Ok(RunReport { out_dir: session.dir.clone(), step: session.step, finished: session.finished(), last_terms: session.last.clone() })
+}
+
+/// What [`Hooks::progress`] hears after every step.
+#[derive(Debug)]
+pub struct StepReport<'a> {
+    /// Steps done: the step that just finished, counted from 1.
+    pub step: u64,
+    pub total_steps: u64,
+    /// The step's loss terms (`loss`, `mse`, `vb` for a prior; `loss_g`, `ikl`, `con`, `gt`,
+    /// `fake_score`, `disc`, `gan_g`, `w_adv` for DAVI; `amp_*` with mixed precision).
+    pub terms: &'a Terms,
+    /// The held-out metrics when this step evaluated (`heldout_psnr`, `heldout_ssim`,
+    /// `heldout_psnr_measurement` for DAVI, `heldout_eps_mse` for a prior), else `None`.
+    pub eval: Option<&'a Terms>,
+    /// The step of the newest checkpoint on disk, after this step's own (if it wrote one).
+    pub checkpoint_step: Option<u64>,
+    /// Wall seconds the run has trained, over all its invocations.
+    pub wall_seconds: f64,
+}
+
+/// Callbacks of [`Session::train`]; the default has none (what the CLI passes).
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Called on the training thread after every step (after its log record, evaluation and
+    /// checkpoint).
+    pub progress: Option<&'a mut dyn FnMut(&StepReport<'_>)>,
+    /// Checked before every step: once set, the session writes a checkpoint of the step it
+    /// reached (unless one is on disk already) and returns [`Stop::Cancelled`].
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+/// Why [`Session::train`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// `run.total_steps` reached; `model.safetensors` written.
+    Finished,
+    /// This invocation's step or time limit reached; the checkpoint is on disk.
+    Paused,
+    /// [`Hooks::cancel`] was set; the checkpoint of the step reached is on disk.
+    Cancelled,
+}
+
+/// An open run: the trainer, its data and evaluation set, and where it stands. Made by
+/// [`Session::open`] (which creates or resumes the run directory); [`Session::train`] runs
+/// steps, as often as the owner likes. Between invocations the state in memory equals the
+/// checkpoint on disk: every invocation ends with one (or with an error, after which the
+/// session must be dropped and the run resumed from its directory).
+pub struct Session {
+    cfg: TrainConfig,
+    dir: PathBuf,
+    device: Device,
+    trainer: Trainer,
+    step: u64,
+    /// Wall seconds of earlier invocations (and earlier processes).
+    wall_before: f64,
+    saved_step: Option<u64>,
+    prefetch: Prefetcher,
+    eval: Option<Tensor>,
+    monitor: Monitor,
+    last: Terms,
+    quiet: bool,
+}
+
+impl Session {
+    /// Create `cfg.run.out_dir` or, with `resume`, continue the run it holds (a directory
+    /// holding a checkpoint is refused without `resume`). Builds the networks, loads the
+    /// checkpoint, the training images and the held-out set. A checkpoint that does not load
+    /// is refused and left as it is.
+    pub fn open(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<Self> {
+        let devices = crate::device::parse_devices(&cfg.run.device)?;
+        let device = devices[0];
+        if cfg.run.threads > 0 {
+            tch::set_num_threads(cfg.run.threads);
         }
-        step += 1;
-        monitor.progress(step, &last);
-        if step % cfg.run.log_every == 0 || step == stop_at {
-            let mut rec = serde_json::json!({ "step": step, "wall_s": wall_before + monitor.elapsed() });
-            for (k, v) in &last {
-                rec[k] = serde_json::json!(v);
+        let dir = cfg.run.out_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
+        // Temporary files of writes a killed run never finished.
+        model_file::remove_stale_temporaries(&dir);
+        model_file::remove_stale_temporaries(&dir.join("grids"));
+        let ckpt = dir.join(CHECKPOINT);
+        if ckpt.exists() && !resume {
+            return Err(EngineError::InvalidInput(format!("{} already holds a run: pass --resume to continue it, or choose another run.out_dir", dir.display())));
+        }
+        model_file::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+        tch::manual_seed(cfg.run.seed as i64);
+        let mut trainer = Trainer::new(cfg, &devices)?;
+        let (step, wall_before) = if resume && ckpt.exists() { load_checkpoint(&ckpt, cfg, &mut trainer)? } else { (0, 0.0) };
+        // Records of steps after the checkpoint were logged by a run that stopped before saving
+        // them: those steps run again now.
+        truncate_log(&dir.join("log.jsonl"), step)?;
+        let files = list_images(&cfg.data.train_dir)?;
+        let batch = cfg.prior.as_ref().map(|p| p.batch).or(cfg.davi.as_ref().map(|d| d.batch)).expect("validated");
+        let ds = Dataset::open(files, trainer.window(cfg.data.size), cfg.data.crop, cfg.data.min_scale, cfg.data.hflip)?;
+        let eval = eval_set(cfg, device)?;
+        let monitor = Monitor::new(&dir, step, cfg.run.total_steps).quiet(quiet);
+        let prefetch = Prefetcher::start(ds, cfg.run.seed, step, batch, 2);
+        Ok(Session { cfg: cfg.clone(), dir, device, trainer, step, wall_before, saved_step: (step > 0).then_some(step), prefetch, eval, monitor, last: Terms::new(), quiet })
+    }
+
+    /// Steps done (in memory; equal to the checkpoint's step between invocations).
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.cfg.run.total_steps
+    }
+
+    /// Whether `run.total_steps` are done.
+    pub fn finished(&self) -> bool {
+        self.step >= self.cfg.run.total_steps
+    }
+
+    /// The step of the newest checkpoint on disk.
+    pub fn checkpoint_step(&self) -> Option<u64> {
+        self.saved_step
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The resolved config.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The loss terms of the last step run in this session (empty before the first).
+    pub fn last_terms(&self) -> &Terms {
+        &self.last
+    }
+
+    fn wall(&self) -> f64 {
+        self.wall_before + self.monitor.elapsed()
+    }
+
+    /// Write the checkpoint of the current step, saying on failure which step is kept.
+    fn save(&mut self) -> Result<()> {
+        save_checkpoint(&self.dir, &self.cfg, &self.trainer, self.step, self.wall()).map_err(|e| checkpoint_failed(e, self.step, self.saved_step))?;
+        self.saved_step = Some(self.step);
+        Ok(())
+    }
+
+    /// Run steps until `run.total_steps`, `max_steps` more steps, `max_seconds` of this
+    /// invocation (at the first step after them) or a cancel, then write the checkpoint of the
+    /// step reached (and, at the end of the run, `model.safetensors`) and the curves.
+    ///
+    /// An error (a non-finite loss, a checkpoint that cannot be written, a failed
+    /// evaluation) leaves the last checkpoint on disk as it was; the session must then be
+    /// dropped (its weights may be ahead of any checkpoint, or damaged).
+    pub fn train(&mut self, max_steps: Option<u64>, max_seconds: Option<f64>, hooks: &mut Hooks<'_>) -> Result<Stop> {
+        if self.cfg.run.threads > 0 {
+            // libtorch keeps this per thread with some builds: set it on the training thread.
+            tch::set_num_threads(self.cfg.run.threads);
+        }
+        // Wall time counts the invocations, not the time a host keeps the session idle.
+        self.wall_before += self.monitor.elapsed();
+        self.monitor = Monitor::new(&self.dir, self.step, self.cfg.run.total_steps).quiet(self.quiet);
+        let (total, seed) = (self.cfg.run.total_steps, self.cfg.run.seed);
+        let stop_at = max_steps.map(|n| (self.step + n).min(total)).unwrap_or(total);
+        let cancel = hooks.cancel;
+        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::SeqCst));
+        let mut stop = None;
+        while self.step < stop_at {
+            if cancelled() {
+                stop = Some(Stop::Cancelled);
+                break;
             }
-            monitor.log(&rec)?;
-        }
-        if step % cfg.run.eval_every == 0 || step == cfg.run.total_steps {
-            let m = evaluate(&trainer, eval.as_ref(), &dir, step, cfg.run.seed)?;
-            let mut rec = serde_json::json!({ "step": step, "eval": true });
-            for (k, v) in m.as_object().into_iter().flatten() {
-                rec[k] = v.clone();
+            let x = self.prefetch.next(self.step).to_device(self.device);
+            self.last = self.trainer.step(&x, seed, self.step, total);
+            if self.last.values().any(|v| !v.is_finite()) {
+                // The weights are already updated from a non-finite loss: do not save them; the
+                // last checkpoint on disk stays the last good state.
+                return Err(EngineError::InvalidInput(format!(
+                    "loss became non-finite at step {}: {:?} (the last checkpoint is kept; lower the learning rate and --resume)",
+                    self.step, self.last
+                )));
             }
-            monitor.log(&rec)?;
-            keep_best(cfg, &trainer, &dir, step, wall_before + monitor.elapsed(), device, &m)?;
+            self.step += 1;
+            let step = self.step;
+            self.monitor.progress(step, &self.last);
+            if step % self.cfg.run.log_every == 0 || step == stop_at {
+                let mut rec = serde_json::json!({ "step": step, "wall_s": self.wall() });
+                for (k, v) in &self.last {
+                    rec[k] = serde_json::json!(v);
+                }
+                self.monitor.log(&rec)?;
+            }
+            let mut eval_terms = None;
+            if step % self.cfg.run.eval_every == 0 || step == total {
+                let m = evaluate(&self.trainer, self.eval.as_ref(), &self.dir, step, seed)?;
+                let mut rec = serde_json::json!({ "step": step, "eval": true });
+                for (k, v) in m.as_object().into_iter().flatten() {
+                    rec[k] = v.clone();
+                }
+                self.monitor.log(&rec)?;
+                keep_best(&self.cfg, &self.trainer, &self.dir, step, self.wall(), self.device, &m)?;
+                eval_terms = Some(m.as_object().into_iter().flatten().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect::<Terms>());
+            }
+            let out_of_time = max_seconds.is_some_and(|s| self.monitor.elapsed() >= s);
+            if step % self.cfg.run.checkpoint_every == 0 || step == stop_at || out_of_time {
+                self.save()?;
+            }
+            if let Some(progress) = hooks.progress.as_mut() {
+                progress(&StepReport {
+                    step,
+                    total_steps: total,
+                    terms: &self.last,
+                    eval: eval_terms.as_ref(),
+                    checkpoint_step: self.saved_step,
+                    wall_seconds: self.wall(),
+                });
+            }
+            if out_of_time {
+                break;
+            }
         }
-        let out_of_time = opts.max_seconds_now.is_some_and(|s| monitor.elapsed() >= s);
-        if step % cfg.run.checkpoint_every == 0 || step == stop_at || out_of_time {
-            save_checkpoint(&dir, cfg, &trainer, step, wall_before + monitor.elapsed()).map_err(|e| checkpoint_failed(e, step, saved_step))?;
-            saved_step = Some(step);
+        if stop.is_none() && self.step < stop_at && cancelled() {
+            stop = Some(Stop::Cancelled);
         }
-        if out_of_time {
-            break;
+        if stop == Some(Stop::Cancelled) && self.step > 0 && self.saved_step != Some(self.step) {
+            self.save()?;
         }
+        if !self.quiet {
+            eprintln!();
+        }
+        let finished = self.finished();
+        if finished {
+            export(&self.cfg, &self.trainer, self.step, self.wall(), self.device, &self.dir.join("model.safetensors"))?;
+        }
+        let keys: &[&str] = if self.cfg.prior.is_some() { &["loss", "mse", "vb", "heldout_eps_mse"] } else { &["loss_g", "ikl", "con", "gt", "fake_score", "heldout_psnr"] };
+        if self.monitor.log_path.exists() {
+            plot_log(&self.monitor.log_path, keys, &self.dir.join("curves.png"))?;
+        }
+        Ok(stop.unwrap_or(if finished { Stop::Finished } else { Stop::Paused }))
     }
-    if !opts.quiet {
-        eprintln!();
+
+    /// Write the EMA network of the current step as a model file (what the end of the run
+    /// writes as `model.safetensors`): a generator `davi restore` and `libdavi` load, or a
+    /// prior a DAVI run takes as its teacher.
+    pub fn export(&self, out: &Path) -> Result<()> {
+        export(&self.cfg, &self.trainer, self.step, self.wall(), self.device, out)
     }
-    let finished = step >= cfg.run.total_steps;
-    let wall = wall_before + monitor.elapsed();
-    if finished {
-        export(cfg, &trainer, step, wall, device, &dir.join("model.safetensors"))?;
-    }
-    let keys: &[&str] = if cfg.prior.is_some() { &["loss", "mse", "vb", "heldout_eps_mse"] } else { &["loss_g", "ikl", "con", "gt", "fake_score", "heldout_psnr"] };
-    if monitor.log_path.exists() {
-        plot_log(&monitor.log_path, keys, &dir.join("curves.png"))?;
-    }
-    Ok(RunReport { out_dir: dir, step, finished, last_terms: last })
 }
 
 /// The file beside a run's checkpoint holding the EMA generator of its best evaluation so far,
