@@ -9,7 +9,9 @@
 # DAVI_BENCH_EXPERIMENTS (threads,channels_last,grad,bf16 | none), DAVI_BENCH_EXPORT (folder
 # kept after the run; default a temporary folder that is removed), DAVI_BENCH_DEVICE=cuda
 # (GPU run of the tch bench only: fp32/TF32 and bf16, batch 1 and 32; the PyTorch
-# comparison is CPU-only and is skipped).
+# comparison is CPU-only and is skipped), DAVI_BENCH_MALLOPT (default: the thresholds the davi
+# CLI sets, 134217728,1073741824; `off` for glibc's defaults; PyTorch runs with glibc's defaults,
+# so the tch / PyTorch ratio compares what davi ships with plain PyTorch eager).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

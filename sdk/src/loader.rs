@@ -781,6 +781,17 @@ fn check_object_file(path: &Path) -> Result<(), LoadError> {
         .take(64)
         .read_to_end(&mut head)
         .map_err(io)?;
+    check_elf_header(&head)
+}
+
+/// The check [`LoadedPlugin::open`] runs on the first bytes of a file before `dlopen` sees
+/// it: an ELF shared object of this host's class, byte order and architecture. `head` is the
+/// start of the file (the loader reads 64 bytes; fewer for a shorter file, more are ignored).
+/// Public so that the check can be tested and fuzzed (`fuzz/fuzz_targets/loader.rs`)
+/// without files.
+#[cfg(all(unix, not(target_vendor = "apple")))]
+pub fn check_elf_header(head: &[u8]) -> Result<(), LoadError> {
+    let head = &head[..head.len().min(64)];
     if head.len() < 4 || head[..4] != *b"\x7fELF" {
         let what = if head.is_empty() {
             "the file is empty".to_string()

@@ -159,6 +159,9 @@ pub enum SpecError {
     UnknownTask(String),
 }
 
+/// The largest coordinate or side of an inpainting box: image sides are `u32` in every API.
+pub const MAX_BOX_COORDINATE: usize = u32::MAX as usize;
+
 /// The short task names users type (`--task sr4`), each mapped to the official operator.
 pub const TASKS: &[&str] = &["deblur", "sr4", "sr2", "sr8", "inpaint", "denoise", "colorize"];
 
@@ -286,6 +289,16 @@ impl OperatorSpec {
                     if r.height == 0 || r.width == 0 {
                         return bad(format!("inpainting.boxes[{i}] has zero height or width"));
                     }
+                    // Image sides are 32-bit everywhere (C API, plugins); larger coordinates
+                    // could not lie inside any image, and above i64::MAX they would not even
+                    // serialise as TOML.
+                    for (key, v) in [("top", r.top), ("left", r.left), ("height", r.height), ("width", r.width)] {
+                        if v > MAX_BOX_COORDINATE {
+                            return bad(format!(
+                                "inpainting.boxes[{i}].{key} must be at most {MAX_BOX_COORDINATE}, got {v}"
+                            ));
+                        }
+                    }
                 }
             }
             OperatorSpec::Denoising(_) => {}
@@ -318,7 +331,8 @@ impl OperatorSpec {
             }
             OperatorSpec::Inpainting(p) => {
                 for (i, r) in p.boxes.iter().enumerate() {
-                    if r.top + r.height > height || r.left + r.width > width {
+                    let outside = |start: usize, len: usize, side: usize| start.checked_add(len).is_none_or(|end| end > side);
+                    if outside(r.top, r.height, height) || outside(r.left, r.width, width) {
                         return Err(SpecError::Invalid(format!(
                             "inpainting.boxes[{i}] ({}x{} at row {}, column {}) lies outside the {width}x{height} image",
                             r.height, r.width, r.top, r.left
@@ -412,6 +426,31 @@ mod tests {
         assert!(p.validate_for_size(39, 40).is_err());
     }
 
+    /// Fuzz finding (fuzz/artifacts/spec, docs/fuzzing.md): a JSON box side above i64::MAX
+    /// parsed and validated, then `to_toml` (and so `davi_spec_to_text`) panicked, and
+    /// `validate_for_size` overflowed on `top + height`. Coordinates are now bounded to 32 bits.
+    #[test]
+    fn fuzz_huge_box_sides_are_refused_by_name() {
+        let crash = r#"{"kind":"inpainting","boxes":[{"top":4294967295,"left":0,"height":13223372036854775807,"width":1}]}"#;
+        let e = OperatorSpec::parse(crash).unwrap_err();
+        assert!(e.to_string().contains("boxes[0].height must be at most 4294967295"), "{e}");
+        for key in ["top", "left", "height", "width"] {
+            let mut huge = serde_json::json!({"top": 1, "left": 1, "height": 1, "width": 1});
+            huge[key] = serde_json::json!(u64::MAX);
+            let text = serde_json::json!({"kind": "inpainting", "boxes": [{"top": 1, "left": 1, "height": 1, "width": 1}, huge]});
+            let e = OperatorSpec::parse(&text.to_string()).unwrap_err();
+            assert!(e.to_string().contains(&format!("boxes[1].{key} must be at most")), "{text}: {e}");
+        }
+        // The largest allowed box serialises, parses back, and is checked against sizes
+        // without overflowing.
+        let edge = r#"{"kind":"inpainting","boxes":[{"top":4294967295,"left":4294967295,"height":4294967295,"width":4294967295}]}"#;
+        let s = OperatorSpec::parse(edge).unwrap();
+        assert_eq!(OperatorSpec::from_toml(&s.to_toml()).unwrap(), s);
+        assert!(s.validate_for_size(1 << 32, 1 << 32).is_err());
+        assert!(s.validate_for_size(1 << 33, 1 << 33).is_ok());
+        assert!(s.validate_for_size(usize::MAX, usize::MAX).is_ok());
+    }
+
     #[test]
     fn toml_round_trip() {
         for t in TASKS {
@@ -437,5 +476,23 @@ mod spec_files {
             n += 1;
         }
         assert!(n >= 8, "expected the shipped spec files, found {n}");
+    }
+
+    /// Every seed of the `spec` fuzz target (fuzz/corpus/spec, findings included) parses or is
+    /// refused without a panic, and what parses serialises and parses back.
+    #[test]
+    fn fuzz_seeds_parse_or_are_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/spec");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let Ok(text) = String::from_utf8(std::fs::read(&p).unwrap()) else { continue };
+            if let Ok(spec) = OperatorSpec::parse(&text) {
+                let back = OperatorSpec::from_toml(&spec.to_toml());
+                assert_eq!(back.as_ref(), Ok(&spec), "{}", p.display());
+            }
+            n += 1;
+        }
+        assert!(n >= 20, "expected the committed seeds in {}, found {n}", dir.display());
     }
 }

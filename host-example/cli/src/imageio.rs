@@ -36,7 +36,10 @@ impl Picture {
 }
 
 fn planar(data: Vec<f32>, h: u32, w: u32, c: usize) -> Tensor {
-    Tensor::from_slice(&data).view([h as i64, w as i64, c as i64]).permute([2, 0, 1]).unsqueeze(0).contiguous()
+    let flat = Tensor::from_slice(&data);
+    // Whole photographs: free each image-sized buffer as soon as its copy exists (peak RSS).
+    drop(data);
+    flat.view([h as i64, w as i64, c as i64]).permute([2, 0, 1]).unsqueeze(0).contiguous()
 }
 
 /// Metadata carried from an input file to its restored output, verbatim.
@@ -105,6 +108,7 @@ pub fn from_dynamic(img: DynamicImage) -> Picture {
         (false, false) => (3, img.to_rgb32f().into_raw()),
         (false, true) => (4, img.to_rgba32f().into_raw()),
     };
+    drop(img);
     let t = planar(all, h, w, cc);
     let color_c = if gray { 1 } else { 3 };
     let color = t.narrow(1, 0, color_c).contiguous();
@@ -117,10 +121,26 @@ fn luma_alpha_f32(img: &DynamicImage) -> Vec<f32> {
     la.into_raw().into_iter().map(|v| v as f32 / 65535.0).collect()
 }
 
-/// Interleave planar `(1, C, H, W)` values in [0, 1] into `u16`/`u8` samples (rounded).
+/// Planar `(1, C, H, W)` values in [0, 1], scaled to `0..=max` and rounded (in place on one
+/// new tensor: whole photographs hold few image-sized buffers at once).
+fn quantised(t: &Tensor, max: f64) -> Tensor {
+    let mut t = t.clamp(0.0, 1.0);
+    t *= max;
+    let _ = t.round_();
+    t
+}
+
+/// Interleave planar `(1, C, H, W)` values in [0, 1] into `u16` samples (rounded), as f32.
 fn interleaved(t: &Tensor, max: f64) -> Vec<f32> {
-    let t = (t.clamp(0.0, 1.0) * max).round().squeeze_dim(0).permute([1, 2, 0]).contiguous().to_kind(Kind::Float);
+    let t = quantised(t, max).squeeze_dim(0).permute([1, 2, 0]).contiguous().to_kind(Kind::Float);
     Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32 data")
+}
+
+/// Interleave planar `(1, C, H, W)` values in [0, 1] into 8-bit samples (rounded): the
+/// integers 0..=255 convert exactly, and the interleaving copy is made of bytes.
+fn interleaved_u8(t: &Tensor) -> Vec<u8> {
+    let t = quantised(t, 255.0).to_kind(Kind::Uint8).squeeze_dim(0).permute([1, 2, 0]).contiguous();
+    Vec::<u8>::try_from(t.flatten(0, -1)).expect("u8 data")
 }
 
 /// Build a `DynamicImage` from colour (1 or 3 channels) and optional alpha.
@@ -141,7 +161,7 @@ pub fn to_dynamic(p: &Picture) -> Result<DynamicImage> {
             _ => bail!("unsupported channel count {c}"),
         }
     } else {
-        let v: Vec<u8> = interleaved(&t, 255.0).into_iter().map(|x| x as u8).collect();
+        let v: Vec<u8> = interleaved_u8(&t);
         match c {
             1 => DynamicImage::ImageLuma8(ImageBuffer::<Luma<u8>, _>::from_raw(w, h, v).unwrap()),
             2 => DynamicImage::ImageLumaA8(ImageBuffer::<LumaA<u8>, _>::from_raw(w, h, v).unwrap()),

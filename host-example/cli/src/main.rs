@@ -16,6 +16,7 @@ mod imageio;
 mod batch;
 mod plugins;
 mod restore_cmd;
+mod runtime;
 mod video;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -64,6 +65,10 @@ enum Cmd {
         /// Use the plugin with this id (e.g. `classical`, `davi`); implies the plugin path.
         #[arg(long)]
         plugin_id: Option<String>,
+        /// Write timings and the network work done (calls, tiles, pixels, FLOPs) as JSON to
+        /// this file (what scripts/bench-photo.sh reads; built-in engine only).
+        #[arg(long)]
+        stats_json: Option<PathBuf>,
     },
     /// Restore every image under a folder into another, keeping relative paths (resumable,
     /// shardable; see docs/hosts/batch.md).
@@ -210,6 +215,8 @@ impl OpArgs {
 }
 
 fn main() {
+    // First, before anything allocates much or starts a thread (see runtime.rs).
+    runtime::tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("davi: error: {}", one_line(&e));
@@ -234,11 +241,23 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Degrade { input, output, op, seed } => degrade(&input, &output, &op, seed),
-        Cmd::Restore { input, output, args, plugin, plugin_id } => {
+        Cmd::Restore { input, output, args, plugin, plugin_id, stats_json } => {
             if !plugin.is_empty() || plugin_id.is_some() {
+                if stats_json.is_some() {
+                    bail!("--stats-json reports the built-in engine's work; it does not apply to --plugin");
+                }
                 return restore_with_plugin(&input, &output, args.model.as_deref(), &args.op, &args.device, &plugin, plugin_id.as_deref());
             }
-            restore_cmd::Engine::load(&args)?.restore_file(&input, &output, true)
+            let start = std::time::Instant::now();
+            let engine = restore_cmd::Engine::load(&args)?;
+            let load_s = start.elapsed().as_secs_f64();
+            let timings = engine.restore_file_timed(&input, &output, true)?;
+            if let Some(path) = stats_json {
+                let stats = engine.stats_json(&input, &output, load_s, &timings);
+                std::fs::write(&path, serde_json::to_string_pretty(&stats)? + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(())
         }
         Cmd::Batch(a) => batch::run(&a),
         Cmd::Plugins { plugin } => plugins::list(&plugin),

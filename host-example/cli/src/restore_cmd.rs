@@ -3,13 +3,14 @@
 //! restoration of one file to another ([`Engine::restore_file`]), metadata carried and the
 //! output written atomically (`imageio::write_with_meta`).
 use crate::{imageio, load_generator, OpArgs};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use davi_engine::pipeline;
 use davi_engine::restore::{RestoreOptions, Restorer};
 use davi_engine::tiling::Tiling;
 use davi_sdk::OperatorSpec;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The options of `davi restore` that also apply to `davi batch`.
 #[derive(Args, Clone)]
@@ -36,6 +37,14 @@ pub struct RestoreArgs {
     /// Overlap between neighbouring tiles, blended smoothly (default: a quarter tile).
     #[arg(long)]
     pub overlap: Option<i64>,
+    /// CPU threads libtorch uses (default: its own choice, one per core, or OMP_NUM_THREADS).
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// How tile batches use those threads on a CPU: 0 = one worker per thread, each running
+    /// whole batches with one intra-op thread (default; robust when other programs use the
+    /// cores); 1 = one batch at a time split across all threads; N = N workers.
+    #[arg(long, default_value_t = 0)]
+    pub tile_workers: usize,
 }
 
 impl RestoreArgs {
@@ -57,18 +66,38 @@ pub struct Engine {
 impl Engine {
     /// Load the model once (the given file, else the shipped default for the task).
     pub fn load(a: &RestoreArgs) -> Result<Engine> {
+        match a.threads {
+            Some(0) => bail!("--threads must be at least 1"),
+            Some(n) if n > 1024 => bail!("--threads is {n}, at most 1024"),
+            Some(n) => tch::set_num_threads(n as i32),
+            None => {}
+        }
         let device = davi_engine::parse_device(&a.device)?;
         let (loaded, spec) = load_generator(a.model.as_deref(), &a.op, device)?;
         let channels = loaded.meta.unet.in_channels;
-        Ok(Engine { restorer: Restorer::new(loaded, device), spec, channels, device, opts: a.options() })
+        let mut restorer = Restorer::new(loaded, device);
+        restorer.tile_workers = a.tile_workers;
+        Ok(Engine { restorer, spec, channels, device, opts: a.options() })
     }
 
     /// Restore `input` into `output` (an image, or `.npy` for the raw f32 result). ICC
     /// profile and EXIF travel as `imageio::Metadata` says; the output appears only whole.
     /// `show_progress`: a percentage on stderr when it is a terminal.
     pub fn restore_file(&self, input: &Path, output: &Path, show_progress: bool) -> Result<()> {
+        self.restore_file_timed(input, output, show_progress).map(|_| ())
+    }
+
+    /// [`Self::restore_file`], returning how long reading, restoring and writing took.
+    pub fn restore_file_timed(&self, input: &Path, output: &Path, show_progress: bool) -> Result<FileTimings> {
+        let clock = Instant::now();
         let (pic, meta) = imageio::read_with_meta(input)?;
-        let problem = pipeline::problem_from_observation(&self.spec, &pic.color, self.channels, self.device)?;
+        let read_s = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        let imageio::Picture { color, alpha, sixteen_bit } = pic;
+        let problem = pipeline::problem_from_observation(&self.spec, &color, self.channels, self.device)?;
+        // Whole photographs: hold no image-sized buffer longer than needed (peak RSS,
+        // docs/performance.md). The observation is not needed once the measurement exists.
+        drop(color);
         let mut last = -1i32;
         let tty = show_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let mut progress = |f: f32| {
@@ -80,14 +109,22 @@ impl Engine {
             true
         };
         let x_hat = self.restorer.restore(problem.op.as_ref(), &problem.y, &self.opts, &mut progress)?;
+        let gray_out = problem.gray_out;
+        drop(problem);
         if last >= 0 {
             eprintln!();
         }
+        let (out_h, out_w) = (x_hat.size()[2], x_hat.size()[3]);
+        let restore_s = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        let timings = |write_s: f64| FileTimings { read_s, restore_s, write_s, width: out_w, height: out_h };
         if output.extension().and_then(|e| e.to_str()).map(|e| e.eq_ignore_ascii_case("npy")) == Some(true) {
-            return imageio::write_npy(output, &x_hat.squeeze_dim(0));
+            imageio::write_npy(output, &x_hat.squeeze_dim(0))?;
+            return Ok(timings(clock.elapsed().as_secs_f64()));
         }
-        let color = pipeline::to_picture(&x_hat, problem.gray_out).to_device(tch::Device::Cpu);
-        let alpha = pic.alpha.as_ref().map(|a| {
+        let color = pipeline::to_picture(&x_hat, gray_out).to_device(tch::Device::Cpu);
+        drop(x_hat);
+        let alpha = alpha.as_ref().map(|a| {
             let (h, w) = (color.size()[2], color.size()[3]);
             if a.size()[2] == h && a.size()[3] == w {
                 a.shallow_clone()
@@ -95,6 +132,49 @@ impl Engine {
                 a.upsample_bilinear2d([h, w], false, None, None).clamp(0.0, 1.0)
             }
         });
-        imageio::write_with_meta(output, &imageio::Picture { color, alpha, sixteen_bit: pic.sixteen_bit }, &meta)
+        imageio::write_with_meta(output, &imageio::Picture { color, alpha, sixteen_bit }, &meta)?;
+        Ok(timings(clock.elapsed().as_secs_f64()))
     }
+
+    /// What `davi restore --stats-json` writes: the settings that decide speed, the phases'
+    /// seconds and the network work of the restores so far (docs/performance.md).
+    pub fn stats_json(&self, input: &Path, output: &Path, load_s: f64, t: &FileTimings) -> serde_json::Value {
+        let work = self.restorer.network_work();
+        let meta = &self.restorer.model.meta;
+        serde_json::json!({
+            "input": input.display().to_string(),
+            "output": output.display().to_string(),
+            "output_width": t.width,
+            "output_height": t.height,
+            "device": davi_engine::device::device_name(self.device),
+            "threads": tch::get_num_threads(),
+            "tile_workers": self.restorer.tile_workers,
+            "tile": meta.restore_tile,
+            "window": meta.restore_window,
+            "allocator": crate::runtime::allocator_setting(),
+            "omp_wait_policy": std::env::var("OMP_WAIT_POLICY").ok(),
+            "load_s": load_s,
+            "read_s": t.read_s,
+            "restore_s": t.restore_s,
+            "write_s": t.write_s,
+            "network": {
+                "calls": work.calls,
+                "samples": work.samples,
+                "pixels": work.pixels,
+                "flops": work.flops,
+                "flops_per_sample_pixel": if work.pixels > 0 { work.flops / work.pixels as f64 } else { 0.0 },
+            },
+        })
+    }
+}
+
+/// Seconds spent in each phase of [`Engine::restore_file_timed`], and the output's size.
+#[derive(Clone, Copy, Debug)]
+pub struct FileTimings {
+    pub read_s: f64,
+    /// Forming the measurement and restoring it (conversion to a picture counts as writing).
+    pub restore_s: f64,
+    pub write_s: f64,
+    pub width: i64,
+    pub height: i64,
 }

@@ -42,7 +42,7 @@
 //! | `DAVI_BENCH_DEVICE` | `cpu` | `cuda`/`cuda:N`: fp32 (TF32 convolutions, libtorch's cuDNN default) and bf16, batch 1 and 32 |
 //! | `DAVI_BENCH_BATCHES` | `1,32` | batch sizes of the CUDA run |
 //! | `DAVI_BENCH_MATRIX` | unset | `1`: run the CUDA matrix on the CPU (dry run of the GPU script) |
-//! | `DAVI_BENCH_MALLOPT` | unset | `MMAP_BYTES,TRIM_BYTES`: glibc `mallopt` thresholds set at start (see docs/performance.md) |
+//! | `DAVI_BENCH_MALLOPT` | the CLI's, `134217728,1073741824` | `MMAP_BYTES,TRIM_BYTES`: glibc `mallopt` thresholds set at start; `off` keeps glibc's defaults (see docs/performance.md) |
 //! | `DAVI_BENCH_SERVE` | unset | `1`: co-process for `bench_pytorch.py --tch-bin` (paired tch/PyTorch timing) |
 use davi_engine::diffusion::schedule::timesteps;
 use davi_engine::restore::{seeded_normal, RestoreOptions, Restorer};
@@ -347,23 +347,31 @@ unsafe fn mallopt(_param: i32, _value: i32) -> i32 {
 const M_TRIM_THRESHOLD: i32 = -1;
 const M_MMAP_THRESHOLD: i32 = -3;
 
-/// `DAVI_BENCH_MALLOPT=MMAP_BYTES,TRIM_BYTES`: set glibc's malloc thresholds before anything
-/// is allocated. With the defaults, the multi-megabyte activations are mmap'd and unmapped
-/// (or trimmed) on every forward and page-faulted in again on the next one; raising both
-/// thresholds keeps that memory in the heap across calls.
+/// The thresholds the `davi` CLI sets in `main` (`host-example/cli/src/runtime.rs`,
+/// `DEFAULT_MALLOPT`): the bench measures what the CLI ships unless told otherwise.
+const CLI_MALLOPT: [i32; 2] = [128 << 20, 1 << 30];
+
+/// Set glibc's malloc thresholds before anything is allocated: by default the CLI's
+/// (`CLI_MALLOPT`); `DAVI_BENCH_MALLOPT=MMAP_BYTES,TRIM_BYTES` sets others, and
+/// `DAVI_BENCH_MALLOPT=off` (or empty) keeps glibc's defaults. With the defaults, the
+/// multi-megabyte activations are mmap'd and unmapped (or trimmed) on every forward and
+/// page-faulted in again on the next one; raising both thresholds keeps that memory in the
+/// heap across calls (docs/performance.md).
 fn apply_mallopt() {
-    let Ok(v) = std::env::var("DAVI_BENCH_MALLOPT") else { return };
-    if v.trim().is_empty() {
+    let v = std::env::var("DAVI_BENCH_MALLOPT").unwrap_or_else(|_| format!("{},{}", CLI_MALLOPT[0], CLI_MALLOPT[1]));
+    if v.trim().is_empty() || v.trim() == "off" {
+        // stderr: stdout is the co-process protocol in DAVI_BENCH_SERVE mode.
+        eprintln!("glibc malloc thresholds: glibc's defaults (DAVI_BENCH_MALLOPT={v:?})");
         return;
     }
     let parts: Vec<i32> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
     if parts.len() != 2 {
-        eprintln!("bench: DAVI_BENCH_MALLOPT wants MMAP_BYTES,TRIM_BYTES (got {v:?})");
+        eprintln!("bench: DAVI_BENCH_MALLOPT wants MMAP_BYTES,TRIM_BYTES or off (got {v:?})");
         std::process::exit(2);
     }
     // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
     let (a, b) = unsafe { (mallopt(M_MMAP_THRESHOLD, parts[0]), mallopt(M_TRIM_THRESHOLD, parts[1])) };
-    println!("mallopt(M_MMAP_THRESHOLD, {}) = {a}, mallopt(M_TRIM_THRESHOLD, {}) = {b} (1 = accepted)", parts[0], parts[1]);
+    eprintln!("mallopt(M_MMAP_THRESHOLD, {}) = {a}, mallopt(M_TRIM_THRESHOLD, {}) = {b} (1 = accepted)", parts[0], parts[1]);
 }
 
 fn main() {

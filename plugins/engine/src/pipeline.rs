@@ -43,7 +43,9 @@ pub fn problem_from_observation(spec: &OperatorSpec, obs: &Tensor, model_channel
         return Err(EngineError::InvalidInput(format!("expected 1 or 3 colour channels, got {c}")));
     }
     let (oh, ow) = output_size(spec, h, w);
-    let u = (obs.to_device(device).to_kind(Kind::Float) * 2.0 - 1.0).detach();
+    // `2·obs − 1`, the second step in place (same arithmetic, one image-sized buffer fewer).
+    let mut u = (obs.to_device(device).to_kind(Kind::Float) * 2.0).detach();
+    u -= 1.0;
     let op = operators::build(spec, model_channels, oh, ow, device)?;
     let (y, gray_out) = match spec {
         OperatorSpec::Colorization(cz) => {
@@ -67,7 +69,10 @@ pub fn problem_from_observation(spec: &OperatorSpec, obs: &Tensor, model_channel
 
 /// Convert a restored batch in [-1, 1] to an image in [0, 1] (gray again if asked).
 pub fn to_picture(x_hat: &Tensor, gray_out: bool) -> Tensor {
-    let x = ((x_hat + 1.0) / 2.0).clamp(0.0, 1.0);
+    // ((x̂ + 1) / 2) clamped to [0, 1], the last two steps in place on the new tensor.
+    let mut x = x_hat + 1.0;
+    x /= 2.0;
+    let _ = x.clamp_(0.0, 1.0);
     if gray_out {
         x.mean_dim(1, true, Kind::Float)
     } else {

@@ -10,8 +10,9 @@
 use crate::diffusion::{schedule::timesteps, Bridge, Diffusion};
 use crate::error::{EngineError, Result};
 use crate::operators::Operator;
-use crate::tiling::{map_tiles, Tiling};
+use crate::tiling::{map_tiles_parallel, SharedRead, Tiling};
 use crate::weights::LoadedModel;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tch::{Device, Kind, Tensor};
 
 /// The timestep every official restoration uses.
@@ -22,12 +23,82 @@ pub struct Restorer {
     pub model: LoadedModel,
     pub bridge: Bridge,
     pub device: Device,
+    /// How the tile batches of a CPU restore are run: `0` (the default) = one worker thread
+    /// per libtorch intra-op thread (`tch::get_num_threads()` when the restore starts), each
+    /// worker running its batches with one intra-op thread; `1` = one batch at a time with
+    /// libtorch's intra-op threads (the behaviour before workers existed); `n` = n workers.
+    /// See [`crate::tiling::map_tiles_parallel`] and docs/performance.md. CUDA restores and
+    /// single-tile images always run one call at a time.
+    pub tile_workers: usize,
+    work: WorkCounter,
+}
+
+/// Network work a [`Restorer`] has done since it was made (or since
+/// [`Restorer::reset_network_work`]): what a benchmark needs to compute its floor
+/// (`scripts/bench-photo.sh`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NetworkWork {
+    /// Network evaluations (calls of the U-Net's forward).
+    pub calls: u64,
+    /// Samples evaluated (tiles or windows, times the image batch).
+    pub samples: u64,
+    /// Pixels evaluated, padding included.
+    pub pixels: u64,
+    /// Floating-point operations of those evaluations, [`crate::unet::UNetConfig::forward_flops`].
+    pub flops: f64,
+}
+
+#[derive(Default)]
+struct WorkCounter {
+    calls: AtomicU64,
+    samples: AtomicU64,
+    pixels: AtomicU64,
+    flops: AtomicU64,
+}
+
+impl WorkCounter {
+    /// Count one network call on `b` samples of `h × w` (padded) pixels.
+    fn count(&self, b: i64, h: i64, w: i64, cfg: &crate::unet::UNetConfig) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.samples.fetch_add(b as u64, Ordering::Relaxed);
+        self.pixels.fetch_add((b * h * w) as u64, Ordering::Relaxed);
+        self.flops.fetch_add((b as f64 * cfg.forward_flops(h, w)) as u64, Ordering::Relaxed);
+    }
 }
 
 impl Restorer {
     pub fn new(model: LoadedModel, device: Device) -> Self {
         let d = Diffusion::new(model.meta.schedule, model.meta.diffusion_steps);
-        Restorer { bridge: Bridge::new(&d), model, device }
+        Restorer { bridge: Bridge::new(&d), model, device, tile_workers: 0, work: WorkCounter::default() }
+    }
+
+    /// The network work done so far (all threads, all restores of this restorer).
+    pub fn network_work(&self) -> NetworkWork {
+        let w = &self.work;
+        NetworkWork {
+            calls: w.calls.load(Ordering::Relaxed),
+            samples: w.samples.load(Ordering::Relaxed),
+            pixels: w.pixels.load(Ordering::Relaxed),
+            flops: w.flops.load(Ordering::Relaxed) as f64,
+        }
+    }
+
+    /// Set the counters of [`Self::network_work`] back to zero.
+    pub fn reset_network_work(&self) {
+        for c in [&self.work.calls, &self.work.samples, &self.work.pixels, &self.work.flops] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Worker threads for the tile batches of one restore (see [`Self::tile_workers`]).
+    fn workers_for(&self) -> usize {
+        if self.device != Device::Cpu {
+            return 1;
+        }
+        match self.tile_workers {
+            0 => tch::get_num_threads().max(1) as usize,
+            n => n,
+        }
     }
 
     /// The perturbation `h` to use: the explicit value, else the model's, else 0.1.
@@ -73,11 +144,15 @@ impl Restorer {
             let y = y_img.to_device(self.device).to_kind(Kind::Float);
             let b = y.size()[0];
             let t_full = timesteps(t_val, b, self.device);
-            let z = if h != 0.0 { seeded_normal(&y.size(), opts.seed).to_device(self.device) } else { y.zeros_like() };
+            // With h = 0 the noise is never read: no image-sized buffer of zeros for it.
+            let z = if h != 0.0 { seeded_normal(&y.size(), opts.seed).to_device(self.device) } else { y.shallow_clone() };
             let x_in = self.bridge.perturbed_interpolation(&t_full, &y, &y, h, &z);
-            let mut run = |tile: &Tensor| self.denoise_tile(tile, t_val, m);
+            drop(z);
+            // The workers only read the network (tiling::SharedRead).
+            let shared = SharedRead(self);
+            let run = |tile: &Tensor| shared.get().denoise_tile(tile, t_val, m);
             let mut report = |done: usize, total: usize| progress(done as f32 / total.max(1) as f32);
-            map_tiles(&x_in, tiling, &mut run, &mut report).ok_or(EngineError::Cancelled)
+            map_tiles_parallel(&x_in, tiling, self.workers_for(), &run, &mut report).ok_or(EngineError::Cancelled)
         })
     }
 
@@ -96,6 +171,7 @@ impl Restorer {
         let (ph, pw) = ((m - h % m) % m, (m - w % m) % m);
         let padded = if ph > 0 || pw > 0 { pad_reflect(x_in, ph, pw) } else { x_in.shallow_clone() };
         let t = timesteps(t_val, b, self.device);
+        self.work.count(b, h + ph, w + pw, &self.model.meta.unet);
         let out = self.model.net.forward(&padded, &t);
         let eps = out.narrow(1, 0, c).to_kind(Kind::Float).narrow(2, 0, h).narrow(3, 0, w);
         self.bridge.generator_output(&t, x_in, &eps)

@@ -8,6 +8,9 @@
 //! is 1 elsewhere; the weighted sum divided by the summed weights is seam-free because the
 //! weights of overlapping tiles cross-fade smoothly, where cropping the overlaps away
 //! ("prepadding" only) leaves hard seams (docs/algorithm.md §6.2).
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use tch::{Kind, Tensor};
 
 /// Tile geometry.
@@ -58,10 +61,94 @@ fn window(n: i64, ramp_lo: i64, ramp_hi: i64) -> Vec<f32> {
 }
 
 /// Pixels the network sees per call when tiles are batched: one 256×256 tile, the official
-/// models' tile. Small-tile models (the shipped 32-pixel ones) then run up to 64 tiles per
+/// models' tile. Small-tile models (the shipped 64-pixel ones) then run up to 16 tiles per
 /// network call, which on a CPU is many times faster than one call per tile, while the
 /// working memory stays bounded by what one official tile needs.
 pub const BATCH_PIXELS: i64 = 256 * 256;
+
+/// Where the tiles of one image go and how they are grouped into network calls.
+struct TilePlan {
+    /// Tile starts along H and W.
+    ys: Vec<i64>,
+    xs: Vec<i64>,
+    /// Tile size (the tiling's, clipped to the image).
+    th: i64,
+    tw: i64,
+    /// Images in the input batch.
+    b: i64,
+    /// Tiles in order (row-major), chunked into network calls.
+    groups: Vec<Vec<(usize, usize)>>,
+}
+
+impl TilePlan {
+    fn new(x: &Tensor, tiling: Tiling) -> TilePlan {
+        let (b, _, h, w) = x.size4().expect("4-D input");
+        let (th, tw) = (tiling.tile.min(h), tiling.tile.min(w));
+        let ys = starts(h, th, tiling.overlap);
+        let xs = starts(w, tw, tiling.overlap);
+        let places: Vec<(usize, usize)> = (0..ys.len()).flat_map(|iy| (0..xs.len()).map(move |ix| (iy, ix))).collect();
+        let per_call = ((BATCH_PIXELS / (th * tw * b).max(1)) as usize).clamp(1, places.len());
+        let groups = places.chunks(per_call).map(|g| g.to_vec()).collect();
+        TilePlan { ys, xs, th, tw, b, groups }
+    }
+
+    fn total(&self) -> usize {
+        self.ys.len() * self.xs.len()
+    }
+
+    /// The input of one network call: the group's tiles stacked along the batch dimension.
+    fn input(&self, x: &Tensor, group: usize) -> Tensor {
+        let tiles: Vec<Tensor> =
+            self.groups[group].iter().map(|&(iy, ix)| x.narrow(2, self.ys[iy], self.th).narrow(3, self.xs[ix], self.tw)).collect();
+        Tensor::cat(&tiles, 0)
+    }
+}
+
+/// The weighted sum of tile outputs and the summed weights.
+struct Blend {
+    acc: Option<Tensor>,
+    wsum: Tensor,
+}
+
+impl Blend {
+    fn new(x: &Tensor) -> Blend {
+        let (_, _, h, w) = x.size4().expect("4-D input");
+        Blend { acc: None, wsum: Tensor::zeros([1, 1, h, w], (Kind::Float, x.device())) }
+    }
+
+    /// Add the outputs of network call `group` (tiles stacked along the batch dimension).
+    fn add(&mut self, plan: &TilePlan, group: usize, outs: &Tensor) {
+        let (ys, xs, th, tw, b) = (&plan.ys, &plan.xs, plan.th, plan.tw, plan.b);
+        let (h, w) = (self.wsum.size()[2], self.wsum.size()[3]);
+        let device = self.wsum.device();
+        for (k, &(iy, ix)) in plan.groups[group].iter().enumerate() {
+            let (y0, x0) = (ys[iy], xs[ix]);
+            let out = outs.narrow(0, k as i64 * b, b);
+            // Ramps only where a neighbour overlaps this tile.
+            let lo_y = iy.checked_sub(1).map(|i| (ys[i] + th - y0).max(0)).unwrap_or(0);
+            let hi_y = ys.get(iy + 1).map(|&n| (y0 + th - n).max(0)).unwrap_or(0);
+            let lo_x = ix.checked_sub(1).map(|i| (xs[i] + tw - x0).max(0)).unwrap_or(0);
+            let hi_x = xs.get(ix + 1).map(|&n| (x0 + tw - n).max(0)).unwrap_or(0);
+            let wy = Tensor::from_slice(&window(th, lo_y, hi_y)).view([1, 1, th, 1]);
+            let wx = Tensor::from_slice(&window(tw, lo_x, hi_x)).view([1, 1, 1, tw]);
+            let wt = (wy * wx).to_device(device);
+            let a = self.acc.get_or_insert_with(|| Tensor::zeros([b, out.size()[1], h, w], (Kind::Float, device)));
+            let mut region = a.narrow(2, y0, th).narrow(3, x0, tw);
+            region += &out * &wt;
+            let mut wr = self.wsum.narrow(2, y0, th).narrow(3, x0, tw);
+            wr += &wt;
+        }
+    }
+
+    /// The weighted sum divided by the summed weights, in place (no image-sized temporary).
+    fn finish(self) -> Tensor {
+        let Blend { acc, mut wsum } = self;
+        let mut acc = acc.expect("at least one tile");
+        let _ = wsum.clamp_min_(1e-8);
+        acc /= &wsum;
+        acc
+    }
+}
 
 /// Run `f` over tiles of `x` `(B, C, H, W)` and blend. `f` maps a batch of tiles to output
 /// tiles of the same spatial size (any channel count); tiles are stacked along the batch
@@ -73,11 +160,8 @@ pub fn map_tiles(
     f: &mut dyn FnMut(&Tensor) -> Tensor,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Option<Tensor> {
-    let (b, _, h, w) = x.size4().expect("4-D input");
-    let (th, tw) = (tiling.tile.min(h), tiling.tile.min(w));
-    let ys = starts(h, th, tiling.overlap);
-    let xs = starts(w, tw, tiling.overlap);
-    let total = ys.len() * xs.len();
+    let plan = TilePlan::new(x, tiling);
+    let total = plan.total();
     if total == 1 {
         if !progress(0, 1) {
             return None;
@@ -85,40 +169,125 @@ pub fn map_tiles(
         let out = f(x);
         return progress(1, 1).then_some(out);
     }
-    let places: Vec<(usize, usize)> = (0..ys.len()).flat_map(|iy| (0..xs.len()).map(move |ix| (iy, ix))).collect();
-    let per_call = ((BATCH_PIXELS / (th * tw * b).max(1)) as usize).clamp(1, total);
-    let mut acc: Option<Tensor> = None;
-    let wsum = Tensor::zeros([1, 1, h, w], (Kind::Float, x.device()));
+    let mut blend = Blend::new(x);
     let mut done = 0;
-    for group in places.chunks(per_call) {
+    for g in 0..plan.groups.len() {
         if !progress(done, total) {
             return None;
         }
-        let tiles: Vec<Tensor> = group.iter().map(|&(iy, ix)| x.narrow(2, ys[iy], th).narrow(3, xs[ix], tw)).collect();
-        let outs = f(&Tensor::cat(&tiles, 0)).to_kind(Kind::Float);
-        for (k, &(iy, ix)) in group.iter().enumerate() {
-            let (y0, x0) = (ys[iy], xs[ix]);
-            let out = outs.narrow(0, k as i64 * b, b);
-            // Ramps only where a neighbour overlaps this tile.
-            let lo_y = iy.checked_sub(1).map(|i| (ys[i] + th - y0).max(0)).unwrap_or(0);
-            let hi_y = ys.get(iy + 1).map(|&n| (y0 + th - n).max(0)).unwrap_or(0);
-            let lo_x = ix.checked_sub(1).map(|i| (xs[i] + tw - x0).max(0)).unwrap_or(0);
-            let hi_x = xs.get(ix + 1).map(|&n| (x0 + tw - n).max(0)).unwrap_or(0);
-            let wy = Tensor::from_slice(&window(th, lo_y, hi_y)).view([1, 1, th, 1]);
-            let wx = Tensor::from_slice(&window(tw, lo_x, hi_x)).view([1, 1, 1, tw]);
-            let wt = (wy * wx).to_device(x.device());
-            let a = acc.get_or_insert_with(|| Tensor::zeros([b, out.size()[1], h, w], (Kind::Float, x.device())));
-            let mut region = a.narrow(2, y0, th).narrow(3, x0, tw);
-            region += &out * &wt;
-            let mut wr = wsum.narrow(2, y0, th).narrow(3, x0, tw);
-            wr += &wt;
-        }
-        done += group.len();
+        let outs = f(&plan.input(x, g)).to_kind(Kind::Float);
+        blend.add(&plan, g, &outs);
+        done += plan.groups[g].len();
     }
     if !progress(total, total) {
         return None;
     }
-    Some(acc.expect("at least one tile") / wsum.clamp_min(1e-8))
+    Some(blend.finish())
+}
+
+/// A value shared with the tile workers of [`map_tiles_parallel`] although its type is not
+/// `Sync`.
+///
+/// tch marks `Tensor` `Send` but not `Sync` because a few of its `&self` methods change the
+/// tensor (autograd flags, some in-place operations). The workers only *read* what is
+/// wrapped here — the input image they cut tiles from, and a network whose weights they
+/// evaluate under no-grad — and every result they compute is a new tensor; libtorch's
+/// reference counts are atomic and concurrent reads of a tensor are safe. Crate-private: the
+/// promise is kept by the code that wraps, so it is not offered to safe code outside.
+pub(crate) struct SharedRead<T>(pub(crate) T);
+
+// SAFETY: see the type's documentation: wrapped values are only read while shared, by code
+// that calls no mutating method on them.
+unsafe impl<T> Sync for SharedRead<T> {}
+
+impl<T> SharedRead<T> {
+    /// The wrapped value (a method, so closures capture the whole wrapper, not the field).
+    pub(crate) fn get(&self) -> &T {
+        &self.0
+    }
+}
+
+/// [`map_tiles`] with the network calls spread over `workers` threads, each running libtorch
+/// with one intra-op thread, instead of one call at a time with libtorch's intra-op threads.
+///
+/// Why: the tile batches are independent, so `workers` of them run side by side without the
+/// barriers that split every convolution of a small batch across OpenMP threads. When another
+/// process takes a core, a worker that gets less CPU simply finishes fewer batches (the next
+/// batch goes to whichever worker is free), where an intra-op team waits at every barrier for
+/// its slowest thread. Outputs are blended on the calling thread in tile order, so the result
+/// does not depend on which worker ran which batch, nor on `workers` (every batch runs with
+/// one intra-op thread). Results equal [`map_tiles`] run with one intra-op thread.
+///
+/// Each worker enters no-grad itself. Setting one intra-op thread per worker goes through
+/// `tch::set_num_threads`, which also sets libtorch's process-wide default that threads read
+/// the first time they use libtorch; the caller's setting is restored on return.
+/// `workers <= 1`, or a single network call, is [`map_tiles`].
+pub fn map_tiles_parallel(
+    x: &Tensor,
+    tiling: Tiling,
+    workers: usize,
+    f: &(dyn Fn(&Tensor) -> Tensor + Sync),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Option<Tensor> {
+    let plan = TilePlan::new(x, tiling);
+    let n = plan.groups.len();
+    let workers = workers.min(n);
+    if workers <= 1 || plan.total() == 1 {
+        return map_tiles(x, tiling, &mut |t| f(t), progress);
+    }
+    let total = plan.total();
+    if !progress(0, total) {
+        return None;
+    }
+    let caller_threads = tch::get_num_threads();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let shared = SharedRead((x, &plan));
+    let mut blend = Blend::new(x);
+    let finished = std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel::<(usize, Tensor)>();
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, stop, shared) = (&next, &stop, &shared);
+            s.spawn(move || {
+                tch::set_num_threads(1);
+                tch::no_grad(|| {
+                    let (x, plan) = *shared.get();
+                    while !stop.load(Ordering::Relaxed) {
+                        let g = next.fetch_add(1, Ordering::Relaxed);
+                        if g >= plan.groups.len() {
+                            break;
+                        }
+                        let out = f(&plan.input(x, g)).to_kind(Kind::Float);
+                        if tx.send((g, out)).is_err() {
+                            break;
+                        }
+                    }
+                })
+            });
+        }
+        drop(tx);
+        // Blend strictly in tile order: a batch that finishes early waits here.
+        let mut pending = BTreeMap::new();
+        let (mut g, mut done) = (0, 0);
+        for (i, out) in rx.iter() {
+            pending.insert(i, out);
+            while let Some(out) = pending.remove(&g) {
+                blend.add(&plan, g, &out);
+                done += plan.groups[g].len();
+                g += 1;
+                // The same calls as map_tiles: before each batch (here: once the previous one
+                // is blended), and once at the end (below).
+                if g < n && !progress(done, total) {
+                    stop.store(true, Ordering::Relaxed);
+                    return false;
+                }
+            }
+        }
+        g == n
+    });
+    tch::set_num_threads(caller_threads);
+    (finished && progress(total, total)).then(|| blend.finish())
 }
 
 #[cfg(test)]
@@ -170,6 +339,43 @@ mod tests {
         let _ = map_tiles(&x, Tiling { tile: 32, overlap: 8 }, &mut |t| { sizes.push(t.size()[0]); t.shallow_clone() }, &mut |_, _| true).unwrap();
         assert_eq!(sizes.iter().sum::<i64>(), 17 * 17);
         assert!(sizes.iter().all(|&n| n * 32 * 32 <= BATCH_PIXELS), "{sizes:?}");
+    }
+
+    #[test]
+    fn parallel_workers_blend_in_tile_order_like_one_call_at_a_time() {
+        // 17 × 17 tiles of a batch of 2, 32 tiles per call: 10 calls.
+        let x = Tensor::rand([2, 3, 400, 400], (Kind::Float, Device::Cpu));
+        let tiling = Tiling { tile: 32, overlap: 8 };
+        // A non-linear map, so that any mix-up of tiles would show.
+        let f = |t: &Tensor| (t * 3.0).sin() + t.mean_dim(1, true, Kind::Float);
+        let mut seen_one = Vec::new();
+        let one = map_tiles(&x, tiling, &mut |t| f(t), &mut |d, n| {
+            seen_one.push((d, n));
+            true
+        })
+        .unwrap();
+        assert_eq!(seen_one.len(), 11);
+        for workers in [2, 3, 8] {
+            let mut seen = Vec::new();
+            let par = map_tiles_parallel(&x, tiling, workers, &f, &mut |d, n| {
+                seen.push((d, n));
+                true
+            })
+            .unwrap();
+            assert_eq!((&par - &one).abs().max().double_value(&[]), 0.0, "{workers} workers");
+            assert_eq!(seen, seen_one, "the same progress calls");
+        }
+        // Cancelling stops the workers and returns nothing.
+        let calls = AtomicUsize::new(0);
+        let counted = |t: &Tensor| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            t.shallow_clone()
+        };
+        // 289 tiles, 64 per call: 5 calls; cancelled once the first is blended.
+        let one_image = Tensor::rand([1, 1, 400, 400], (Kind::Float, Device::Cpu));
+        assert!(map_tiles_parallel(&one_image, tiling, 2, &counted, &mut |d, _| d < 64).is_none());
+        assert!(calls.load(Ordering::Relaxed) < 5, "{} of 5 calls ran", calls.load(Ordering::Relaxed));
     }
 
     #[test]

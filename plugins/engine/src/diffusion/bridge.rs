@@ -54,8 +54,13 @@ impl Bridge {
     /// `x0` is the clean image (the lifted measurement at inference), `x1` the lifted
     /// measurement, `z` standard normal noise supplied by the caller.
     pub fn perturbed_interpolation(&self, t: &Tensor, x0: &Tensor, x1: &Tensor, h: f64, z: &Tensor) -> Tensor {
-        let mean = gather(&self.mu_x0, t, x0) * x0 + gather(&self.mu_x1, t, x1) * x1;
-        let out = if h != 0.0 { mean + gather(&self.perturb_scale, t, x0) * h * z } else { mean };
+        // Accumulated in place (the same arithmetic): one image-sized temporary fewer, which
+        // matters for whole photographs (docs/performance.md).
+        let mut out = gather(&self.mu_x0, t, x0) * x0;
+        out += gather(&self.mu_x1, t, x1) * x1;
+        if h != 0.0 {
+            out += gather(&self.perturb_scale, t, x0) * h * z;
+        }
         out.detach()
     }
 

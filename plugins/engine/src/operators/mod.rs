@@ -69,7 +69,8 @@ pub trait Operator: Send + Sync {
 /// for non-positive dimensions, colorization of non-RGB images, or a one-tap
 /// [`BlurMode::Ddrm`] blur (the official matrix drops its only tap), and
 /// [`EngineError::Torch`](crate::error::EngineError::Torch) when the device cannot hold the
-/// operator's constants.
+/// operator's constants. Operators built from dense per-side matrices refuse sides above
+/// their limit ([`max_dense_side`]) as `InvalidInput`.
 pub fn build(
     spec: &OperatorSpec,
     channels: i64,
@@ -83,6 +84,18 @@ pub fn build(
         )));
     }
     spec.validate_for_size(height as usize, width as usize)?;
+    if let Some(limit) = max_dense_side(spec) {
+        if height.max(width) > limit {
+            let gib = (height as f64).powi(2) + (width as f64).powi(2);
+            return Err(linalg::invalid(format!(
+                "{} works on images of at most {limit} pixels a side: it builds dense side x side \
+                 matrices, which for this {width}x{height} image would take {:.1} GiB (restore it \
+                 in parts)",
+                spec.kind_name(),
+                gib * 12.0 / f64::from(1u32 << 30)
+            )));
+        }
+    }
     let (c, h, w) = (channels, height, width);
     Ok(match spec {
         OperatorSpec::GaussianBlur(b) => match b.mode {
@@ -103,6 +116,24 @@ pub fn build(
         OperatorSpec::Denoising(_) => Box::new(DenoisingOp::new(c, h, w)),
         OperatorSpec::Colorization(k) => Box::new(ColorizationOp::new(k, c, h, w, device)?),
     })
+}
+
+/// The largest image side (`max(height, width)`, of the full-resolution image) an operator
+/// built from dense per-side matrices accepts, `None` for the others. The Gaussian blurs hold
+/// `side × side` matrices (f64 on the host, f32 on the device: 12 bytes per entry) and take
+/// an SVD of them (for the pseudo-inverse; DDRM's eagerly, a full SVD, at O(side³)), bicubic
+/// super-resolution `side/f × side` ones; without a bound a 65536 × 1 image (64 KiB of
+/// pixels) asked 34 GiB of memory and aborted the process (a fuzz finding,
+/// docs/fuzzing.md). The limits keep the memory under 1.6 GiB and the SVDs to minutes.
+pub fn max_dense_side(spec: &OperatorSpec) -> Option<i64> {
+    match spec {
+        OperatorSpec::GaussianBlur(b) => Some(match b.mode {
+            BlurMode::ZeroPadded => 8192,
+            BlurMode::Ddrm => 4096,
+        }),
+        OperatorSpec::SuperResolution(s) if s.method == davi_sdk::spec::DownsampleMethod::Bicubic => Some(8192),
+        _ => None,
+    }
 }
 
 /// Simulate a measurement: `A x + noise_sigma · n`, `n ~ N(0, I)` drawn from tch's generator
@@ -139,6 +170,25 @@ mod tests {
                 .unwrap(),
         );
         v
+    }
+
+    /// Fuzz finding (the `restore` target, docs/fuzzing.md): a 65536 x 1 gray image asked
+    /// the dense blur for 34 GiB and aborted the process; the side is now checked first.
+    #[test]
+    fn dense_operators_refuse_sides_above_their_limit() {
+        for spec in specs() {
+            match max_dense_side(&spec) {
+                Some(limit) => {
+                    for (h, w) in [(8, limit + 8), (limit + 8, 8), (8, 65536)] {
+                        let e = build(&spec, 3, h, w, CPU).err().unwrap_or_else(|| panic!("{spec}: {w}x{h} built"));
+                        assert!(matches!(e, EngineError::InvalidInput(_)), "{spec}: {e}");
+                        assert!(e.to_string().contains(&format!("at most {limit} pixels a side")), "{e}");
+                    }
+                }
+                None => assert!(build(&spec, 3, 8, 65536, CPU).is_ok(), "{spec}"),
+            }
+        }
+        assert!(build(&OperatorSpec::for_task("deblur").unwrap(), 3, 8, 512, CPU).is_ok());
     }
 
     #[test]

@@ -329,6 +329,71 @@ impl UNetConfig {
         out.extend(resblock::conv_shapes("out.2.", layout.head_channels, self.out_channels, &[3, 3]));
         Ok(out)
     }
+
+    /// Floating-point operations of one forward pass on one `height × width` sample (a
+    /// size the network accepts: a multiple of [`Self::size_multiple`]), counted from the
+    /// same layout the network is built from. A multiply-add counts as 2 operations. Counted:
+    /// every convolution (`2·C_in·C_out·k²` per output pixel), every linear layer (the
+    /// timestep embedding and each ResBlock's embedding projection), and in attention the QKV
+    /// and output projections plus the two `T×T` products (`QKᵀ` and `AV`, `2·T²·C` each,
+    /// T = tokens). Not counted: biases, GroupNorm, SiLU, the softmax, residual additions,
+    /// skip concatenations and the up/down resampling — elementwise work of a few operations
+    /// per activation, under 1 % of the total for the shipped models. This is the "floor"
+    /// numerator of `scripts/bench-photo.sh` (docs/performance.md).
+    pub fn forward_flops(&self, height: i64, width: i64) -> f64 {
+        let layout = self.layout();
+        let (mut h, mut w) = (height as f64, width as f64);
+        let emb = self.time_embed_dim() as f64;
+        let mc = self.model_channels as f64;
+        // Timestep embedding: Linear(mc → emb), Linear(emb → emb).
+        let mut flops = 2.0 * mc * emb + 2.0 * emb * emb;
+        let conv = |cin: i64, cout: i64, k: f64, pixels: f64| 2.0 * cin as f64 * cout as f64 * k * k * pixels;
+        for (_, layers) in layout.blocks() {
+            for layer in layers {
+                match *layer {
+                    LayerPlan::ConvIn { cin, cout } => flops += conv(cin, cout, 3.0, h * w),
+                    LayerPlan::Res(c) => {
+                        // The input is resampled before in_layers' convolution (docs/algorithm.md §2).
+                        if c.up {
+                            h *= 2.0;
+                            w *= 2.0;
+                        } else if c.down {
+                            h = (h / 2.0).floor();
+                            w = (w / 2.0).floor();
+                        }
+                        let p = h * w;
+                        let emb_out = if c.use_scale_shift_norm { 2 * c.out_channels } else { c.out_channels };
+                        flops += conv(c.in_channels, c.out_channels, 3.0, p)
+                            + 2.0 * c.emb_channels as f64 * emb_out as f64
+                            + conv(c.out_channels, c.out_channels, 3.0, p);
+                        if c.in_channels != c.out_channels {
+                            flops += conv(c.in_channels, c.out_channels, 1.0, p);
+                        }
+                    }
+                    LayerPlan::Attn { channels, .. } => {
+                        let (c, t) = (channels as f64, h * w);
+                        // qkv (C → 3C) and proj_out (C → C) per token; QKᵀ and AV over all heads.
+                        flops += 2.0 * c * 3.0 * c * t + 2.0 * c * c * t + 2.0 * 2.0 * t * t * c;
+                    }
+                    LayerPlan::Down { channels, conv: with_conv } => {
+                        h = (h / 2.0).floor();
+                        w = (w / 2.0).floor();
+                        if with_conv {
+                            flops += conv(channels, channels, 3.0, h * w);
+                        }
+                    }
+                    LayerPlan::Up { channels, conv: with_conv } => {
+                        h *= 2.0;
+                        w *= 2.0;
+                        if with_conv {
+                            flops += conv(channels, channels, 3.0, h * w);
+                        }
+                    }
+                }
+            }
+        }
+        flops + conv(layout.head_channels, self.out_channels, 3.0, h * w)
+    }
 }
 
 /// One layer inside an `input_blocks.i` / `middle_block` / `output_blocks.i` sequence.

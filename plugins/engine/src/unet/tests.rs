@@ -138,3 +138,18 @@ fn bad_configs_are_refused() {
     assert!(UNetModel::new(&nn::VarStore::new(Device::Cpu).root(), &c).is_err());
     assert!(UNetConfig::preset("nope").is_err());
 }
+
+/// `forward_flops` against an independent count: PyTorch's `FlopCounterMode` over the
+/// separate ADM implementation in `scripts/bench_pytorch.py`, run on the shipped photo models'
+/// configuration (it counts the same operations: convolutions, matrix products, the two
+/// attention products; 2 per multiply-add).
+#[test]
+fn forward_flops_match_an_independent_count() {
+    let photo = UNetConfig { num_head_channels: 32, norm_groups: 32, ..tiny() };
+    assert_eq!(photo.forward_flops(64, 64), 2_471_174_144.0);
+    assert_eq!(photo.forward_flops(96, 96), 11_496_603_648.0 / 2.0);
+    assert_eq!(photo.forward_flops(64, 48), 1_840_914_432.0);
+    // FFHQ-256 at its size: ≈ 388 GFLOP (docs/performance.md).
+    let f = UNetConfig::ffhq256().forward_flops(256, 256);
+    assert!((f / 1e9 - 388.0).abs() < 5.0, "{f}");
+}

@@ -95,6 +95,28 @@ impl ModelMeta {
             provenance: serde_json::json!({ "note": "tiny generator for tests" }),
         }
     }
+
+    /// A much smaller generator than [`ModelMeta::tiny_generator`] (8 base channels, two
+    /// levels, attention only in the middle block; about 53 k parameters, a 210 KB file): the
+    /// model the fuzz targets restore with and the seed of the model-file corpus
+    /// (`fuzz/`, docs/fuzzing.md), where thousands of loads and restores a minute matter more
+    /// than resemblance to a real network.
+    pub fn micro_generator(operator: Option<OperatorSpec>) -> Self {
+        ModelMeta {
+            unet: UNetConfig {
+                image_size: 16,
+                model_channels: 8,
+                num_res_blocks: 1,
+                attention_resolutions: vec![],
+                channel_mult: vec![1, 2],
+                num_head_channels: 8,
+                norm_groups: 4,
+                ..UNetConfig::ffhq256()
+            },
+            provenance: serde_json::json!({ "note": "micro generator for fuzzing" }),
+            ..Self::tiny_generator(operator)
+        }
+    }
 }
 
 /// A network rebuilt from a model file, its variables on `device`.
