@@ -134,17 +134,12 @@ fn the_c_client_survives_hostile_handles_pixels_options_models_and_threads_under
             "-pthread",
         ],
     );
-    let out = Command::new(&bin)
-        .arg(denoise_model())
+    let mut cmd = Command::new(&bin);
+    cmd.arg(denoise_model())
         .arg(&bad)
         .args(&fields)
-        .env(
-            "ASAN_OPTIONS",
-            "detect_leaks=1:halt_on_error=1:abort_on_error=0",
-        )
-        .env("UBSAN_OPTIONS", "print_stacktrace=1")
-        .output()
-        .unwrap();
+        .env("UBSAN_OPTIONS", "print_stacktrace=1");
+    let out = output_under_asan(&mut cmd);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

@@ -134,20 +134,15 @@ fn the_c_host_runs_clean_under_address_sanitizer() {
     std::fs::write(&input16, pgm16).unwrap();
     for (input, tile) in [(&input8, "16"), (&input8, "0"), (&input16, "8")] {
         let output = dir.join("out.pnm");
-        let out = Command::new(&bin)
-            .args(["--model"])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--model"])
             .arg(any_kind_model())
             .args([
                 "--device", "cpu", "--cycles", "3", "--quiet", "--tile", tile,
             ])
             .arg(input)
-            .arg(&output)
-            .env(
-                "ASAN_OPTIONS",
-                "detect_leaks=1:halt_on_error=1:abort_on_error=0",
-            )
-            .output()
-            .unwrap();
+            .arg(&output);
+        let out = output_under_asan(&mut cmd);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success(),

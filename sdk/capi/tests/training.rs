@@ -790,16 +790,11 @@ fn the_c_client_trains_cancels_resumes_exports_and_restores_under_asan() {
             "-pthread",
         ],
     );
-    let out = Command::new(&bin)
-        .arg(&f.images)
+    let mut cmd = Command::new(&bin);
+    cmd.arg(&f.images)
         .arg(&dir)
-        .env(
-            "ASAN_OPTIONS",
-            "detect_leaks=1:halt_on_error=1:abort_on_error=0",
-        )
-        .env("UBSAN_OPTIONS", "print_stacktrace=1")
-        .output()
-        .unwrap();
+        .env("UBSAN_OPTIONS", "print_stacktrace=1");
+    let out = output_under_asan(&mut cmd);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
