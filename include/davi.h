@@ -21,7 +21,7 @@
 #define DAVI_VERSION_STRING "0.1.0"
 /* C ABI revision: bumped by every append; a library with davi_abi_version() >=
  * DAVI_ABI_VERSION implements everything this header declares. */
-#define DAVI_ABI_VERSION 3
+#define DAVI_ABI_VERSION 4
 
 /**
  * Outcome of a call. `Ok` is zero; every other value is a failure.
@@ -237,8 +237,10 @@ typedef struct DaviTraining DaviTraining;
 typedef int32_t DaviStatusCode;
 
 /**
- * Options of `davi_context_new` (ABI 1). Fill with `davi_context_options_init`, then set
- * at most one model source: `model_path`, or `model_bytes` + `model_len`, or `task`.
+ * Options of `davi_context_new` (ABI 1; `precision` appended in ABI 4). Fill with
+ * `davi_context_options_init`, then set at most one model source: `model_path`, or
+ * `model_bytes` + `model_len`, or `task`. A caller compiled against an older header passes
+ * its smaller `struct_size`; the fields beyond it take their defaults.
  */
 typedef struct DaviContextOptions {
     /**
@@ -280,6 +282,18 @@ typedef struct DaviContextOptions {
      * NULL means `"auto"`.
      */
     const char *device;
+    /**
+     * NUL-terminated precision of the network (ABI 4), exactly one of `"fp32"` (the
+     * default), `"bf16"` (CUDA, and CPUs with bf16 instructions: x86 AVX512_BF16, Arm BF16)
+     * or `"fp16"` (CUDA only); NULL means `"fp32"`. Another string is
+     * `DAVI_STATUS_INVALID_ARGUMENT`; a precision the device cannot run (fp16 on a CPU, bf16
+     * on a CPU without bf16 instructions) is `DAVI_STATUS_DEVICE_ERROR`. Reduced precision
+     * converts the model's weights once and runs only the network in it; the bridge
+     * arithmetic, the tile blend and the clamp stay f32. bf16 results are close to fp32's,
+     * not equal (docs/C_API.md, "Precision"), and reproducible only on the same CPU or GPU
+     * model with the same thread count.
+     */
+    const char *precision;
 } DaviContextOptions;
 
 /**
@@ -611,8 +625,10 @@ uint32_t davi_abi_version(void);
 const char *davi_status_string(DaviStatusCode status);
 
 /**
- * Fill `*options` with the defaults (no model source, device "auto", default threads) and set
- * its `struct_size`. `options_size` is `sizeof(DaviContextOptions)` as the caller compiled it.
+ * Fill `*options` with the defaults (no model source, device "auto", default threads, fp32)
+ * and set its `struct_size`. `options_size` is `sizeof(DaviContextOptions)` as the caller
+ * compiled it: a struct from an ABI 1-3 header (without `precision`) gets only its fields
+ * written and that smaller `struct_size`.
  *
  * # Safety
  * `options` must be NULL or valid for writes of `options_size` bytes.

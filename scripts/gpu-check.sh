@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA check of issue 15 (docs/performance.md, "GPU check"), in one command, under 8
 # minutes on one GPU: restores through the CLI and through the C API on CUDA (FFHQ-256
-# configuration, fp32; batch 1 and 32), compared with the CPU result; reduced precision (bf16)
-# and batch 1/32 timings through the bench binary; a few training steps of the diffusion prior
+# configuration, fp32; batch 1 and 32), compared with the CPU result; reduced precision (bf16
+# and fp16) through the CLI and the C API, compared with fp32; batch 1/32 timings of fp32 and
+# bf16 through the bench binary; a few training steps of the diffusion prior
 # and of DAVI with mixed precision (fp16) and data parallel over every visible GPU; peak GPU
 # memory per section. Every section runs even when an earlier one failed, says PASS / FAIL /
 # SKIP loudly, and the report file records what it got.
@@ -24,7 +25,9 @@
 # GPU_CHECK_DEVICES (training devices; default cuda:all with 2+ GPUs, else cuda:0,cuda:0 —
 # two replicas on one GPU still run the data-parallel path), TOL_F32 (max |Δ| of the raw
 # fp32 restore, [-1, 1] units; default 0.05: fp32 convolutions run in TF32 on CUDA),
-# TOL_U8 (max difference of 8-bit outputs in levels; default 8), SECTION_TIMEOUT (s, 150).
+# TOL_REDUCED (max |Δ| of a bf16/fp16 restore against fp32 on the same device, [-1, 1] units;
+# default 0.1: the bench measured 0.047 for bf16 on the CPU), TOL_U8 (max difference of 8-bit
+# outputs in levels; default 8), SECTION_TIMEOUT (s, 150).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -98,6 +101,7 @@ else REPORT="$W/gpu-check-report.md"; fi
 LOG="${REPORT%.md}.log"
 : >"$LOG"
 TOL_F32="${TOL_F32:-0.05}"
+TOL_REDUCED="${TOL_REDUCED:-0.1}"
 TOL_U8="${TOL_U8:-8}"
 SECTION_TIMEOUT="${SECTION_TIMEOUT:-150}"
 if [ "$dry" = 1 ]; then
@@ -243,6 +247,7 @@ s_env() {
   local missing="" sub flag help
   declare -A helps=()
   for pair in "restore --model" "restore --task" "restore --device" "restore --seed" "restore --stats-json" "restore --tile-workers" \
+              "restore --precision" "video --precision" \
               "degrade --task" "video --width" "video --height" "video --batch" "video --model" "video --task" "video --device" \
               "video --seed" "video --progress-json" "train-prior --preset" "train-prior --set" "train-prior --quiet" \
               "train --preset" "train --set" "train --quiet" "info --preset"; do
@@ -339,16 +344,46 @@ s_capi() {
   return $rc
 }
 
+s_reduced() {
+  # bf16 and fp16 (CUDA only: the dry run on a CPU does bf16 alone) through the CLI and the
+  # C API, each against the fp32 restore on the same device, and the C API against the CLI;
+  # then davi video at batch BATCH in bf16 for its frames per second.
+  need "$W/ffhq/model.safetensors" "$W/in/obs.png" "$W/cli-b1-$GPU.npy" || return 77
+  local p precs="bf16 fp16" rc=0
+  [ "$dry" = 1 ] && precs="bf16"
+  for p in $precs; do
+    T "$DAVI" restore "$W/in/obs.png" -o "$W/cli-$p-$GPU.npy" --model "$W/ffhq/model.safetensors" --task deblur \
+      --device "$GPU" --seed 1 --precision "$p" --stats-json "$W/cli-$p-$GPU.json" || return $?
+    note "$p restore $("$PY" -c "import json; s = json.load(open('$W/cli-$p-$GPU.json')); print(f\"{s['restore_s']:.3f} s (first call), precision {s['precision']}\")")"
+    cmp_note "CLI $p vs fp32 on $GPU (raw)" "$W/cli-$p-$GPU.npy" "$W/cli-b1-$GPU.npy" "$TOL_REDUCED" || rc=1
+    if [ -x "$W/restore-c" ]; then
+      T "$DAVI" restore "$W/in/obs.png" -o "$W/cli-$p-$GPU.png" --model "$W/ffhq/model.safetensors" --task deblur \
+        --device "$GPU" --seed 1 --precision "$p" || return $?
+      T "$W/restore-c" --model "$W/ffhq/model.safetensors" --task deblur --device "$GPU" --precision "$p" --seed 1 \
+        --quiet "$W/in/obs.ppm" "$W/capi-$p-$GPU.ppm" || return $?
+      cmp_note "C API vs CLI $p on $GPU (8-bit)" "$W/capi-$p-$GPU.ppm" "$W/cli-$p-$GPU.png" 1 || rc=1
+    else
+      note "no C host built (section C API): C API $p not run"; rc=1
+    fi
+  done
+  T "$DAVI" video --width "$SIZE" --height "$SIZE" --batch "$BATCH" --model "$W/ffhq/model.safetensors" --task deblur \
+    --device "$GPU" --seed 1 --precision bf16 --progress-json <"$W/in/frames.rgb" >"$W/cli-b$BATCH-bf16-$GPU.rgb" \
+    2>"$W/cli-b$BATCH-bf16-$GPU.progress" || { cat "$W/cli-b$BATCH-bf16-$GPU.progress"; return 1; }
+  note "bf16 batch $BATCH: $(tail -n 1 "$W/cli-b$BATCH-bf16-$GPU.progress")"
+  cmp_note "CLI video b$BATCH bf16 vs fp32 on $GPU (8-bit levels)" "$W/cli-b$BATCH-bf16-$GPU.rgb" "$W/cli-b$BATCH-$GPU.rgb" "$TOL_U8" || rc=1
+  return $rc
+}
+
 s_bench() {
   need "$BENCH_BIN" || return 77
-  # fp32 (TF32 convolutions) and bf16, batch 1 and BATCH: forward and one-step restore, with
-  # bf16's max |Δ| against fp32. The CLI and the C API have no reduced-precision restore yet.
+  # fp32 (TF32 convolutions) and bf16, batch 1 and BATCH: forward and one-step restore (both
+  # through Restorer::restore_lifted), with bf16's max |Δ| against fp32.
   if [ "$dry" = 1 ]; then
     DAVI_BENCH_MATRIX=1 DAVI_BENCH_BATCHES="1,2" DAVI_BENCH_REPS=1 DAVI_BENCH_WARMUP=0 T "$BENCH_BIN" | tee "$W/bench.txt" || return 1
   else
     DAVI_BENCH_DEVICE=cuda DAVI_BENCH_BATCHES="1,$BATCH" DAVI_BENCH_REPS=20 DAVI_BENCH_WARMUP=5 T "$BENCH_BIN" | tee "$W/bench.txt" || return 1
   fi
-  note "reduced precision = bf16 via the bench (no CLI/C API bf16 mode yet); see the log for the matrix"
+  note "fp32/bf16 timing matrix: see the log"
 }
 
 train_ok() { # RUN_DIR STEPS: the log has STEPS training rows with finite losses; prints s/step
@@ -403,6 +438,7 @@ section "inputs" s_inputs
 section "CLI restore, fp32, batch 1, $GPU vs cpu" s_cli_b1
 section "CLI restore (davi video), fp32, batch $BATCH, $GPU vs cpu" s_cli_b32
 section "C API restore (host-example/c), fp32, $GPU vs cpu and vs CLI" s_capi
+section "reduced precision (CLI and C API), $GPU vs fp32" s_reduced
 section "bench: fp32 and bf16, batch 1 and $BATCH" s_bench
 section "train-prior FFHQ-256, $PREC, data parallel" s_train_prior
 section "train DAVI ffhq256-gaussian, $PREC, data parallel" s_train_davi

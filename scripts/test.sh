@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of the project, on a fresh machine: set-up (idempotent), then the Rust test
-# suite of the whole workspace (unit, integration, C/C++/GIMP/Python/ffmpeg host and golden
-# tests). scripts/setup-hosts.sh installs gimp, libgimp2.0-dev and ffmpeg from Debian.
+# suite of the whole workspace (unit, integration, C/C++/GIMP/Python/ffmpeg/GStreamer host and
+# golden tests). scripts/setup-hosts.sh installs gimp, libgimp2.0-dev, ffmpeg and GStreamer 1.22
+# from Debian (the GStreamer -dev packages are needed to build the workspace).
 # Heavier checks are opt-in: `cargo test -- --ignored` (see docs/testing.md).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

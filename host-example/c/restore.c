@@ -1,14 +1,16 @@
 /*
  * restore: restore a binary PPM/PGM photograph with libdavi, from C.
  *
- *   restore [--task T | --model FILE] [--device D] [--tile N] [--seed N] [--cycles N]
- *           [--quiet] IN.pnm OUT.pnm
+ *   restore [--task T | --model FILE] [--device D] [--precision P] [--tile N] [--seed N]
+ *           [--cycles N] [--quiet] IN.pnm OUT.pnm
  *
  * A small but complete libdavi host: it loads a model into a context (the installed default
  * model of --task, or a model file), asks the model which degradation it was trained for
  * (falling back to the official operator of --task), restores the picture through
- * overlapping tiles with a progress callback, and writes the result. --cycles N repeats the
- * whole create/restore/free cycle N times (the test suite runs it under AddressSanitizer).
+ * overlapping tiles with a progress callback, and writes the result. --precision fp32 (the
+ * default), bf16 or fp16 is the network's precision (DaviContextOptions.precision, ABI 4).
+ * --cycles N repeats the whole create/restore/free cycle N times (the test suite runs it
+ * under AddressSanitizer).
  * Errors print the status string and the context's detailed message, and exit non-zero.
  *
  * PNM: P5 (gray) or P6 (RGB), maxval 255 (8-bit) or 65535 (16-bit, big-endian on disk).
@@ -35,6 +37,7 @@ typedef struct {
     const char *task;
     const char *model;
     const char *device;
+    const char *precision;
     uint32_t tile;
     uint64_t seed;
     unsigned cycles;
@@ -193,6 +196,7 @@ static int restore_once(const Args *args, const Picture *in, Picture *out)
     copts.model_path = args->model;
     copts.task = args->model ? NULL : args->task;
     copts.device = args->device;
+    copts.precision = args->precision;
     st = davi_context_new(&copts, &ctx, err, sizeof err);
     if (st != DAVI_STATUS_OK) {
         fprintf(stderr, "restore: loading the model: %s: %s\n", davi_status_string(st), err);
@@ -252,6 +256,7 @@ static int parse_args(int argc, char **argv, Args *a)
     a->task = "denoise";
     a->model = NULL;
     a->device = "auto";
+    a->precision = NULL;
     a->tile = 0;
     a->seed = 0;
     a->cycles = 1;
@@ -263,6 +268,7 @@ static int parse_args(int argc, char **argv, Args *a)
         if (strcmp(s, "--task") == 0 && has_value) a->task = argv[++i];
         else if (strcmp(s, "--model") == 0 && has_value) a->model = argv[++i];
         else if (strcmp(s, "--device") == 0 && has_value) a->device = argv[++i];
+        else if (strcmp(s, "--precision") == 0 && has_value) a->precision = argv[++i];
         else if (strcmp(s, "--tile") == 0 && has_value) a->tile = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (strcmp(s, "--seed") == 0 && has_value) a->seed = strtoull(argv[++i], NULL, 10);
         else if (strcmp(s, "--cycles") == 0 && has_value) a->cycles = (unsigned)strtoul(argv[++i], NULL, 10);
@@ -283,8 +289,8 @@ int main(int argc, char **argv)
     int rc = 1;
 
     if (parse_args(argc, argv, &args) != 0) {
-        fprintf(stderr, "usage: restore [--task T | --model FILE] [--device D] [--tile N] "
-                        "[--seed N] [--cycles N] [--quiet] IN.pnm OUT.pnm\n");
+        fprintf(stderr, "usage: restore [--task T | --model FILE] [--device D] [--precision P] "
+                        "[--tile N] [--seed N] [--cycles N] [--quiet] IN.pnm OUT.pnm\n");
         return 2;
     }
     if (davi_abi_version() < DAVI_ABI_VERSION) {

@@ -11,9 +11,9 @@
  * its own panics and returns a status).
  *
  * One DaviContext (a loaded model on a device) per effect instance, loaded at the first render
- * and reloaded only when the "Model File" or "Device" parameter changes; renders of one
- * instance are serialised by the host (kOfxImageEffectRenderInstanceSafe) and, in case a host
- * overlaps them anyway, by a per-instance mutex. The host's progress suite and abort() are
+ * and reloaded only when the "Model File", "Device" or "Precision" parameter changes; renders
+ * of one instance are serialised by the host (kOfxImageEffectRenderInstanceSafe) and, in case
+ * a host overlaps them anyway, by a per-instance mutex. The host's progress suite and abort() are
  * wired to libdavi's progress/cancel callback.
  *
  * Default models: "Model File" empty means photo-<task>.safetensors from $DAVI_MODEL_DIR,
@@ -76,6 +76,7 @@ static const TaskInfo TASKS[TASK_COUNT] = {
 /* Parameter names (script names). */
 #define P_MODEL "modelFile"
 #define P_DEVICE "device"
+#define P_PRECISION "precision"
 #define P_SEED "seed"
 #define P_MODEL_VARIATION "useModelVariation"
 #define P_VARIATION "variation"
@@ -87,6 +88,12 @@ static const TaskInfo TASKS[TASK_COUNT] = {
 static const char *const DEVICES[] = {"auto", "cpu", "cuda"};
 static const char *const DEVICE_LABELS[] = {"Auto (CUDA if present, else CPU)", "CPU", "CUDA"};
 #define DEVICE_COUNT 3
+
+/* DaviContextOptions.precision values (libdavi ABI 4), in choice order. */
+static const char *const PRECISIONS[] = {"fp32", "bf16", "fp16"};
+static const char *const PRECISION_LABELS[] = {
+    "Full (fp32)", "bfloat16 (CUDA, CPUs with bf16 instructions)", "float16 (CUDA only)"};
+#define PRECISION_COUNT 3
 
 /* ---------------------------------------------------------------------------------------
  * Host suites (one host per process: every OfxPlugin gets the same OfxHost)
@@ -180,8 +187,9 @@ typedef struct Instance {
     DaviContext *ctx;      /* NULL until the first render; reloaded on model/device change */
     char *ctx_model;       /* model file the context was made from ("" = default) */
     int ctx_device;        /* DEVICES index it was made on */
+    int ctx_precision;     /* PRECISIONS index it was made with */
     OfxImageClipHandle source, output;
-    OfxParamHandle model, device, seed, model_variation, variation, tile, overlap;
+    OfxParamHandle model, device, precision, seed, model_variation, variation, tile, overlap;
     OfxParamHandle hole_centre, hole_size; /* inpainting only */
 } Instance;
 
@@ -336,6 +344,17 @@ static OfxStatus describe_in_context(int task, OfxImageEffectHandle desc,
     g_prop->propSetInt(p, kOfxParamPropDefault, 0, 0);
     g_prop->propSetInt(p, kOfxParamPropAnimates, 0, 0);
 
+    p = define_param(set, kOfxParamTypeChoice, P_PRECISION, "Precision",
+                     "Numeric precision of the network. bfloat16 (CUDA GPUs, CPUs with bf16 "
+                     "instructions) is faster on GPUs and on CPUs with AMX, with results "
+                     "slightly different from full precision; float16 needs CUDA. Changing it "
+                     "reloads the model.");
+    if (!p) return kOfxStatFailed;
+    for (int i = 0; i < PRECISION_COUNT; i++)
+        g_prop->propSetString(p, kOfxParamPropChoiceOption, i, PRECISION_LABELS[i]);
+    g_prop->propSetInt(p, kOfxParamPropDefault, 0, 0);
+    g_prop->propSetInt(p, kOfxParamPropAnimates, 0, 0);
+
     p = define_param(set, kOfxParamTypeInteger, P_SEED, "Seed",
                      "Seed of the generator's perturbation noise. The same frame, settings and "
                      "seed give the same pixels.");
@@ -417,6 +436,7 @@ static OfxStatus create_instance(int task, OfxImageEffectHandle effect) {
         OfxParamHandle *handle;
     } params[] = {
         {P_MODEL, &inst->model},     {P_DEVICE, &inst->device},
+        {P_PRECISION, &inst->precision},
         {P_SEED, &inst->seed},       {P_MODEL_VARIATION, &inst->model_variation},
         {P_VARIATION, &inst->variation}, {P_TILE, &inst->tile},
         {P_OVERLAP, &inst->overlap}, {P_HOLE_CENTRE, &inst->hole_centre},
@@ -522,9 +542,10 @@ static OfxStatus is_identity(int task, OfxImageEffectHandle effect, OfxPropertyS
 }
 
 static OfxStatus instance_changed(OfxImageEffectHandle effect, OfxPropertySetHandle in_args) {
-    /* A new model or device may cure the last error: clear its persistent message. */
+    /* A new model, device or precision may cure the last error: clear its persistent message. */
     const char *name = get_string(in_args, kOfxPropName, 0);
-    if (str_eq(name, P_MODEL) || str_eq(name, P_DEVICE)) clear_persistent(effect);
+    if (str_eq(name, P_MODEL) || str_eq(name, P_DEVICE) || str_eq(name, P_PRECISION))
+        clear_persistent(effect);
     return kOfxStatReplyDefault;
 }
 
@@ -711,15 +732,18 @@ static void resolve_model(int task, const char *param, char *buf, size_t len) {
     buf[0] = '\0';
 }
 
-/* Make sure inst->ctx is loaded from the model and device the parameters name. Holds the
- * instance lock. */
+/* Make sure inst->ctx is loaded from the model, device and precision the parameters name.
+ * Holds the instance lock. */
 static OfxStatus ensure_context(int task, OfxImageEffectHandle effect, Instance *inst,
                                 OfxTime time) {
-    int device = 0;
+    int device = 0, precision = 0;
     param_int(inst->device, time, &device);
     if (device < 0 || device >= DEVICE_COUNT) device = 0;
+    param_int(inst->precision, time, &precision);
+    if (precision < 0 || precision >= PRECISION_COUNT) precision = 0;
     const char *wanted = param_string(inst->model, time);
-    if (inst->ctx && str_eq(inst->ctx_model, wanted) && inst->ctx_device == device)
+    if (inst->ctx && str_eq(inst->ctx_model, wanted) && inst->ctx_device == device &&
+        inst->ctx_precision == precision)
         return kOfxStatOK;
 
     davi_context_free(inst->ctx);
@@ -732,15 +756,16 @@ static OfxStatus ensure_context(int task, OfxImageEffectHandle effect, Instance 
     DaviContextOptions opt;
     davi_context_options_init(&opt, sizeof opt);
     opt.device = DEVICES[device];
+    opt.precision = PRECISIONS[precision];
     if (path[0]) opt.model_path = path;
     else opt.task = TASKS[task].task;
     char err[1024] = "";
     DaviStatus st = davi_context_new(&opt, &inst->ctx, err, sizeof err);
     if (st != DAVI_STATUS_OK) {
         inst->ctx = NULL;
-        post(effect, kOfxMessageError, "%s: cannot load the model %s on %s: %s (%s)",
-             TASKS[task].label, path[0] ? path : "(default)", DEVICES[device], err,
-             davi_status_string(st));
+        post(effect, kOfxMessageError, "%s: cannot load the model %s on %s in %s: %s (%s)",
+             TASKS[task].label, path[0] ? path : "(default)", DEVICES[device],
+             PRECISIONS[precision], err, davi_status_string(st));
         return kOfxStatFailed;
     }
     /* The model must be one for this effect's task. */
@@ -761,6 +786,7 @@ static OfxStatus ensure_context(int task, OfxImageEffectHandle effect, Instance 
     }
     inst->ctx_model = strdup(wanted);
     inst->ctx_device = device;
+    inst->ctx_precision = precision;
     if (!inst->ctx_model) {
         davi_context_free(inst->ctx);
         inst->ctx = NULL;

@@ -1283,8 +1283,8 @@ static void describe_plugin(Loaded *l) {
                          pdim(&pp->props, kOfxParamPropMax) > 0 &&
                          pdim(&pp->props, kOfxParamPropDisplayMax) > 0;
         }
-        const char *names[] = {"modelFile", "device", "seed", "useModelVariation", "variation",
-                               "tileSize", "overlap"};
+        const char *names[] = {"modelFile", "device", "precision", "seed", "useModelVariation",
+                               "variation", "tileSize", "overlap"};
         int all = 1;
         for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
             all = all && effect_param(cd, names[i]) != NULL;
@@ -1600,6 +1600,33 @@ static void scenario_denoise(Loaded *l, const Data *d) {
               "%s: a deblurring model in the denoiser is refused with a message (status %d)",
               l->id, st);
         set_string(e, "modelFile", "");
+    }
+
+    /* Precision: fp16 on the CPU fails with libdavi's message naming it; bf16 restores (on a
+     * CPU with bf16 instructions) or fails with a message saying the CPU lacks them. */
+    if (prepare(l, e, g_profile->depths[0], kOfxImageComponentRGBA, 1.0, 1)) {
+        size_t n = (size_t)d->clean->width * d->clean->height * 3;
+        double before_psnr = psnr(d->noisy->rgb[0], d->clean->rgb[0], n);
+        set_int(e, "precision", 2); /* fp16 */
+        int before = g_messages;
+        OfxStatus st = render(l, e, 0, NULL, NULL);
+        check(st == kOfxStatFailed && g_messages > before && strstr(g_last_message, "fp16") &&
+                  strstr(g_last_message, "CUDA"),
+              "%s: precision fp16 on the CPU fails the render with a message (status %d)", l->id,
+              st);
+        set_int(e, "precision", 1); /* bf16 */
+        before = g_messages;
+        st = render(l, e, 0, NULL, NULL);
+        double after = st == kOfxStatOK ? output_psnr(e, d->clean->rgb[0]) : 0;
+        check((st == kOfxStatOK && after > before_psnr + 0.5 && alpha_kept(e, 0)) ||
+                  (st == kOfxStatFailed && g_messages > before &&
+                   strstr(g_last_message, "bf16 instructions")),
+              "%s: precision bf16 on the CPU: status %d, PSNR noisy %.2f dB -> %.2f dB (a CPU "
+              "without bf16 instructions fails with a message)",
+              l->id, st, before_psnr, after);
+        set_int(e, "precision", 0);
+        st = render(l, e, 0, NULL, NULL);
+        check(st == kOfxStatOK, "%s: back to fp32 (status %d)", l->id, st);
     }
     destroy(l, e);
 }

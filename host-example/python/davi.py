@@ -24,6 +24,8 @@ Keyword parameters of ``restore`` (all optional):
     model       path of a model file instead (its trained operator is used)
     device      "auto" (default), "cpu", "cuda", "cuda:N"
     threads     CPU threads for libtorch (0 = its default)
+    precision   the network's: "fp32" (default), "bf16" (CUDA, and CPUs with bf16
+                instructions), "fp16" (CUDA only); anything but "fp32" needs libdavi ABI 4
     seed        seed of the bridge perturbation noise (equal seeds give equal pixels)
     perturb_h   DAVI's perturbation h (None = the model's; 0 = deterministic)
     tile, overlap   tile edge and blend width in pixels (0 = the model's / automatic)
@@ -78,6 +80,10 @@ _STATUS = [
 _ABI_VERSION = 1
 # Training (davi_training_*, DAVI_STATUS_IO_ERROR, DAVI_STATUS_INVALID_CONFIG) needs ABI 3.
 _TRAINING_ABI_VERSION = 3
+# DaviContextOptions.precision was appended in ABI 4. An older library reads only the fields
+# before it (davi_context_options_init sets its smaller struct_size), so a precision other
+# than fp32 is refused here rather than silently ignored there.
+_PRECISION_ABI_VERSION = 4
 _U8, _U16, _F32 = 0, 1, 2
 _LAYOUTS = {1: 0, 2: 1, 3: 2, 4: 3}  # channels -> DaviChannelLayout
 _SAMPLE_BYTES = {_U8: 1, _U16: 2, _F32: 4}
@@ -94,6 +100,7 @@ class _ContextOptions(ctypes.Structure):
         ("model_len", ctypes.c_size_t),
         ("task", ctypes.c_char_p),
         ("device", ctypes.c_char_p),
+        ("precision", ctypes.c_char_p),  # ABI 4
     ]
 
 
@@ -344,10 +351,14 @@ def _image(mv_or_buf, width, height, sample, channels, writable_buf=None):
 class Context:
     """A loaded model on a device. Make one, restore many times; not for concurrent use."""
 
-    def __init__(self, task=None, model=None, device="auto", threads=0):
+    def __init__(self, task=None, model=None, device="auto", threads=0, precision="fp32"):
         if (task is None) == (model is None):
             raise ValueError("give exactly one of task= or model=")
         lib = _library()
+        if precision not in (None, "fp32") and lib.davi_abi_version() < _PRECISION_ABI_VERSION:
+            raise DaviError("ABI_MISMATCH", "%s implements C ABI %d; precision=%r needs %d"
+                            % (_lib_path, lib.davi_abi_version(), precision,
+                               _PRECISION_ABI_VERSION))
         opts = _ContextOptions()
         _check(lib.davi_context_options_init(ctypes.byref(opts), ctypes.sizeof(opts)),
                "context options")
@@ -355,6 +366,7 @@ class Context:
         opts.task = task.encode() if task else None
         opts.model_path = os.fsencode(model) if model else None
         opts.device = device.encode() if device else None
+        opts.precision = precision.encode() if precision else None
         err = ctypes.create_string_buffer(1024)
         handle = ctypes.c_void_p()
         code = lib.davi_context_new(ctypes.byref(opts), ctypes.byref(handle), err, len(err))
@@ -363,6 +375,7 @@ class Context:
         self._handle = handle
         self.task = task
         self.model = model
+        self.precision = precision or "fp32"
 
     def close(self):
         if getattr(self, "_handle", None):
@@ -505,19 +518,21 @@ def _spec_to_text(spec):
 _contexts = {}
 
 
-def restore(pixels, width, height, task=None, model=None, device="auto", threads=0, **params):
+def restore(pixels, width, height, task=None, model=None, device="auto", threads=0,
+            precision="fp32", **params):
     """Restore ``pixels`` with the default model of ``task`` (or the model file ``model``).
 
-    Contexts are cached per (task, model, device, threads), so repeated calls load the model
-    once. Returns the restored pixels in the input's type; see the module documentation.
+    Contexts are cached per (task, model, device, threads, precision), so repeated calls load
+    the model once. Returns the restored pixels in the input's type; see the module
+    documentation.
     """
     if task is None and model is None:
         raise ValueError("give task= (deblur, sr4, inpaint, denoise, colorize) or model=")
-    key = (task, model, device, threads)
+    key = (task, model, device, threads, precision)
     ctx = _contexts.get(key)
     if ctx is None:
         ctx = _contexts[key] = Context(task=None if model else task, model=model,
-                                       device=device, threads=threads)
+                                       device=device, threads=threads, precision=precision)
     return ctx.restore(pixels, width, height, **params)
 
 
@@ -838,13 +853,15 @@ def main(argv=None):
     g.add_argument("--task")
     g.add_argument("--model")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tile", type=int, default=0)
     p.add_argument("--perturb-h", type=float)
     a = p.parse_args(argv)
     try:
         pixels, w, h, channels = _read_pnm(a.input)
-        with Context(task=a.task, model=a.model, device=a.device) as ctx:
+        with Context(task=a.task, model=a.model, device=a.device,
+                     precision=a.precision) as ctx:
             out, ow, oh, out_channels = ctx.restore_sized(
                 pixels, w, h, seed=a.seed, tile=a.tile, perturb_h=a.perturb_h)
         _write_pnm(a.output, out, ow, oh, out_channels)

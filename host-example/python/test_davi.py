@@ -19,6 +19,16 @@ import zlib
 import davi
 
 
+def cpu_has_bf16():
+    """Whether the CPU has bf16 instructions, as libdavi decides (x86 avx512_bf16, Arm bf16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "bf16" in flags
+
+
 def picture(width, height, channels, seed=0):
     """A deterministic smooth-plus-texture 8-bit picture."""
     out = bytearray()
@@ -135,6 +145,34 @@ class RestoreTests(unittest.TestCase):
                 ctx.restore(px, self.W, self.H, progress=again)
             self.assertEqual(e.exception.status, "BUSY")
             self.assertEqual(len(ctx.restore(px, self.W, self.H)), len(px))  # still usable
+
+    def test_precision_bf16_is_close_to_fp32_and_bad_names_are_refused(self):
+        px = picture(self.W, self.H, 3)
+        ref = davi.restore(px, self.W, self.H, task="denoise", device="cpu", perturb_h=0)
+        if cpu_has_bf16():
+            with davi.Context(task="denoise", device="cpu", precision="bf16") as ctx:
+                self.assertEqual(ctx.precision, "bf16")
+                out = ctx.restore(px, self.W, self.H, perturb_h=0)
+            # The bound of sdk/capi/tests/precision.rs on the same model: 8-bit samples at
+            # most 16 levels from fp32's (9 was the worst on the held-out crops).
+            self.assertLessEqual(max(abs(a - b) for a, b in zip(out, ref)), 16)
+            self.assertNotEqual(out, ref)
+        else:
+            with self.assertRaises(davi.DaviError) as e:
+                davi.Context(task="denoise", device="cpu", precision="bf16")
+            self.assertEqual(e.exception.status, "DEVICE_ERROR")
+        with self.assertRaises(davi.DaviError) as e:
+            davi.Context(task="denoise", device="cpu", precision="fp16")
+        self.assertEqual(e.exception.status, "DEVICE_ERROR")
+        self.assertIn("CUDA", str(e.exception))
+        for bad in ("BF16", "bf16 ", "half"):
+            with self.assertRaises(davi.DaviError) as e:
+                davi.restore(px, self.W, self.H, task="denoise", device="cpu", precision=bad)
+            self.assertEqual(e.exception.status, "INVALID_ARGUMENT")
+            self.assertIn(repr(bad).replace("'", '"'), str(e.exception))
+        fp32 = davi.restore(px, self.W, self.H, task="denoise", device="cpu", perturb_h=0,
+                            precision="fp32")
+        self.assertEqual(fp32, ref)
 
     def test_status_names_follow_the_header(self):
         header = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",

@@ -5,7 +5,7 @@
 //! davi eval --images DIR (--task T | --op SPEC) [--model GEN] [--prior PRIOR]
 //!           [--dps-nfe N] [--dps-scale S] [--methods davi,dps,classical,lift] [--seed N]
 //!           [--max-side N] [--fit crop|resize] [--json OUT.json] [--markdown OUT.md]
-//!           [--device D] [--noise-sigma S] [--perturb-h H] [--quiet]
+//!           [--device D] [--precision P] [--noise-sigma S] [--perturb-h H] [--quiet]
 //! ```
 //! The evaluation itself lives in the engine (`davi_engine::eval`, DPS in `davi_engine::dps`
 //! after Chung et al., ICLR 2023, as described in docs/algorithm.md §8). This file parses the
@@ -70,6 +70,10 @@ pub struct EvalArgs {
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Precision of the DAVI generator's network: fp32, bf16 or fp16 (as `davi restore
+    /// --precision`; DPS always runs fp32).
+    #[arg(long, default_value = "fp32", value_parser = crate::restore_cmd::PRECISIONS)]
+    precision: String,
     /// DAVI perturbation h (default: the model's).
     #[arg(long)]
     perturb_h: Option<f64>,
@@ -89,6 +93,8 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         bail!("--images {} is not a folder", a.images.display());
     }
     let device = davi_engine::parse_device(&a.device)?;
+    let precision = davi_engine::precision::Precision::parse(&a.precision)?;
+    precision.check_device(device)?;
     let wants = |m: Method| methods.contains(&m);
     let generator = a.model.as_deref().filter(|_| wants(Method::Davi));
     let prior = a.prior.as_deref().filter(|_| wants(Method::Dps));
@@ -108,6 +114,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     cfg.dps_scale = a.dps_scale;
     cfg.perturb_h = a.perturb_h;
     cfg.device = device;
+    cfg.precision = precision;
 
     let show = !a.quiet && std::io::stderr().is_terminal();
     let mut last = String::new();

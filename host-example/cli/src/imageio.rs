@@ -121,12 +121,17 @@ fn luma_alpha_f32(img: &DynamicImage) -> Vec<f32> {
     la.into_raw().into_iter().map(|v| v as f32 / 65535.0).collect()
 }
 
-/// Planar `(1, C, H, W)` values in [0, 1], scaled to `0..=max` and rounded (in place on one
-/// new tensor: whole photographs hold few image-sized buffers at once).
+/// Planar `(1, C, H, W)` values in [0, 1], scaled to `0..=max` and rounded half up,
+/// `floor(v * max + 0.5)` in f32: exactly how libdavi's image views store samples
+/// (`sdk/src/image.rs`, `RowMut::set_unit`), so `davi restore` and the C API (`davi.py`, the
+/// Ray recipe) write the same samples even where `v * max` ends in .5 (round-half-even would
+/// differ there: up to one 16-bit sample in several hundred). In place on one new tensor:
+/// whole photographs hold few image-sized buffers at once.
 fn quantised(t: &Tensor, max: f64) -> Tensor {
     let mut t = t.clamp(0.0, 1.0);
     t *= max;
-    let _ = t.round_();
+    t += 0.5;
+    let _ = t.floor_();
     t
 }
 
@@ -173,8 +178,8 @@ pub fn to_dynamic(p: &Picture) -> Result<DynamicImage> {
     Ok(img)
 }
 
-/// Write atomically; the format comes from the extension (png, jpg/jpeg, tif/tiff, pgm/ppm,
-/// bmp).
+/// Write atomically; the format comes from the extension (png, jpg/jpeg, tif/tiff, pgm/ppm
+/// as binary netpbm `P5`/`P6`, bmp).
 pub fn write(path: &Path, p: &Picture) -> Result<()> {
     write_with_meta(path, p, &Metadata::default())
 }
@@ -209,10 +214,43 @@ pub fn write_with_meta(path: &Path, p: &Picture, meta: &Metadata) -> Result<()> 
         ImageFormat::Png => img.write_with_encoder(with_meta(PngEncoder::new(&mut buf), icc, exif)),
         ImageFormat::Jpeg => img.write_with_encoder(with_meta(JpegEncoder::new(&mut buf), icc, exif)),
         ImageFormat::Tiff => img.write_with_encoder(with_meta(TiffEncoder::new(&mut buf), icc, exif)),
+        ImageFormat::Pnm if is_ppm_or_pgm(path) => {
+            write_netpbm(buf.get_mut(), &img).with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(())
+        }
         _ => img.write_to(&mut buf, fmt),
     };
     encoded.with_context(|| format!("cannot encode {}", path.display()))?;
     davi_engine::weights::model_file::write_atomic(path, buf.get_ref()).map_err(anyhow::Error::from)
+}
+
+/// `.ppm`, `.pgm` and `.pnm` (any case): written as binary netpbm, not as the PAM (`P7`) file
+/// the `image` crate's default PNM encoder writes, which PPM/PGM readers (Pillow, `davi.py`)
+/// refuse.
+fn is_ppm_or_pgm(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| ["ppm", "pgm", "pnm"].iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// Binary PGM (`P5`, gray) or PPM (`P6`, colour), 8 bit (maxval 255) or 16 bit (65535,
+/// samples big-endian), header `P6\nW H\nMAXVAL\n` as netpbm, Pillow and `davi.py` write it.
+/// The pixel data is in the colour model of the image (a colorized `.pgm` input becomes a
+/// `P6` file); alpha has no place in these formats and is refused, as for JPEG.
+fn write_netpbm(out: &mut Vec<u8>, img: &DynamicImage) -> Result<()> {
+    let (magic, maxval) = match img {
+        DynamicImage::ImageLuma8(_) => ("P5", 255),
+        DynamicImage::ImageRgb8(_) => ("P6", 255),
+        DynamicImage::ImageLuma16(_) => ("P5", 65535),
+        DynamicImage::ImageRgb16(_) => ("P6", 65535),
+        _ if img.color().has_alpha() => bail!("PPM and PGM cannot hold the alpha channel; write PNG or TIFF"),
+        _ => bail!("unsupported pixel type {:?} for PPM/PGM", img.color()),
+    };
+    out.extend_from_slice(format!("{magic}\n{} {}\n{maxval}\n", img.width(), img.height()).as_bytes());
+    match img {
+        DynamicImage::ImageLuma16(b) => b.as_raw().iter().for_each(|v| out.extend_from_slice(&v.to_be_bytes())),
+        DynamicImage::ImageRgb16(b) => b.as_raw().iter().for_each(|v| out.extend_from_slice(&v.to_be_bytes())),
+        _ => out.extend_from_slice(img.as_bytes()),
+    }
+    Ok(())
 }
 
 /// Read a raw measurement from a NumPy `.npy` file: little-endian f32 or f64, C order, shape
@@ -288,4 +326,24 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
         out.extend_from_slice(&x.to_le_bytes());
     }
     davi_engine::weights::model_file::write_atomic(path, &out).map_err(anyhow::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Samples are stored as libdavi's image views store them (`(v * max + 0.5) as uN` in
+    /// f32, `sdk/src/image.rs`), ties included, at 8 and 16 bits.
+    #[test]
+    fn samples_round_half_up_as_libdavi_does() {
+        let v: Vec<f32> = (0..=1u32 << 18).map(|i| i as f32 / (1u32 << 18) as f32).collect();
+        let t = Tensor::from_slice(&v).view([1, 1, 1, v.len() as i64]);
+        let (u8s, u16s) = (interleaved_u8(&t), interleaved(&t, 65535.0));
+        let ties = |max: f32| v.iter().filter(|&&x| (x * max).fract() == 0.5).count();
+        assert!(ties(255.0) > 0 && ties(65535.0) > 100, "the sweep must hold ties");
+        for (i, &x) in v.iter().enumerate() {
+            assert_eq!(u8s[i], (x * 255.0 + 0.5) as u8, "8 bit, v = {x}");
+            assert_eq!(u16s[i] as u16, (x * 65535.0 + 0.5) as u16, "16 bit, v = {x}");
+        }
+    }
 }

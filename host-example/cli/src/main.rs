@@ -119,6 +119,10 @@ enum Cmd {
         op: OpArgs,
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Precision of the network: fp32, bf16 (CUDA, CPUs with bf16 instructions) or fp16
+        /// (CUDA only); see `davi restore --help`.
+        #[arg(long, default_value = "fp32", value_parser = restore_cmd::PRECISIONS)]
+        precision: String,
         /// Frames per network evaluation.
         #[arg(long, default_value_t = 4)]
         batch: usize,
@@ -246,6 +250,9 @@ fn run(cli: Cli) -> Result<()> {
                 if stats_json.is_some() {
                     bail!("--stats-json reports the built-in engine's work; it does not apply to --plugin");
                 }
+                if args.precision != "fp32" {
+                    bail!("--precision applies to the built-in engine; the plugin table has no precision (plugins run fp32)");
+                }
                 return restore_with_plugin(&input, &output, args.model.as_deref(), &args.op, &args.device, &plugin, plugin_id.as_deref());
             }
             let start = std::time::Instant::now();
@@ -261,7 +268,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Batch(a) => batch::run(&a),
         Cmd::Plugins { plugin } => plugins::list(&plugin),
-        Cmd::Video { width, height, pix_fmt, model, op, device, batch, seed, perturb_h, progress_json, print_output_size } => {
+        Cmd::Video { width, height, pix_fmt, model, op, device, precision, batch, seed, perturb_h, progress_json, print_output_size } => {
             if width == 0 || height == 0 || width > 16384 || height > 16384 {
                 bail!("--width and --height must be in 1..=16384");
             }
@@ -269,12 +276,15 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("--batch must be at least 1");
             }
             let device = davi_engine::parse_device(&device)?;
+            let precision = davi_engine::precision::Precision::parse(&precision)?;
+            precision.check_device(device)?;
             let (loaded, spec) = load_generator(model.as_deref(), &op, device)?;
             spec.validate_for_size(height, width).or_else(|e| match &spec {
                 OperatorSpec::SuperResolution(_) => Ok(()),
                 _ => Err(e),
             })?;
-            let restorer = Restorer::new(loaded, device);
+            let mut restorer = Restorer::new(loaded, device);
+            restorer.set_precision(precision)?;
             let job = video::VideoJob {
                 restorer: &restorer,
                 spec: &spec,

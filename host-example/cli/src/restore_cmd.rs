@@ -1,16 +1,19 @@
 //! `davi restore` with the built-in engine, shared with `davi batch`: the options (model,
-//! operator, device, seed, perturbation, tiling), one model load ([`Engine::load`]) and the
+//! operator, device, precision, seed, perturbation, tiling), one model load ([`Engine::load`]) and the
 //! restoration of one file to another ([`Engine::restore_file`]), metadata carried and the
 //! output written atomically (`imageio::write_with_meta`).
 use crate::{imageio, load_generator, OpArgs};
 use anyhow::{bail, Result};
 use clap::Args;
 use davi_engine::pipeline;
-use davi_engine::restore::{RestoreOptions, Restorer};
+use davi_engine::restore::{Precision, RestoreOptions, Restorer};
 use davi_engine::tiling::Tiling;
 use davi_sdk::OperatorSpec;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The values of every `--precision` option ([`Precision::name`]).
+pub const PRECISIONS: [&str; 3] = ["fp32", "bf16", "fp16"];
 
 /// The options of `davi restore` that also apply to `davi batch`.
 #[derive(Args, Clone)]
@@ -24,6 +27,11 @@ pub struct RestoreArgs {
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Precision of the network: fp32, bf16 (CUDA, and CPUs with bf16 instructions; slightly
+    /// less exact, and faster only on CPUs with AMX and on GPUs: docs/performance.md) or fp16
+    /// (CUDA only). The rest of the restore stays fp32.
+    #[arg(long, default_value = "fp32", value_parser = PRECISIONS)]
+    pub precision: String,
     /// Seed of the bridge perturbation noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -73,10 +81,13 @@ impl Engine {
             None => {}
         }
         let device = davi_engine::parse_device(&a.device)?;
+        let precision = Precision::parse(&a.precision)?;
+        precision.check_device(device)?;
         let (loaded, spec) = load_generator(a.model.as_deref(), &a.op, device)?;
         let channels = loaded.meta.unet.in_channels;
         let mut restorer = Restorer::new(loaded, device);
         restorer.tile_workers = a.tile_workers;
+        restorer.set_precision(precision)?;
         Ok(Engine { restorer, spec, channels, device, opts: a.options() })
     }
 
@@ -148,6 +159,7 @@ impl Engine {
             "output_height": t.height,
             "device": davi_engine::device::device_name(self.device),
             "threads": tch::get_num_threads(),
+            "precision": self.restorer.precision().name(),
             "tile_workers": self.restorer.tile_workers,
             "tile": meta.restore_tile,
             "window": meta.restore_window,

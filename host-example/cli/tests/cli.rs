@@ -113,11 +113,73 @@ fn pnm_and_bmp_pictures_are_read_and_written() {
         assert_eq!((r.width(), r.height()), (40, 32));
         assert_eq!(matches!(r, image::DynamicImage::ImageRgb16(_)), depth16, "{}", out.display());
     }
+    // PPM/PGM outputs are binary netpbm (P6/P5), not the PAM (P7) the image crate writes by
+    // default, which PPM readers (Pillow, davi.py) refuse.
+    let bytes = std::fs::read(d.join("out16.ppm")).unwrap();
+    let header = b"P6\n40 32\n65535\n";
+    assert_eq!(&bytes[..header.len()], header);
+    assert_eq!(bytes.len(), header.len() + 40 * 32 * 3 * 2);
     let pgm = d.join("gray.pgm");
     image::GrayImage::from_fn(24, 16, |x, y| image::Luma([(x * 9 + y * 5) as u8])).save(&pgm).unwrap();
     let out = d.join("gray-out.pgm");
     let o = davi(&["restore", pgm.to_str().unwrap(), "-o", out.to_str().unwrap(), "--model", model.to_str().unwrap(), "--device", "cpu"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(matches!(image::open(&out).unwrap(), image::DynamicImage::ImageLuma8(_)));
+    let bytes = std::fs::read(&out).unwrap();
+    let header = b"P5\n24 16\n255\n";
+    assert_eq!((&bytes[..header.len()], bytes.len()), (&header[..], header.len() + 24 * 16));
+    // Alpha has no place in PPM: refused by name (as for JPEG), nothing written.
+    let rgba = d.join("rgba.png");
+    image::RgbaImage::from_fn(24, 16, |x, y| image::Rgba([(x * 9) as u8, (y * 5) as u8, 90, 200])).save(&rgba).unwrap();
+    let out = d.join("rgba.ppm");
+    let o = davi(&["restore", rgba.to_str().unwrap(), "-o", out.to_str().unwrap(), "--model", model.to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot hold the alpha channel"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn precision_runs_bf16_and_refuses_fp16_on_the_cpu() {
+    let d = tmp("precision");
+    let clean = d.join("clean.png");
+    write_rgba16(&clean, 32, 24);
+    // A tiny generator whose zero-initialised output layers are perturbed, so that its ε (and
+    // so the precision it is computed in) shows in the result.
+    let meta = ModelMeta::tiny_generator(Some(OperatorSpec::for_task("denoise").unwrap()));
+    let net = LoadedModel::random(meta, tch::Device::Cpu, 5).unwrap();
+    tch::no_grad(|| {
+        for (_, mut v) in net.vs.variables() {
+            let r = v.randn_like() * 0.02;
+            v.copy_(&(&v + r));
+        }
+    });
+    let model = d.join("live.safetensors");
+    net.save(&model).unwrap();
+    let (m, input) = (model.to_str().unwrap(), clean.to_str().unwrap());
+    let restore = |precision: &str, out: &Path, stats: &Path| {
+        davi(&["restore", input, "-o", out.to_str().unwrap(), "--model", m, "--device", "cpu", "--perturb-h", "0",
+            "--precision", precision, "--stats-json", stats.to_str().unwrap()])
+    };
+    let (fp32, bf16, fp16) = (d.join("fp32.npy"), d.join("bf16.npy"), d.join("fp16.npy"));
+    let o = restore("fp32", &fp32, &d.join("fp32.json"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = restore("bf16", &bf16, &d.join("bf16.json"));
+    if davi_engine::precision::cpu_has_bf16() {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("bf16.json")).unwrap()).unwrap();
+        assert_eq!(stats["precision"], "bf16");
+        assert!(std::fs::read(&fp32).unwrap() != std::fs::read(&bf16).unwrap(), "bf16 gave the fp32 result");
+    } else {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("bf16 instructions"), "{err}");
+    }
+    let o = restore("fp16", &fp16, &d.join("fp16.json"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("fp16") && err.contains("CUDA") && err.lines().count() == 1, "{err}");
+    assert!(!fp16.exists());
+    let o = restore("BF16", &fp16, &d.join("x.json"));
+    assert_eq!(o.status.code(), Some(2), "clap refuses values outside fp32|bf16|fp16");
     std::fs::remove_dir_all(&d).ok();
 }

@@ -26,9 +26,10 @@
 //!   with AMX/AVX512-BF16, but not within 1e-4), also with channels-last. Every variant is
 //!   timed *paired* with its baseline (alternating call by call) and reports wall and
 //!   process CPU time, and max |Δ| against the
-//!   f32 reference output. The `Restorer` always feeds the network f32, so bf16 one-step
-//!   latency is measured with the same steps composed in this file (`one_step_in`, checked
-//!   bit-identical to `restore_lifted` in f32).
+//!   f32 reference output. These CPU experiments time bf16 one-step latency with the steps
+//!   composed in this file (`one_step_in`, checked bit-identical to `restore_lifted` in f32),
+//!   written before `Restorer::set_precision` existed; the GPU matrix uses the `Restorer`'s
+//!   own bf16 path (docs/performance.md, "Reduced precision").
 //!
 //! Environment:
 //!
@@ -45,7 +46,7 @@
 //! | `DAVI_BENCH_MALLOPT` | the CLI's, `134217728,1073741824` | `MMAP_BYTES,TRIM_BYTES`: glibc `mallopt` thresholds set at start; `off` keeps glibc's defaults (see docs/performance.md) |
 //! | `DAVI_BENCH_SERVE` | unset | `1`: co-process for `bench_pytorch.py --tch-bin` (paired tch/PyTorch timing) |
 use davi_engine::diffusion::schedule::timesteps;
-use davi_engine::restore::{seeded_normal, RestoreOptions, Restorer};
+use davi_engine::restore::{seeded_normal, Precision, RestoreOptions, Restorer};
 use davi_engine::tiling::Tiling;
 use davi_engine::unet::UNetConfig;
 use davi_engine::weights::{LoadedModel, ModelMeta, ModelRole};
@@ -318,9 +319,10 @@ fn restore_once(r: &Restorer, y: &Tensor) -> Tensor {
 }
 
 /// The single-tile path of `Restorer::restore_lifted` spelled out with the network run in
-/// `kind` (the Restorer itself always feeds f32): perturbed interpolation with the same
-/// seeded noise, one forward at t = 999, `tanh(x_in - std_fwd·ε)`. In f32 it must equal
-/// `restore_lifted` exactly (checked below); it is what bf16 one-step latency is measured with.
+/// `kind` (on a restorer whose weights are already of that kind): perturbed interpolation with
+/// the same seeded noise, one forward at t = 999, `tanh(x_in - std_fwd·ε)`. In f32 it must
+/// equal `restore_lifted` exactly (checked below); the CPU bf16 experiment times it (the same
+/// steps `Restorer::set_precision` now gives `restore_lifted`).
 fn one_step_in(r: &Restorer, y: &Tensor, kind: Kind) -> Tensor {
     tch::no_grad(|| {
         let device = r.device;
@@ -620,7 +622,11 @@ fn run_matrix(device: Device) {
     let mut refs = Vec::new();
     for kind in [Kind::Float, Kind::BFloat16] {
         if kind == Kind::BFloat16 {
-            r.model.vs.bfloat16();
+            // The restore path hosts get with `--precision bf16` / DaviContextOptions.precision.
+            if let Err(e) = r.set_precision(Precision::Bf16) {
+                println!("[bf16] not run: {e}");
+                break;
+            }
         }
         let name = if kind == Kind::Float { "fp32/tf32" } else { "bf16" };
         for (i, &b) in batches.iter().enumerate() {
@@ -628,13 +634,8 @@ fn run_matrix(device: Device) {
             let xk = x.to_kind(kind);
             let t = timesteps(T, b, device);
             let (sa, out) = time_it(device, warmup, reps, || tch::no_grad(|| r.model.net.forward(&xk, &t)));
-            // fp32 through Restorer::restore_lifted; bf16 through the same steps composed here
-            // (the Restorer feeds the network f32).
-            let (sb, _) = if kind == Kind::Float {
-                time_it(device, warmup, reps, || restore_once(&r, &x))
-            } else {
-                time_it(device, warmup, reps, || one_step_in(&r, &x, kind))
-            };
+            // Both through Restorer::restore_lifted (bf16 with Restorer::set_precision).
+            let (sb, _) = time_it(device, warmup, reps, || restore_once(&r, &x));
             let diff = if kind == Kind::Float {
                 refs.push(out.narrow(0, 0, 1).to_kind(Kind::Float).to_device(Device::Cpu));
                 String::new()

@@ -38,7 +38,7 @@ use crate::dps::{self, Dps, DpsOptions};
 use crate::error::{EngineError, Result};
 use crate::metrics;
 use crate::pipeline;
-use crate::restore::{RestoreOptions, Restorer, SplitMix64};
+use crate::restore::{Precision, RestoreOptions, Restorer, SplitMix64};
 use crate::train::data::{list_images, load_rgb, resize_aa};
 use crate::weights::{model_file, LoadedModel};
 use davi_sdk::OperatorSpec;
@@ -134,6 +134,8 @@ pub struct EvalConfig {
     /// DAVI perturbation `h`; `None` = the model's.
     pub perturb_h: Option<f64>,
     pub device: Device,
+    /// Precision of the DAVI generator's network (DPS always runs f32).
+    pub precision: Precision,
 }
 
 impl EvalConfig {
@@ -150,6 +152,7 @@ impl EvalConfig {
             dps_scale: None,
             perturb_h: None,
             device: Device::Cpu,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -390,13 +393,16 @@ pub fn evaluate(
                 "parameters": g.parameter_count(),
                 "trained_for": g.meta.operator.as_ref().map(|o| o.to_string()),
                 "perturb_h": cfg.perturb_h.or(g.meta.perturb_h).unwrap_or(0.1),
+                "precision": cfg.precision.name(),
             });
             if let Some(trained) = &g.meta.operator {
                 if trained != spec {
                     r.note = Some(format!("generator trained for {trained}, evaluated on {spec}"));
                 }
             }
-            Some(Restorer::new(g, cfg.device))
+            let mut restorer = Restorer::new(g, cfg.device);
+            restorer.set_precision(cfg.precision)?;
+            Some(restorer)
         }
         (true, None) => {
             skip(&mut runs, Method::Davi, "no generator model given (--model)".into());

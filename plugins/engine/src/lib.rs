@@ -13,6 +13,7 @@
 //!
 //! Restoration and evaluation:
 //! - [`restore`]: one-step restoration exactly as the official evaluator does it (§6.1);
+//! - [`precision`]: the network's precision in a restore (`fp32`, `bf16`, `fp16`);
 //! - [`tiling`]: overlapped, blended tiles, so any image size runs in bounded memory (§6.2);
 //! - [`windows`]: restoration through low-resolution context windows, for inpainting and
 //!   colorization models (§6.3);
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod operators;
 pub mod pipeline;
 pub mod plugin;
+pub mod precision;
 pub mod restore;
 pub mod tiling;
 pub mod train;

@@ -34,12 +34,13 @@
 //! before each tile and once at the end, with the fraction of tiles done. A cancel is seen
 //! before the next tile starts. Options the plugin table has no field for use the model's
 //! defaults: perturbation `h` from the model file, seed 0, 256-pixel tiles with 32 pixels of
-//! overlap.
+//! overlap, and an fp32 network (the plugin table has no precision field; libdavi's C API has,
+//! `DaviContextOptions.precision`).
 use crate::defaults;
 use crate::device::{device_name, parse_device};
 use crate::error::EngineError;
 use crate::pipeline::{problem_from_observation, to_picture};
-use crate::restore::{RestoreOptions, Restorer};
+use crate::restore::{Precision, RestoreOptions, Restorer};
 use crate::weights::{model_file, LoadedModel, ModelRole};
 use davi_sdk::plugin::{
     DAVI_DEVICE_CPU, DAVI_DEVICE_CUDA, DAVI_OPERATOR_COLORIZATION, DAVI_OPERATOR_DENOISING,
@@ -93,6 +94,7 @@ impl std::fmt::Debug for Generator {
         f.debug_struct("Generator")
             .field("origin", &self.origin)
             .field("device", &device_name(self.restorer.device))
+            .field("precision", &self.restorer.precision())
             .field("operator", &self.restorer.model.meta.operator)
             .finish()
     }
@@ -151,6 +153,18 @@ impl Generator {
     /// The device the model lives on.
     pub fn device(&self) -> Device {
         self.restorer.device
+    }
+
+    /// Run the network in `precision` from now on (weights converted once, in place; see
+    /// [`Restorer::set_precision`]). `DeviceError` when the device cannot run it (fp16 on a
+    /// CPU, bf16 on a CPU without bf16 instructions).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<(), DaviError> {
+        Ok(self.restorer.set_precision(precision)?)
+    }
+
+    /// The precision the network runs in.
+    pub fn precision(&self) -> Precision {
+        self.restorer.precision()
     }
 
     /// Where the model came from (a path or a description), for messages.

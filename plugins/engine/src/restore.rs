@@ -7,9 +7,13 @@
 //!
 //! Runs under no-grad. `h = 0` makes the result a deterministic function of the input; with
 //! `h > 0`, `z` comes from a generator seeded by the caller, so results reproduce on CPU.
+//!
+//! Step 3 may run in reduced precision ([`Restorer::set_precision`], [`Precision`]): the
+//! network's weights and its input are bf16 or fp16, everything else stays f32.
 use crate::diffusion::{schedule::timesteps, Bridge, Diffusion};
 use crate::error::{EngineError, Result};
 use crate::operators::Operator;
+pub use crate::precision::Precision;
 use crate::tiling::{map_tiles_parallel, SharedRead, Tiling};
 use crate::weights::LoadedModel;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +34,9 @@ pub struct Restorer {
     /// See [`crate::tiling::map_tiles_parallel`] and docs/performance.md. CUDA restores and
     /// single-tile images always run one call at a time.
     pub tile_workers: usize,
+    /// The precision the network runs in ([`Self::set_precision`]); the weights in `model`
+    /// are of its kind.
+    precision: Precision,
     work: WorkCounter,
 }
 
@@ -69,7 +76,33 @@ impl WorkCounter {
 impl Restorer {
     pub fn new(model: LoadedModel, device: Device) -> Self {
         let d = Diffusion::new(model.meta.schedule, model.meta.diffusion_steps);
-        Restorer { bridge: Bridge::new(&d), model, device, tile_workers: 0, work: WorkCounter::default() }
+        Restorer { bridge: Bridge::new(&d), model, device, tile_workers: 0, precision: Precision::Fp32, work: WorkCounter::default() }
+    }
+
+    /// Run the network in `precision` from now on. The weights are converted once, in place
+    /// (the f32 copy is not kept, so a bf16 restorer holds half the weight memory); going back
+    /// to f32 after a conversion is refused, since the rounded weights could not give f32
+    /// results: load the model again instead. `Device` error when the device cannot run the
+    /// precision ([`Precision::check_device`]).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == self.precision {
+            return Ok(());
+        }
+        precision.check_device(self.device)?;
+        if self.precision != Precision::Fp32 {
+            return Err(EngineError::InvalidInput(format!(
+                "the weights are already converted to {}; load the model again for {precision}",
+                self.precision
+            )));
+        }
+        tch::no_grad(|| self.model.vs.set_kind(precision.kind()));
+        self.precision = precision;
+        Ok(())
+    }
+
+    /// The precision the network runs in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The network work done so far (all threads, all restores of this restorer).
@@ -166,14 +199,18 @@ impl Restorer {
     }
 
     /// One network evaluation on a tile of the perturbed input, `x̂ = tanh(x - std_fwd·ε)`.
+    /// Only the forward runs in [`Self::precision`]: its input is cast to it, the ε channels
+    /// back to f32, and `x_in` and the bridge arithmetic stay f32.
     fn denoise_tile(&self, x_in: &Tensor, t_val: i64, m: i64) -> Tensor {
         let (b, c, h, w) = x_in.size4().expect("4-D tile");
         let (ph, pw) = ((m - h % m) % m, (m - w % m) % m);
         let padded = if ph > 0 || pw > 0 { pad_reflect(x_in, ph, pw) } else { x_in.shallow_clone() };
+        let padded = padded.to_kind(self.precision.kind());
         let t = timesteps(t_val, b, self.device);
         self.work.count(b, h + ph, w + pw, &self.model.meta.unet);
         let out = self.model.net.forward(&padded, &t);
-        let eps = out.narrow(1, 0, c).to_kind(Kind::Float).narrow(2, 0, h).narrow(3, 0, w);
+        drop(padded);
+        let eps = out.narrow(1, 0, c).narrow(2, 0, h).narrow(3, 0, w).to_kind(Kind::Float);
         self.bridge.generator_output(&t, x_in, &eps)
     }
 

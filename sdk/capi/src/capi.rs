@@ -16,8 +16,8 @@ use crate::training::{ConfigSource, ProgressFn, Training, TrainingKind, Training
 use crate::types::{
     DaviBlurMode, DaviContext, DaviContextOptions, DaviDownsampleMethod, DaviRestoreOptions,
     DaviSpec, DaviTraining, DaviTrainingInfo, DaviTrainingKind, DaviTrainingOptions,
-    DaviTrainingProgress, DaviTrainingRunOptions, CONTEXT_OPTIONS_V1, RESTORE_OPTIONS_V1,
-    TRAINING_INFO_V1, TRAINING_OPTIONS_V1, TRAINING_RUN_OPTIONS_V1,
+    DaviTrainingProgress, DaviTrainingRunOptions, CONTEXT_OPTIONS_V1, CONTEXT_OPTIONS_V4,
+    RESTORE_OPTIONS_V1, TRAINING_INFO_V1, TRAINING_OPTIONS_V1, TRAINING_RUN_OPTIONS_V1,
 };
 use davi_engine::train::runner::StepReport;
 use davi_sdk::spec::{OperatorSpec, Rect};
@@ -150,8 +150,10 @@ pub extern "C" fn davi_status_string(status: DaviStatusCode) -> *const c_char {
 // ---------------------------------------------------------------------------------------------
 // Contexts
 
-/// Fill `*options` with the defaults (no model source, device "auto", default threads) and set
-/// its `struct_size`. `options_size` is `sizeof(DaviContextOptions)` as the caller compiled it.
+/// Fill `*options` with the defaults (no model source, device "auto", default threads, fp32)
+/// and set its `struct_size`. `options_size` is `sizeof(DaviContextOptions)` as the caller
+/// compiled it: a struct from an ABI 1-3 header (without `precision`) gets only its fields
+/// written and that smaller `struct_size`.
 ///
 /// # Safety
 /// `options` must be NULL or valid for writes of `options_size` bytes.
@@ -167,15 +169,16 @@ pub unsafe extern "C" fn davi_context_options_init(
                 "options_size {options_size} is smaller than DaviContextOptions ({CONTEXT_OPTIONS_V1} bytes)"
             )));
         }
-        options.write(DaviContextOptions {
-            struct_size: CONTEXT_OPTIONS_V1 as u32,
-            threads: 0,
-            model_path: std::ptr::null(),
-            model_bytes: std::ptr::null(),
-            model_len: 0,
-            task: std::ptr::null(),
-            device: std::ptr::null(),
-        });
+        // A caller compiled against an ABI 1-3 header has a struct that ends before
+        // `precision`: write (and claim in `struct_size`) only the fields it holds.
+        let size = context_options_size(options_size);
+        let mut defaults = DaviContextOptions::defaults();
+        defaults.struct_size = size as u32;
+        std::ptr::copy_nonoverlapping(
+            (&defaults as *const DaviContextOptions).cast::<u8>(),
+            options.cast::<u8>(),
+            size,
+        );
         Ok(())
     }))
 }
@@ -207,7 +210,7 @@ pub unsafe extern "C" fn davi_context_new(
         }
         let out = arg_mut(out, "out")?;
         struct_size_at_least(options, CONTEXT_OPTIONS_V1, "DaviContextOptions")?;
-        let o = std::ptr::read(options);
+        let o = read_context_options(options);
         let path = if o.model_path.is_null() {
             None
         } else {
@@ -240,6 +243,7 @@ pub unsafe extern "C" fn davi_context_new(
         };
         let task = opt_c_str(o.task, "options.task")?;
         let device = opt_c_str(o.device, "options.device")?.unwrap_or("auto");
+        let precision = opt_c_str(o.precision, "options.precision")?.unwrap_or("fp32");
         let source = match (&path, bytes, task) {
             (Some(p), None, None) => ModelSource::File(p),
             (None, Some(b), None) => ModelSource::Bytes(b),
@@ -255,7 +259,7 @@ pub unsafe extern "C" fn davi_context_new(
                 ))
             }
         };
-        let inner = Context::new(source, device, o.threads)?;
+        let inner = Context::new(source, device, o.threads, precision)?;
         let ctx = Box::new(DaviContext {
             inner,
             last_error: Mutex::new(String::new()),
@@ -264,6 +268,34 @@ pub unsafe extern "C" fn davi_context_new(
         Ok(())
     });
     status_with_message(r, err_buf, err_len)
+}
+
+/// How many bytes of a `DaviContextOptions` of `struct_size` bytes this library reads or
+/// writes: the ABI 4 struct when the caller's covers it, else the ABI 1 fields (a size in
+/// between covers `precision` only in part, so it is not read).
+fn context_options_size(struct_size: usize) -> usize {
+    if struct_size >= CONTEXT_OPTIONS_V4 {
+        CONTEXT_OPTIONS_V4
+    } else {
+        CONTEXT_OPTIONS_V1
+    }
+}
+
+/// The caller's context options: the fields its `struct_size` covers, the defaults of
+/// `davi_context_options_init` for the fields appended after its ABI revision.
+///
+/// # Safety
+/// `p` must point to a `DaviContextOptions` whose `struct_size` (already checked to be at
+/// least `CONTEXT_OPTIONS_V1`) bytes are readable.
+unsafe fn read_context_options(p: *const DaviContextOptions) -> DaviContextOptions {
+    let size = context_options_size(std::ptr::read_unaligned(p.cast::<u32>()) as usize);
+    let mut o = DaviContextOptions::defaults();
+    std::ptr::copy_nonoverlapping(
+        p.cast::<u8>(),
+        (&mut o as *mut DaviContextOptions).cast::<u8>(),
+        size,
+    );
+    o
 }
 
 #[cfg(unix)]

@@ -15,7 +15,7 @@
 
 use davi_engine::device::parse_device;
 use davi_engine::plugin::Generator;
-use davi_engine::restore::RestoreOptions;
+use davi_engine::restore::{Precision, RestoreOptions};
 use davi_engine::tiling::Tiling;
 use davi_sdk::image::AlphaPlane;
 use davi_sdk::plugin::spec_output_size;
@@ -107,15 +107,30 @@ pub struct Context {
 impl Context {
     /// Load a model on `device` (exactly `auto`, `cpu`, `cuda` or `cuda:N`). `threads` in
     /// `1..=MAX_THREADS` sets libtorch's intra-op threads before each restore; 0 leaves them.
-    pub fn new(source: ModelSource<'_>, device: &str, threads: u32) -> Result<Self, DaviError> {
+    /// `precision` (exactly `fp32`, `bf16` or `fp16`) is the network's; anything else is
+    /// `InvalidArgument`, one the device cannot run `DeviceError`, both before the model is
+    /// read.
+    pub fn new(
+        source: ModelSource<'_>,
+        device: &str,
+        threads: u32,
+        precision: &str,
+    ) -> Result<Self, DaviError> {
         if threads > MAX_THREADS {
             return Err(DaviError::invalid_argument(format!(
                 "threads is {threads}, at most {MAX_THREADS} (0 leaves libtorch's setting)"
             )));
         }
         check_device_name(device)?;
+        let precision = Precision::parse(precision).map_err(|_| {
+            DaviError::invalid_argument(format!(
+                "precision {precision:?} is not one of \"fp32\", \"bf16\", \"fp16\" (lower \
+                 case, no spaces; NULL means \"fp32\")"
+            ))
+        })?;
         let device = parse_device(device)?;
-        let generator = match source {
+        precision.check_device(device)?;
+        let mut generator = match source {
             ModelSource::File(path) => Generator::from_file(path, device)?,
             ModelSource::Bytes(bytes) => Generator::from_bytes(bytes, device)?,
             ModelSource::Task(task) => {
@@ -125,6 +140,7 @@ impl Context {
                 Generator::default_for_task(task, device)?
             }
         };
+        generator.set_precision(precision)?;
         Ok(Context {
             trained: generator.trained_spec().cloned(),
             origin: generator.origin().to_string(),

@@ -29,8 +29,10 @@ use std::mem::size_of;
 pub type DaviProgressFn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, fraction: f32) -> i32>;
 
-/// Options of `davi_context_new` (ABI 1). Fill with `davi_context_options_init`, then set
-/// at most one model source: `model_path`, or `model_bytes` + `model_len`, or `task`.
+/// Options of `davi_context_new` (ABI 1; `precision` appended in ABI 4). Fill with
+/// `davi_context_options_init`, then set at most one model source: `model_path`, or
+/// `model_bytes` + `model_len`, or `task`. A caller compiled against an older header passes
+/// its smaller `struct_size`; the fields beyond it take their defaults.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DaviContextOptions {
@@ -59,6 +61,16 @@ pub struct DaviContextOptions {
     /// `"cuda"`, `"cuda:N"` (lower case, no spaces; anything else is `DAVI_STATUS_DEVICE_ERROR`);
     /// NULL means `"auto"`.
     pub device: *const c_char,
+    /// NUL-terminated precision of the network (ABI 4), exactly one of `"fp32"` (the
+    /// default), `"bf16"` (CUDA, and CPUs with bf16 instructions: x86 AVX512_BF16, Arm BF16)
+    /// or `"fp16"` (CUDA only); NULL means `"fp32"`. Another string is
+    /// `DAVI_STATUS_INVALID_ARGUMENT`; a precision the device cannot run (fp16 on a CPU, bf16
+    /// on a CPU without bf16 instructions) is `DAVI_STATUS_DEVICE_ERROR`. Reduced precision
+    /// converts the model's weights once and runs only the network in it; the bridge
+    /// arithmetic, the tile blend and the clamp stay f32. bf16 results are close to fp32's,
+    /// not equal (docs/C_API.md, "Precision"), and reproducible only on the same CPU or GPU
+    /// model with the same thread count.
+    pub precision: *const c_char,
 }
 
 /// Options of one `davi_restore` call (ABI 1). Fill with `davi_restore_options_init`; NULL
@@ -134,8 +146,27 @@ impl DaviDownsampleMethod {
     }
 }
 
-/// Size of the ABI 1 `DaviContextOptions`.
-pub(crate) const CONTEXT_OPTIONS_V1: usize = size_of::<DaviContextOptions>();
+/// Size of the ABI 1 `DaviContextOptions` (everything before `precision`).
+pub(crate) const CONTEXT_OPTIONS_V1: usize = std::mem::offset_of!(DaviContextOptions, precision);
+/// Size of the ABI 4 `DaviContextOptions` (with `precision`), this library's.
+pub(crate) const CONTEXT_OPTIONS_V4: usize = size_of::<DaviContextOptions>();
+
+impl DaviContextOptions {
+    /// The defaults `davi_context_options_init` writes: no model source, device "auto",
+    /// libtorch's threads, fp32; `struct_size` is this library's size.
+    pub(crate) fn defaults() -> Self {
+        DaviContextOptions {
+            struct_size: CONTEXT_OPTIONS_V4 as u32,
+            threads: 0,
+            model_path: std::ptr::null(),
+            model_bytes: std::ptr::null(),
+            model_len: 0,
+            task: std::ptr::null(),
+            device: std::ptr::null(),
+            precision: std::ptr::null(),
+        }
+    }
+}
 /// Size of the ABI 1 `DaviRestoreOptions`.
 pub(crate) const RESTORE_OPTIONS_V1: usize = size_of::<DaviRestoreOptions>();
 

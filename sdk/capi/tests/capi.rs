@@ -73,7 +73,9 @@ fn abi_1_layouts_are_pinned() {
     assert_eq!(offset_of!(DaviContextOptions, model_len), 8 + 2 * p);
     assert_eq!(offset_of!(DaviContextOptions, task), 8 + 3 * p);
     assert_eq!(offset_of!(DaviContextOptions, device), 8 + 4 * p);
-    assert_eq!(size_of::<DaviContextOptions>(), 8 + 5 * p);
+    // ABI 4 appended `precision`: the ABI 1 struct is everything before it.
+    assert_eq!(offset_of!(DaviContextOptions, precision), 8 + 5 * p);
+    assert_eq!(size_of::<DaviContextOptions>(), 8 + 6 * p);
     assert_eq!(offset_of!(DaviRestoreOptions, tile), 4);
     assert_eq!(offset_of!(DaviRestoreOptions, overlap), 8);
     assert_eq!(offset_of!(DaviRestoreOptions, reserved), 12);
