@@ -177,7 +177,7 @@ pub fn run(a: &BatchArgs) -> Result<()> {
             let r = dst
                 .parent()
                 .map_or(Ok(()), |p| std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display())))
-                .and_then(|()| engine.restore_file(&src, &dst, false));
+                .and_then(|()| restore_guarded(&engine, &src, &dst));
             restore_secs += t.elapsed().as_secs_f64();
             match r {
                 Ok(()) => done += 1,
@@ -243,4 +243,20 @@ pub fn run(a: &BatchArgs) -> Result<()> {
         bail!("{} of {} files failed (first: {}: {})", failed.len(), total, failed[0].0, failed[0].1);
     }
     Ok(())
+}
+
+/// Restore one file, turning a panic below it (libtorch failing an allocation on a huge
+/// photograph surfaces as a panic in tch) into that file's error, so one file never ends
+/// the run without its summary and leaves the files after it undone. The engine holds no
+/// state a half-finished restore could leave inconsistent: weights are only read.
+fn restore_guarded(engine: &Engine, src: &Path, dst: &Path) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.restore_file(src, dst, false)))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            bail!("internal error while restoring (a bug or out of memory): {what}")
+        })
 }
