@@ -390,7 +390,10 @@ pub fn boundary_depth() -> u32 {
 /// Run `f` inside the panic boundary: a panic becomes `Err` with [`DaviStatus::Panic`] and
 /// "`who` panicked: <message>", and stays off the host's stderr. Shared by the plugin
 /// trampolines here and by every exported function of `libdavi` (`sdk/capi`).
-pub fn catch_panics<T>(who: &str, f: impl FnOnce() -> Result<T, DaviError>) -> Result<T, DaviError> {
+pub fn catch_panics<T>(
+    who: &str,
+    f: impl FnOnce() -> Result<T, DaviError>,
+) -> Result<T, DaviError> {
     install_panic_hook();
     DEPTH.with(|d| d.set(d.get() + 1));
     let outcome = catch_unwind(AssertUnwindSafe(f));
@@ -401,7 +404,10 @@ pub fn catch_panics<T>(who: &str, f: impl FnOnce() -> Result<T, DaviError>) -> R
             let msg = panic_message(&*payload);
             // Dropping a payload can itself panic; never let that escape.
             let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            Err(DaviError::new(DaviStatus::Panic, format!("{who} panicked: {msg}")))
+            Err(DaviError::new(
+                DaviStatus::Panic,
+                format!("{who} panicked: {msg}"),
+            ))
         }
     }
 }
@@ -441,7 +447,9 @@ unsafe fn instance_ref<'a, T>(p: *const DaviPluginInstance) -> Result<&'a Instan
     }
     let inst = &*p.cast::<Instance<T>>();
     if inst.magic != INSTANCE_MAGIC {
-        return Err(DaviError::invalid_argument("`instance` is not a live instance of this plugin"));
+        return Err(DaviError::invalid_argument(
+            "`instance` is not a live instance of this plugin",
+        ));
     }
     Ok(inst)
 }

@@ -19,11 +19,13 @@ pub mod status;
 
 pub use export::{PluginInfo, PluginOptions, Progress, RestorePlugin};
 pub use image::{
-    AlphaPlane, AlphaSamples, DaviChannelLayout, DaviImage, DaviSampleType, ImageError, ImageFormat, ImageView,
-    ImageViewMut, PlanarImage,
+    AlphaPlane, AlphaSamples, DaviChannelLayout, DaviImage, DaviSampleType, ImageError,
+    ImageFormat, ImageView, ImageViewMut, PlanarImage,
 };
 #[cfg(feature = "loader")]
-pub use loader::{LoadError, LoadedPlugin, PluginDescription, PluginInstance, PluginOrigin, PluginRegistry};
+pub use loader::{
+    LoadError, LoadedPlugin, PluginDescription, PluginInstance, PluginOrigin, PluginRegistry,
+};
 pub use plugin::{DaviPluginApi, OperatorKind};
 pub use spec::{OperatorSpec, SpecError};
 pub use status::{DaviError, DaviStatus, DaviStatusCode};

@@ -163,12 +163,15 @@ pub enum SpecError {
 pub const MAX_BOX_COORDINATE: usize = u32::MAX as usize;
 
 /// The short task names users type (`--task sr4`), each mapped to the official operator.
-pub const TASKS: &[&str] = &["deblur", "sr4", "sr2", "sr8", "inpaint", "denoise", "colorize"];
+pub const TASKS: &[&str] = &[
+    "deblur", "sr4", "sr2", "sr8", "inpaint", "denoise", "colorize",
+];
 
 impl OperatorSpec {
     /// Parse a TOML spec and validate it.
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        let spec: Self = toml::from_str(text).map_err(|e| SpecError::Toml(e.message().to_string()))?;
+        let spec: Self =
+            toml::from_str(text).map_err(|e| SpecError::Toml(e.message().to_string()))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -264,24 +267,38 @@ impl OperatorSpec {
         let bad = |m: String| Err(SpecError::Invalid(m));
         let ns = self.noise_sigma();
         if !ns.is_finite() || !(0.0..=2.0).contains(&ns) {
-            return bad(format!("noise_sigma must be in [0, 2] (image units are [-1, 1]), got {ns}"));
+            return bad(format!(
+                "noise_sigma must be in [0, 2] (image units are [-1, 1]), got {ns}"
+            ));
         }
         match self {
             OperatorSpec::GaussianBlur(b) => {
                 if !b.sigma.is_finite() || b.sigma <= 0.0 || b.sigma > 100.0 {
-                    return bad(format!("gaussian_blur.sigma must be in (0, 100], got {}", b.sigma));
+                    return bad(format!(
+                        "gaussian_blur.sigma must be in (0, 100], got {}",
+                        b.sigma
+                    ));
                 }
                 if b.size == 0 || b.size % 2 == 0 || b.size > 1001 {
-                    return bad(format!("gaussian_blur.size must be odd and in 1..=1001, got {}", b.size));
+                    return bad(format!(
+                        "gaussian_blur.size must be odd and in 1..=1001, got {}",
+                        b.size
+                    ));
                 }
                 if b.mode == BlurMode::Ddrm && b.size < 3 {
                     // The official matrix drops the last tap.
-                    return bad(format!("gaussian_blur.size must be at least 3 with mode ddrm, got {}", b.size));
+                    return bad(format!(
+                        "gaussian_blur.size must be at least 3 with mode ddrm, got {}",
+                        b.size
+                    ));
                 }
             }
             OperatorSpec::SuperResolution(s) => {
                 if ![2, 4, 8].contains(&s.factor) {
-                    return bad(format!("super_resolution.factor must be 2, 4 or 8, got {}", s.factor));
+                    return bad(format!(
+                        "super_resolution.factor must be 2, 4 or 8, got {}",
+                        s.factor
+                    ));
                 }
             }
             OperatorSpec::Inpainting(p) => {
@@ -292,7 +309,12 @@ impl OperatorSpec {
                     // Image sides are 32-bit everywhere (C API, plugins); larger coordinates
                     // could not lie inside any image, and above i64::MAX they would not even
                     // serialise as TOML.
-                    for (key, v) in [("top", r.top), ("left", r.left), ("height", r.height), ("width", r.width)] {
+                    for (key, v) in [
+                        ("top", r.top),
+                        ("left", r.left),
+                        ("height", r.height),
+                        ("width", r.width),
+                    ] {
                         if v > MAX_BOX_COORDINATE {
                             return bad(format!(
                                 "inpainting.boxes[{i}].{key} must be at most {MAX_BOX_COORDINATE}, got {v}"
@@ -331,7 +353,9 @@ impl OperatorSpec {
             }
             OperatorSpec::Inpainting(p) => {
                 for (i, r) in p.boxes.iter().enumerate() {
-                    let outside = |start: usize, len: usize, side: usize| start.checked_add(len).is_none_or(|end| end > side);
+                    let outside = |start: usize, len: usize, side: usize| {
+                        start.checked_add(len).is_none_or(|end| end > side)
+                    };
                     if outside(r.top, r.height, height) || outside(r.left, r.width, width) {
                         return Err(SpecError::Invalid(format!(
                             "inpainting.boxes[{i}] ({}x{} at row {}, column {}) lies outside the {width}x{height} image",
@@ -353,7 +377,12 @@ impl Inpainting {
             return self.boxes.clone();
         }
         let (h, w) = (height / 2, width / 2);
-        vec![Rect { top: (height - h) / 2, left: (width - w) / 2, height: h, width: w }]
+        vec![Rect {
+            top: (height - h) / 2,
+            left: (width - w) / 2,
+            height: h,
+            width: w,
+        }]
     }
 }
 
@@ -392,11 +421,26 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_official_code() {
-        assert_eq!(OperatorSpec::from_toml("kind = \"denoising\"").unwrap().noise_sigma(), 0.2);
+        assert_eq!(
+            OperatorSpec::from_toml("kind = \"denoising\"")
+                .unwrap()
+                .noise_sigma(),
+            0.2
+        );
         let sr = OperatorSpec::from_toml("kind = \"super_resolution\"").unwrap();
         assert_eq!(sr, OperatorSpec::for_task("sr4").unwrap());
-        let OperatorSpec::Inpainting(p) = OperatorSpec::for_task("inpaint").unwrap() else { panic!() };
-        assert_eq!(p.boxes_for(256, 256), vec![Rect { top: 64, left: 64, height: 128, width: 128 }]);
+        let OperatorSpec::Inpainting(p) = OperatorSpec::for_task("inpaint").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            p.boxes_for(256, 256),
+            vec![Rect {
+                top: 64,
+                left: 64,
+                height: 128,
+                width: 128
+            }]
+        );
     }
 
     #[test]
@@ -407,7 +451,8 @@ mod tests {
         assert!(e.to_string().contains("size"), "{e}");
         let e = OperatorSpec::from_toml("kind = \"warp\"").unwrap_err();
         assert!(e.to_string().contains("warp"), "{e}");
-        let e = OperatorSpec::from_json("{\"kind\":\"super_resolution\",\"factor\":3}").unwrap_err();
+        let e =
+            OperatorSpec::from_json("{\"kind\":\"super_resolution\",\"factor\":3}").unwrap_err();
         assert!(e.to_string().contains("factor"), "{e}");
         assert!(OperatorSpec::parse("kind = \"denoising\"\nnoise_sigma = -1").is_err());
         assert!(OperatorSpec::for_task("nope").is_err());
@@ -433,13 +478,21 @@ mod tests {
     fn fuzz_huge_box_sides_are_refused_by_name() {
         let crash = r#"{"kind":"inpainting","boxes":[{"top":4294967295,"left":0,"height":13223372036854775807,"width":1}]}"#;
         let e = OperatorSpec::parse(crash).unwrap_err();
-        assert!(e.to_string().contains("boxes[0].height must be at most 4294967295"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("boxes[0].height must be at most 4294967295"),
+            "{e}"
+        );
         for key in ["top", "left", "height", "width"] {
             let mut huge = serde_json::json!({"top": 1, "left": 1, "height": 1, "width": 1});
             huge[key] = serde_json::json!(u64::MAX);
             let text = serde_json::json!({"kind": "inpainting", "boxes": [{"top": 1, "left": 1, "height": 1, "width": 1}, huge]});
             let e = OperatorSpec::parse(&text.to_string()).unwrap_err();
-            assert!(e.to_string().contains(&format!("boxes[1].{key} must be at most")), "{text}: {e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("boxes[1].{key} must be at most")),
+                "{text}: {e}"
+            );
         }
         // The largest allowed box serialises, parses back, and is checked against sizes
         // without overflowing.
@@ -486,13 +539,19 @@ mod spec_files {
         let mut n = 0;
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            let Ok(text) = String::from_utf8(std::fs::read(&p).unwrap()) else { continue };
+            let Ok(text) = String::from_utf8(std::fs::read(&p).unwrap()) else {
+                continue;
+            };
             if let Ok(spec) = OperatorSpec::parse(&text) {
                 let back = OperatorSpec::from_toml(&spec.to_toml());
                 assert_eq!(back.as_ref(), Ok(&spec), "{}", p.display());
             }
             n += 1;
         }
-        assert!(n >= 20, "expected the committed seeds in {}, found {n}", dir.display());
+        assert!(
+            n >= 20,
+            "expected the committed seeds in {}, found {n}",
+            dir.display()
+        );
     }
 }

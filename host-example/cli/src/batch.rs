@@ -55,7 +55,10 @@ pub struct Shard {
 fn parse_shard(s: &str) -> std::result::Result<Shard, String> {
     let bad = || format!("expected i/n with 0 <= i < n, got {s:?}");
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
-    let (index, count) = (i.trim().parse::<u64>().map_err(|_| bad())?, n.trim().parse::<u64>().map_err(|_| bad())?);
+    let (index, count) = (
+        i.trim().parse::<u64>().map_err(|_| bad())?,
+        n.trim().parse::<u64>().map_err(|_| bad())?,
+    );
     if count == 0 || index >= count {
         return Err(bad());
     }
@@ -88,9 +91,14 @@ fn list_images(root: &Path, skip: Option<&Path>) -> Result<(Vec<Entry>, Vec<(Str
         let dir = root.join(&rel_dir);
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if rel_dir.as_os_str().is_empty() => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+            Err(e) if rel_dir.as_os_str().is_empty() => {
+                return Err(e).with_context(|| format!("cannot list {}", dir.display()))
+            }
             Err(e) => {
-                errors.push((key_of(&rel_dir), format!("cannot list {}: {e}", dir.display())));
+                errors.push((
+                    key_of(&rel_dir),
+                    format!("cannot list {}: {e}", dir.display()),
+                ));
                 continue;
             }
         };
@@ -98,7 +106,10 @@ fn list_images(root: &Path, skip: Option<&Path>) -> Result<(Vec<Entry>, Vec<(Str
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
-                    errors.push((key_of(&rel_dir), format!("cannot list {}: {e}", dir.display())));
+                    errors.push((
+                        key_of(&rel_dir),
+                        format!("cannot list {}: {e}", dir.display()),
+                    ));
                     continue;
                 }
             };
@@ -115,9 +126,15 @@ fn list_images(root: &Path, skip: Option<&Path>) -> Result<(Vec<Entry>, Vec<(Str
                     stack.push(rel);
                 }
             } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
-                let ext = Path::new(&name).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+                let ext = Path::new(&name)
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase);
                 if ext.is_some_and(|e| EXTENSIONS.contains(&e.as_str())) {
-                    found.push(Entry { key: key_of(&rel), rel });
+                    found.push(Entry {
+                        key: key_of(&rel),
+                        rel,
+                    });
                 }
             }
         }
@@ -127,7 +144,10 @@ fn list_images(root: &Path, skip: Option<&Path>) -> Result<(Vec<Entry>, Vec<(Str
 }
 
 fn key_of(rel: &Path) -> String {
-    rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/")
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn duration(s: f64) -> String {
@@ -144,16 +164,26 @@ pub fn run(a: &BatchArgs) -> Result<()> {
     if !a.input.is_dir() {
         bail!("{} is not a folder", a.input.display());
     }
-    std::fs::create_dir_all(&a.output).with_context(|| format!("cannot create {}", a.output.display()))?;
-    let in_canon = a.input.canonicalize().with_context(|| format!("cannot resolve {}", a.input.display()))?;
-    let out_canon = a.output.canonicalize().with_context(|| format!("cannot resolve {}", a.output.display()))?;
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("cannot create {}", a.output.display()))?;
+    let in_canon = a
+        .input
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", a.input.display()))?;
+    let out_canon = a
+        .output
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", a.output.display()))?;
     if in_canon == out_canon {
         bail!("the output folder must differ from the input folder");
     }
     let (found, list_errors) = list_images(&a.input, Some(&out_canon))?;
     let n_found = found.len();
     let selected: Vec<Entry> = match a.shard {
-        Some(s) => found.into_iter().filter(|e| fnv1a64(e.key.as_bytes()) % s.count == s.index).collect(),
+        Some(s) => found
+            .into_iter()
+            .filter(|e| fnv1a64(e.key.as_bytes()) % s.count == s.index)
+            .collect(),
         None => found,
     };
     let engine = Engine::load(&a.restore)?;
@@ -176,7 +206,10 @@ pub fn run(a: &BatchArgs) -> Result<()> {
             let t = Instant::now();
             let r = dst
                 .parent()
-                .map_or(Ok(()), |p| std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display())))
+                .map_or(Ok(()), |p| {
+                    std::fs::create_dir_all(p)
+                        .with_context(|| format!("cannot create {}", p.display()))
+                })
                 .and_then(|()| restore_guarded(&engine, &src, &dst));
             restore_secs += t.elapsed().as_secs_f64();
             match r {
@@ -194,7 +227,11 @@ pub fn run(a: &BatchArgs) -> Result<()> {
         if show {
             let processed = i + 1;
             let attempted = processed - skipped;
-            let eta = if attempted > 0 { restore_secs / attempted as f64 * (total - processed) as f64 } else { 0.0 };
+            let eta = if attempted > 0 {
+                restore_secs / attempted as f64 * (total - processed) as f64
+            } else {
+                0.0
+            };
             let line = format!(
                 "[{processed}/{total}] {}% {done} restored, {skipped} skipped, {} failed, eta {}  {}",
                 processed * 100 / total.max(1),
@@ -237,10 +274,19 @@ pub fn run(a: &BatchArgs) -> Result<()> {
             Some(s) => format!("{total} in shard {s} of {n_found} found"),
             None => format!("{total} found"),
         };
-        eprintln!("davi batch: {done} restored, {skipped} skipped, {} failed ({scope}) in {seconds:.1} s", failed.len());
+        eprintln!(
+            "davi batch: {done} restored, {skipped} skipped, {} failed ({scope}) in {seconds:.1} s",
+            failed.len()
+        );
     }
     if !failed.is_empty() {
-        bail!("{} of {} files failed (first: {}: {})", failed.len(), total, failed[0].0, failed[0].1);
+        bail!(
+            "{} of {} files failed (first: {}: {})",
+            failed.len(),
+            total,
+            failed[0].0,
+            failed[0].1
+        );
     }
     Ok(())
 }
@@ -250,13 +296,15 @@ pub fn run(a: &BatchArgs) -> Result<()> {
 /// the run without its summary and leaves the files after it undone. The engine holds no
 /// state a half-finished restore could leave inconsistent: weights are only read.
 fn restore_guarded(engine: &Engine, src: &Path, dst: &Path) -> Result<()> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.restore_file(src, dst, false)))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
-            bail!("internal error while restoring (a bug or out of memory): {what}")
-        })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        engine.restore_file(src, dst, false)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        bail!("internal error while restoring (a bug or out of memory): {what}")
+    })
 }

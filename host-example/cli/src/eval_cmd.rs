@@ -15,7 +15,9 @@
 //! to stdout.
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use davi_engine::eval::{self, EvalConfig, EvalProgress, ExternalError, ExternalMethod, Fit, Method, Models};
+use davi_engine::eval::{
+    self, EvalConfig, EvalProgress, ExternalError, ExternalMethod, Fit, Method, Models,
+};
 use davi_engine::weights::model_file;
 use davi_sdk::{DaviStatus, OperatorSpec};
 use std::io::IsTerminal;
@@ -120,7 +122,14 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     let mut last = String::new();
     let mut progress = |p: &EvalProgress| {
         if show {
-            let line = format!("[{}/{}] {} {} {:3.0}%", p.image + 1, p.images, p.name, p.method, p.fraction * 100.0);
+            let line = format!(
+                "[{}/{}] {} {} {:3.0}%",
+                p.image + 1,
+                p.images,
+                p.name,
+                p.method,
+                p.fraction * 100.0
+            );
             if line != last {
                 eprint!("\r{line}\x1b[K");
                 last = line;
@@ -128,7 +137,11 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         }
         true
     };
-    let mut classical = ClassicalPlugin { registry: crate::plugins::registry(&[]).ok().filter(|r| r.get("classical").is_some()) };
+    let mut classical = ClassicalPlugin {
+        registry: crate::plugins::registry(&[])
+            .ok()
+            .filter(|r| r.get("classical").is_some()),
+    };
     let report = eval::evaluate(&a.images, &cfg, models, Some(&mut classical), &mut progress)?;
     if show {
         eprintln!();
@@ -155,7 +168,9 @@ fn resolve_spec(a: &EvalArgs, trained: Option<&OperatorSpec>) -> Result<(String,
             let asked = OperatorSpec::for_task(t)?;
             match (trained, &asked) {
                 // The task name pins the factor of super-resolution, nothing else.
-                (Some(OperatorSpec::SuperResolution(tr)), OperatorSpec::SuperResolution(a)) if tr.factor != a.factor => {
+                (Some(OperatorSpec::SuperResolution(tr)), OperatorSpec::SuperResolution(a))
+                    if tr.factor != a.factor =>
+                {
                     (t.clone(), asked)
                 }
                 (Some(tr), _) if tr.kind_name() == asked.kind_name() => (t.clone(), tr.clone()),
@@ -163,9 +178,13 @@ fn resolve_spec(a: &EvalArgs, trained: Option<&OperatorSpec>) -> Result<(String,
             }
         }
         (None, Some(p), _) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
             let spec = OperatorSpec::parse(&text).with_context(|| format!("in {}", p.display()))?;
-            let label = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| spec.kind_name().into());
+            let label = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| spec.kind_name().into());
             (label, spec)
         }
         (None, None, Some(tr)) => (tr.kind_name().to_string(), tr.clone()),
@@ -199,14 +218,33 @@ impl ExternalMethod for ClassicalPlugin {
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> std::result::Result<Tensor, ExternalError> {
         let Some(reg) = &self.registry else {
-            return Err(ExternalError::Unsupported("the classical plugin was not found (build it: cargo build -p davi-classical)".into()));
+            return Err(ExternalError::Unsupported(
+                "the classical plugin was not found (build it: cargo build -p davi-classical)"
+                    .into(),
+            ));
         };
-        let options = davi_sdk::PluginOptions { model_path: None, device: "cpu".into() };
-        match crate::plugins::restore(reg, Some("classical"), &options, spec, observation, progress) {
+        let options = davi_sdk::PluginOptions {
+            model_path: None,
+            device: "cpu".into(),
+        };
+        match crate::plugins::restore(
+            reg,
+            Some("classical"),
+            &options,
+            spec,
+            observation,
+            progress,
+        ) {
             Ok(t) => Ok(t),
-            Err(e) if crate::plugins::is_unsupported(&e) => Err(ExternalError::Unsupported(e.message)),
+            Err(e) if crate::plugins::is_unsupported(&e) => {
+                Err(ExternalError::Unsupported(e.message))
+            }
             Err(e) if e.status == DaviStatus::Cancelled => Err(ExternalError::Cancelled),
-            Err(e) => Err(ExternalError::Failed(format!("{}: {}", e.status.as_str(), e.message))),
+            Err(e) => Err(ExternalError::Failed(format!(
+                "{}: {}",
+                e.status.as_str(),
+                e.message
+            ))),
         }
     }
 }

@@ -11,9 +11,9 @@
 //! davi eval --images DIR --task T ...                             DAVI vs DPS vs classical
 //! ```
 //! Errors are one line on stderr and a non-zero exit; outputs are written atomically.
+mod batch;
 mod eval_cmd;
 mod imageio;
-mod batch;
 mod plugins;
 mod restore_cmd;
 mod runtime;
@@ -30,7 +30,11 @@ use davi_sdk::OperatorSpec;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "davi", version, about = "One-step diffusion-prior image restoration (DAVI)")]
+#[command(
+    name = "davi",
+    version,
+    about = "One-step diffusion-prior image restoration (DAVI)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -205,7 +209,8 @@ impl OpArgs {
         let mut spec = if let Some(t) = &self.task {
             Some(OperatorSpec::for_task(t)?)
         } else if let Some(p) = &self.op {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
             Some(OperatorSpec::parse(&text).with_context(|| format!("in {}", p.display()))?)
         } else {
             None
@@ -244,8 +249,20 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Degrade { input, output, op, seed } => degrade(&input, &output, &op, seed),
-        Cmd::Restore { input, output, args, plugin, plugin_id, stats_json } => {
+        Cmd::Degrade {
+            input,
+            output,
+            op,
+            seed,
+        } => degrade(&input, &output, &op, seed),
+        Cmd::Restore {
+            input,
+            output,
+            args,
+            plugin,
+            plugin_id,
+            stats_json,
+        } => {
             if !plugin.is_empty() || plugin_id.is_some() {
                 if stats_json.is_some() {
                     bail!("--stats-json reports the built-in engine's work; it does not apply to --plugin");
@@ -253,7 +270,15 @@ fn run(cli: Cli) -> Result<()> {
                 if args.precision != "fp32" {
                     bail!("--precision applies to the built-in engine; the plugin table has no precision (plugins run fp32)");
                 }
-                return restore_with_plugin(&input, &output, args.model.as_deref(), &args.op, &args.device, &plugin, plugin_id.as_deref());
+                return restore_with_plugin(
+                    &input,
+                    &output,
+                    args.model.as_deref(),
+                    &args.op,
+                    &args.device,
+                    &plugin,
+                    plugin_id.as_deref(),
+                );
             }
             let start = std::time::Instant::now();
             let engine = restore_cmd::Engine::load(&args)?;
@@ -268,7 +293,20 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Batch(a) => batch::run(&a),
         Cmd::Plugins { plugin } => plugins::list(&plugin),
-        Cmd::Video { width, height, pix_fmt, model, op, device, precision, batch, seed, perturb_h, progress_json, print_output_size } => {
+        Cmd::Video {
+            width,
+            height,
+            pix_fmt,
+            model,
+            op,
+            device,
+            precision,
+            batch,
+            seed,
+            perturb_h,
+            progress_json,
+            print_output_size,
+        } => {
             if width == 0 || height == 0 || width > 16384 || height > 16384 {
                 bail!("--width and --height must be in 1..=16384");
             }
@@ -279,10 +317,11 @@ fn run(cli: Cli) -> Result<()> {
             let precision = davi_engine::precision::Precision::parse(&precision)?;
             precision.check_device(device)?;
             let (loaded, spec) = load_generator(model.as_deref(), &op, device)?;
-            spec.validate_for_size(height, width).or_else(|e| match &spec {
-                OperatorSpec::SuperResolution(_) => Ok(()),
-                _ => Err(e),
-            })?;
+            spec.validate_for_size(height, width)
+                .or_else(|e| match &spec {
+                    OperatorSpec::SuperResolution(_) => Ok(()),
+                    _ => Err(e),
+                })?;
             let mut restorer = Restorer::new(loaded, device);
             restorer.set_precision(precision)?;
             let job = video::VideoJob {
@@ -292,7 +331,11 @@ fn run(cli: Cli) -> Result<()> {
                 width,
                 height,
                 batch,
-                opts: RestoreOptions { perturb_h, seed, tiling: None },
+                opts: RestoreOptions {
+                    perturb_h,
+                    seed,
+                    tiling: None,
+                },
                 progress_json,
             };
             if print_output_size {
@@ -306,10 +349,19 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Montage { inputs, output, height } => montage(&inputs, &output, height),
-        Cmd::Convert { input, output, preset, role, op, perturb_h } => {
-            convert_cmd(&input, &output, &preset, role.as_deref(), &op, perturb_h)
-        }
+        Cmd::Montage {
+            inputs,
+            output,
+            height,
+        } => montage(&inputs, &output, height),
+        Cmd::Convert {
+            input,
+            output,
+            preset,
+            role,
+            op,
+            perturb_h,
+        } => convert_cmd(&input, &output, &preset, role.as_deref(), &op, perturb_h),
         Cmd::Info { model, preset } => info(model.as_deref(), preset.as_deref()),
         Cmd::Eval(a) => eval_cmd::run(&a),
         Cmd::TrainPrior(a) => train(&a, true),
@@ -323,7 +375,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn degrade(input: &Path, output: &Path, op: &OpArgs, seed: u64) -> Result<()> {
-    let spec = op.spec()?.ok_or_else(|| anyhow!("say what degradation to simulate: --task or --op"))?;
+    let spec = op
+        .spec()?
+        .ok_or_else(|| anyhow!("say what degradation to simulate: --task or --op"))?;
     let pic = imageio::read(input)?;
     let (clean, gray) = if pic.channels() == 1 && matches!(spec, OperatorSpec::Colorization(_)) {
         bail!("colorization needs a colour image to degrade");
@@ -340,7 +394,11 @@ fn degrade(input: &Path, output: &Path, op: &OpArgs, seed: u64) -> Result<()> {
                 bail!("the image is smaller than the super-resolution factor {f}");
             }
             if h != pic.height() || w != pic.width() {
-                eprintln!("note: cropped {}x{} to {w}x{h} (a multiple of the factor {f})", pic.width(), pic.height());
+                eprintln!(
+                    "note: cropped {}x{} to {w}x{h} (a multiple of the factor {f})",
+                    pic.width(),
+                    pic.height()
+                );
             }
             let crop = |t: &tch::Tensor| t.narrow(2, 0, h).narrow(3, 0, w);
             (crop(&clean), pic.alpha.as_ref().map(crop))
@@ -355,7 +413,14 @@ fn degrade(input: &Path, output: &Path, op: &OpArgs, seed: u64) -> Result<()> {
         }
         (a, _) => a.as_ref().map(|a| a.shallow_clone()),
     };
-    imageio::write(output, &imageio::Picture { color: obs, alpha, sixteen_bit: pic.sixteen_bit })
+    imageio::write(
+        output,
+        &imageio::Picture {
+            color: obs,
+            alpha,
+            sixteen_bit: pic.sixteen_bit,
+        },
+    )
 }
 
 /// The operator to restore with. `--op` is taken as given; `--task` selects the model's own
@@ -365,10 +430,16 @@ fn resolve_spec(op: &OpArgs, trained: Option<&OperatorSpec>) -> Result<OperatorS
     let asked = op.spec()?;
     match (asked, trained) {
         (None, Some(t)) => Ok(t.clone()),
-        (None, None) => bail!("the model does not say which degradation it restores: pass --task or --op"),
+        (None, None) => {
+            bail!("the model does not say which degradation it restores: pass --task or --op")
+        }
         (Some(a), None) => Ok(a),
         (Some(a), Some(t)) if a.kind_name() != t.kind_name() => {
-            bail!("the model was trained for {}, not {}", t.kind_name(), a.kind_name())
+            bail!(
+                "the model was trained for {}, not {}",
+                t.kind_name(),
+                a.kind_name()
+            )
         }
         (Some(a), Some(t)) if op.op.is_none() => {
             // --task: keep the trained parameters, honour an explicit --noise-sigma.
@@ -385,11 +456,17 @@ fn resolve_spec(op: &OpArgs, trained: Option<&OperatorSpec>) -> Result<OperatorS
 
 /// The generator to use (the given file, else the shipped default for the task) and the
 /// operator to restore with.
-fn load_generator(model: Option<&Path>, op: &OpArgs, device: tch::Device) -> Result<(davi_engine::weights::LoadedModel, OperatorSpec)> {
+fn load_generator(
+    model: Option<&Path>,
+    op: &OpArgs,
+    device: tch::Device,
+) -> Result<(davi_engine::weights::LoadedModel, OperatorSpec)> {
     let model_path = match model {
         Some(m) => m.to_path_buf(),
         None => {
-            let spec = op.spec()?.ok_or_else(|| anyhow!("say which degradation to undo: --task T, or --op SPEC, or --model MODEL"))?;
+            let spec = op.spec()?.ok_or_else(|| {
+                anyhow!("say which degradation to undo: --task T, or --op SPEC, or --model MODEL")
+            })?;
             let task = davi_engine::defaults::task_for_spec(&spec)
                 .ok_or_else(|| anyhow!("no default model restores {spec}; pass --model"))?;
             davi_engine::defaults::model_path(task)?
@@ -412,30 +489,57 @@ fn restore_with_plugin(
 ) -> Result<()> {
     let spec = match (op.spec()?, model) {
         (Some(s), _) => s,
-        (None, Some(m)) => model_file::read_meta(m)?.operator.ok_or_else(|| anyhow!("pass --task or --op"))?,
+        (None, Some(m)) => model_file::read_meta(m)?
+            .operator
+            .ok_or_else(|| anyhow!("pass --task or --op"))?,
         (None, None) => bail!("pass --task or --op"),
     };
     let reg = plugins::registry(paths)?;
     let pic = imageio::read(input)?;
-    let options = davi_sdk::PluginOptions { model_path: model.map(Path::to_path_buf), device: device.to_string() };
-    let color = plugins::restore(&reg, id, &options, &spec, &pic.color, &mut |_| true).map_err(|e| anyhow!("{}: {}", e.status.as_str(), e.message))?;
+    let options = davi_sdk::PluginOptions {
+        model_path: model.map(Path::to_path_buf),
+        device: device.to_string(),
+    };
+    let color = plugins::restore(&reg, id, &options, &spec, &pic.color, &mut |_| true)
+        .map_err(|e| anyhow!("{}: {}", e.status.as_str(), e.message))?;
     let alpha = pic.alpha.as_ref().map(|a| {
         let (h, w) = (color.size()[2], color.size()[3]);
-        if a.size()[2] == h && a.size()[3] == w { a.shallow_clone() } else { a.upsample_bilinear2d([h, w], false, None, None).clamp(0.0, 1.0) }
+        if a.size()[2] == h && a.size()[3] == w {
+            a.shallow_clone()
+        } else {
+            a.upsample_bilinear2d([h, w], false, None, None)
+                .clamp(0.0, 1.0)
+        }
     });
-    imageio::write(output, &imageio::Picture { color, alpha, sixteen_bit: pic.sixteen_bit })
+    imageio::write(
+        output,
+        &imageio::Picture {
+            color,
+            alpha,
+            sixteen_bit: pic.sixteen_bit,
+        },
+    )
 }
 
 fn montage(inputs: &[PathBuf], output: &Path, height: Option<u32>) -> Result<()> {
     if inputs.is_empty() {
         bail!("give at least one image");
     }
-    let pics = inputs.iter().map(|p| imageio::read(p)).collect::<Result<Vec<_>>>()?;
-    let h = height.map(i64::from).unwrap_or_else(|| pics.iter().map(|p| p.height()).max().unwrap_or(1));
+    let pics = inputs
+        .iter()
+        .map(|p| imageio::read(p))
+        .collect::<Result<Vec<_>>>()?;
+    let h = height
+        .map(i64::from)
+        .unwrap_or_else(|| pics.iter().map(|p| p.height()).max().unwrap_or(1));
     let panels: Vec<tch::Tensor> = pics
         .iter()
         .map(|p| {
-            let c = if p.channels() == 1 { p.color.repeat([1, 3, 1, 1]) } else { p.color.shallow_clone() };
+            let c = if p.channels() == 1 {
+                p.color.repeat([1, 3, 1, 1])
+            } else {
+                p.color.shallow_clone()
+            };
             let w = (p.width() * h + p.height() / 2) / p.height();
             c.upsample_nearest2d([h, w.max(1)], None, None)
         })
@@ -449,10 +553,24 @@ fn montage(inputs: &[PathBuf], output: &Path, height: Option<u32>) -> Result<()>
         row.push(p);
     }
     let color = tch::Tensor::cat(&row, 3);
-    imageio::write(output, &imageio::Picture { color, alpha: None, sixteen_bit: false })
+    imageio::write(
+        output,
+        &imageio::Picture {
+            color,
+            alpha: None,
+            sixteen_bit: false,
+        },
+    )
 }
 
-fn convert_cmd(input: &Path, output: &Path, preset: &str, role: Option<&str>, op: &OpArgs, perturb_h: Option<f64>) -> Result<()> {
+fn convert_cmd(
+    input: &Path,
+    output: &Path,
+    preset: &str,
+    role: Option<&str>,
+    op: &OpArgs,
+    perturb_h: Option<f64>,
+) -> Result<()> {
     use davi_engine::weights::convert::CheckpointLayout;
     let unet = UNetConfig::preset(preset)?;
     let operator = op.spec()?;
@@ -497,23 +615,38 @@ fn train(a: &TrainArgs, prior: bool) -> Result<()> {
     use davi_engine::train::{config::TrainConfig, runner};
     let cfg = match (&a.config, &a.preset) {
         (Some(p), None) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
             TrainConfig::from_toml(&text, &a.set).with_context(|| format!("in {}", p.display()))?
         }
         (None, Some(n)) => TrainConfig::preset(n, &a.set)?,
         _ => bail!("give --config FILE.toml or --preset NAME"),
     };
     if prior != cfg.prior.is_some() {
-        bail!("config `{}` is a {} run: use `davi {}`", cfg.name, if prior { "DAVI" } else { "prior" }, if prior { "train" } else { "train-prior" });
+        bail!(
+            "config `{}` is a {} run: use `davi {}`",
+            cfg.name,
+            if prior { "DAVI" } else { "prior" },
+            if prior { "train" } else { "train-prior" }
+        );
     }
-    let opts = runner::RunOptions { resume: a.resume, quiet: a.quiet, max_steps_now: a.steps, max_seconds_now: a.minutes.map(|m| m * 60.0) };
+    let opts = runner::RunOptions {
+        resume: a.resume,
+        quiet: a.quiet,
+        max_steps_now: a.steps,
+        max_seconds_now: a.minutes.map(|m| m * 60.0),
+    };
     let r = runner::run(&cfg, &opts)?;
     eprintln!(
         "{} at step {} in {}{}",
         if r.finished { "finished" } else { "paused" },
         r.step,
         r.out_dir.display(),
-        if r.finished { " (model.safetensors written)" } else { " (continue with --resume)" }
+        if r.finished {
+            " (model.safetensors written)"
+        } else {
+            " (continue with --resume)"
+        }
     );
     Ok(())
 }

@@ -17,7 +17,10 @@ pub fn search_paths(explicit: &[PathBuf]) -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("DAVI_PLUGIN_PATH") {
         v.extend(std::env::split_paths(&p));
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         v.push(dir.join("../lib/libdavi/plugins"));
         v.push(dir);
     }
@@ -31,7 +34,8 @@ pub fn registry(explicit: &[PathBuf]) -> Result<PluginRegistry> {
         if p.is_file() {
             reg.load(&p).map_err(|e| anyhow!("{}: {e}", p.display()))?;
         } else if p.is_dir() {
-            reg.scan_dir(&p).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+            reg.scan_dir(&p)
+                .map_err(|e| anyhow!("{}: {e}", p.display()))?;
         } else if explicit.contains(&p) {
             return Err(anyhow!("plugin path {} does not exist", p.display()));
         }
@@ -49,7 +53,11 @@ pub fn list(explicit: &[PathBuf]) -> Result<()> {
             "{:<10} {:<8} {:<9} kinds: {}  devices: {}  ({})",
             p.id(),
             d.version,
-            if d.is_learned() { "learned" } else { "classical" },
+            if d.is_learned() {
+                "learned"
+            } else {
+                "classical"
+            },
             kinds.join(", "),
             d.device_names().join(", "),
             p.origin()
@@ -59,7 +67,14 @@ pub fn list(explicit: &[PathBuf]) -> Result<()> {
         println!("refused    {r}");
     }
     if reg.plugins().is_empty() {
-        println!("no plugins found (searched: {})", search_paths(explicit).iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        println!(
+            "no plugins found (searched: {})",
+            search_paths(explicit)
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     Ok(())
 }
@@ -76,16 +91,31 @@ pub fn restore(
 ) -> Result<Tensor, davi_sdk::DaviError> {
     let plugin = reg.pick_for(spec, id)?;
     let mut inst = plugin.new_instance(options)?;
-    let (_, c, h, w) = observation.size4().map_err(|e| davi_sdk::DaviError::invalid_argument(e.to_string()))?;
-    let data = Vec::<f32>::try_from(observation.to_kind(tch::Kind::Float).contiguous().view([-1]))
+    let (_, c, h, w) = observation
+        .size4()
         .map_err(|e| davi_sdk::DaviError::invalid_argument(e.to_string()))?;
+    let data = Vec::<f32>::try_from(
+        observation
+            .to_kind(tch::Kind::Float)
+            .contiguous()
+            .view([-1]),
+    )
+    .map_err(|e| davi_sdk::DaviError::invalid_argument(e.to_string()))?;
     let input = PlanarImage::from_vec(w as usize, h as usize, c as usize, data)
         .map_err(|e| davi_sdk::DaviError::invalid_argument(e.to_string()))?;
     let out = inst.restore_spec(spec, &input, |f| progress(f))?;
-    Ok(Tensor::from_slice(&out.data).view([1, out.channels as i64, out.height as i64, out.width as i64]))
+    Ok(Tensor::from_slice(&out.data).view([
+        1,
+        out.channels as i64,
+        out.height as i64,
+        out.width as i64,
+    ]))
 }
 
 /// Whether an error means "this plugin cannot do that" rather than a failure.
 pub fn is_unsupported(e: &davi_sdk::DaviError) -> bool {
-    matches!(e.status, DaviStatus::UnsupportedOperator | DaviStatus::NotFound)
+    matches!(
+        e.status,
+        DaviStatus::UnsupportedOperator | DaviStatus::NotFound
+    )
 }

@@ -57,8 +57,15 @@ pub struct RestoreArgs {
 
 impl RestoreArgs {
     pub fn options(&self) -> RestoreOptions {
-        let tiling = self.tile.map(|t| Tiling { tile: t, overlap: self.overlap.unwrap_or(t / 4) });
-        RestoreOptions { perturb_h: self.perturb_h, seed: self.seed, tiling }
+        let tiling = self.tile.map(|t| Tiling {
+            tile: t,
+            overlap: self.overlap.unwrap_or(t / 4),
+        });
+        RestoreOptions {
+            perturb_h: self.perturb_h,
+            seed: self.seed,
+            tiling,
+        }
     }
 }
 
@@ -88,24 +95,41 @@ impl Engine {
         let mut restorer = Restorer::new(loaded, device);
         restorer.tile_workers = a.tile_workers;
         restorer.set_precision(precision)?;
-        Ok(Engine { restorer, spec, channels, device, opts: a.options() })
+        Ok(Engine {
+            restorer,
+            spec,
+            channels,
+            device,
+            opts: a.options(),
+        })
     }
 
     /// Restore `input` into `output` (an image, or `.npy` for the raw f32 result). ICC
     /// profile and EXIF travel as `imageio::Metadata` says; the output appears only whole.
     /// `show_progress`: a percentage on stderr when it is a terminal.
     pub fn restore_file(&self, input: &Path, output: &Path, show_progress: bool) -> Result<()> {
-        self.restore_file_timed(input, output, show_progress).map(|_| ())
+        self.restore_file_timed(input, output, show_progress)
+            .map(|_| ())
     }
 
     /// [`Self::restore_file`], returning how long reading, restoring and writing took.
-    pub fn restore_file_timed(&self, input: &Path, output: &Path, show_progress: bool) -> Result<FileTimings> {
+    pub fn restore_file_timed(
+        &self,
+        input: &Path,
+        output: &Path,
+        show_progress: bool,
+    ) -> Result<FileTimings> {
         let clock = Instant::now();
         let (pic, meta) = imageio::read_with_meta(input)?;
         let read_s = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
-        let imageio::Picture { color, alpha, sixteen_bit } = pic;
-        let problem = pipeline::problem_from_observation(&self.spec, &color, self.channels, self.device)?;
+        let imageio::Picture {
+            color,
+            alpha,
+            sixteen_bit,
+        } = pic;
+        let problem =
+            pipeline::problem_from_observation(&self.spec, &color, self.channels, self.device)?;
         // Whole photographs: hold no image-sized buffer longer than needed (peak RSS,
         // docs/performance.md). The observation is not needed once the measurement exists.
         drop(color);
@@ -119,7 +143,9 @@ impl Engine {
             }
             true
         };
-        let x_hat = self.restorer.restore(problem.op.as_ref(), &problem.y, &self.opts, &mut progress)?;
+        let x_hat =
+            self.restorer
+                .restore(problem.op.as_ref(), &problem.y, &self.opts, &mut progress)?;
         let gray_out = problem.gray_out;
         drop(problem);
         if last >= 0 {
@@ -128,8 +154,19 @@ impl Engine {
         let (out_h, out_w) = (x_hat.size()[2], x_hat.size()[3]);
         let restore_s = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
-        let timings = |write_s: f64| FileTimings { read_s, restore_s, write_s, width: out_w, height: out_h };
-        if output.extension().and_then(|e| e.to_str()).map(|e| e.eq_ignore_ascii_case("npy")) == Some(true) {
+        let timings = |write_s: f64| FileTimings {
+            read_s,
+            restore_s,
+            write_s,
+            width: out_w,
+            height: out_h,
+        };
+        if output
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.eq_ignore_ascii_case("npy"))
+            == Some(true)
+        {
             imageio::write_npy(output, &x_hat.squeeze_dim(0))?;
             return Ok(timings(clock.elapsed().as_secs_f64()));
         }
@@ -140,16 +177,31 @@ impl Engine {
             if a.size()[2] == h && a.size()[3] == w {
                 a.shallow_clone()
             } else {
-                a.upsample_bilinear2d([h, w], false, None, None).clamp(0.0, 1.0)
+                a.upsample_bilinear2d([h, w], false, None, None)
+                    .clamp(0.0, 1.0)
             }
         });
-        imageio::write_with_meta(output, &imageio::Picture { color, alpha, sixteen_bit }, &meta)?;
+        imageio::write_with_meta(
+            output,
+            &imageio::Picture {
+                color,
+                alpha,
+                sixteen_bit,
+            },
+            &meta,
+        )?;
         Ok(timings(clock.elapsed().as_secs_f64()))
     }
 
     /// What `davi restore --stats-json` writes: the settings that decide speed, the phases'
     /// seconds and the network work of the restores so far (docs/performance.md).
-    pub fn stats_json(&self, input: &Path, output: &Path, load_s: f64, t: &FileTimings) -> serde_json::Value {
+    pub fn stats_json(
+        &self,
+        input: &Path,
+        output: &Path,
+        load_s: f64,
+        t: &FileTimings,
+    ) -> serde_json::Value {
         let work = self.restorer.network_work();
         let meta = &self.restorer.model.meta;
         serde_json::json!({

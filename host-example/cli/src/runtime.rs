@@ -52,7 +52,9 @@ fn user_has_malloc_settings() -> bool {
     let env = |k: &str| std::env::var_os(k).is_some();
     env("MALLOC_MMAP_THRESHOLD_")
         || env("MALLOC_TRIM_THRESHOLD_")
-        || std::env::var("GLIBC_TUNABLES").map(|t| t.contains("glibc.malloc.")).unwrap_or(false)
+        || std::env::var("GLIBC_TUNABLES")
+            .map(|t| t.contains("glibc.malloc."))
+            .unwrap_or(false)
 }
 
 fn choose_and_apply() -> String {
@@ -105,8 +107,14 @@ mod tests {
 
     #[test]
     fn parses_threshold_pairs() {
-        assert_eq!(parse_pair("1073741824,1073741824"), Some((1 << 30, 1 << 30)));
-        assert_eq!(parse_pair(" 33554432 , 2147483647"), Some((32 << 20, i32::MAX)));
+        assert_eq!(
+            parse_pair("1073741824,1073741824"),
+            Some((1 << 30, 1 << 30))
+        );
+        assert_eq!(
+            parse_pair(" 33554432 , 2147483647"),
+            Some((32 << 20, i32::MAX))
+        );
         assert_eq!(parse_pair("1,2,3"), None);
         assert_eq!(parse_pair("-1,5"), None);
         assert_eq!(parse_pair("off"), None);

@@ -50,20 +50,34 @@ pub fn decode(buf: &[u8], fmt: PixFmt, w: usize, h: usize) -> Tensor {
     let v: Vec<f32> = if fmt.bytes_per_sample() == 1 {
         buf.iter().map(|&b| b as f32 / 255.0).collect()
     } else {
-        buf.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]]) as f32 / 65535.0).collect()
+        buf.chunks_exact(2)
+            .map(|p| u16::from_le_bytes([p[0], p[1]]) as f32 / 65535.0)
+            .collect()
     };
-    Tensor::from_slice(&v).view([h as i64, w as i64, c as i64]).permute([2, 0, 1])
+    Tensor::from_slice(&v)
+        .view([h as i64, w as i64, c as i64])
+        .permute([2, 0, 1])
 }
 
 /// Encode `(C, H, W)` in [0, 1] (rounded, clamped) into raw samples.
 pub fn encode(t: &Tensor, fmt: PixFmt) -> Vec<u8> {
-    let max = if fmt.bytes_per_sample() == 1 { 255.0 } else { 65535.0 };
-    let t = (t.clamp(0.0, 1.0) * max).round().permute([1, 2, 0]).contiguous().to_kind(Kind::Float);
+    let max = if fmt.bytes_per_sample() == 1 {
+        255.0
+    } else {
+        65535.0
+    };
+    let t = (t.clamp(0.0, 1.0) * max)
+        .round()
+        .permute([1, 2, 0])
+        .contiguous()
+        .to_kind(Kind::Float);
     let v = Vec::<f32>::try_from(t.view([-1])).expect("f32 frame");
     if fmt.bytes_per_sample() == 1 {
         v.into_iter().map(|x| x as u8).collect()
     } else {
-        v.into_iter().flat_map(|x| (x as u16).to_le_bytes()).collect()
+        v.into_iter()
+            .flat_map(|x| (x as u16).to_le_bytes())
+            .collect()
     }
 }
 
@@ -102,7 +116,8 @@ impl VideoJob<'_> {
 
     /// Process the whole stream; returns the number of frames written.
     pub fn run(&self, input: &mut impl Read, output: &mut impl Write) -> Result<usize> {
-        let frame_bytes = self.width * self.height * self.fmt.channels() * self.fmt.bytes_per_sample();
+        let frame_bytes =
+            self.width * self.height * self.fmt.channels() * self.fmt.bytes_per_sample();
         let mut buf = vec![0u8; frame_bytes];
         let start = std::time::Instant::now();
         let mut done = 0usize;
@@ -126,14 +141,23 @@ impl VideoJob<'_> {
             }
             let obs = Tensor::stack(&frames, 0);
             let device = self.restorer.device;
-            let problem = pipeline::problem_from_observation(self.spec, &obs, self.restorer.model.meta.unet.in_channels, device)?;
-            let x = self.restorer.restore(problem.op.as_ref(), &problem.y, &self.opts, &mut |_| true)?;
+            let problem = pipeline::problem_from_observation(
+                self.spec,
+                &obs,
+                self.restorer.model.meta.unet.in_channels,
+                device,
+            )?;
+            let x =
+                self.restorer
+                    .restore(problem.op.as_ref(), &problem.y, &self.opts, &mut |_| true)?;
             let mut pic = pipeline::to_picture(&x, problem.gray_out).to_device(tch::Device::Cpu);
             if self.fmt.channels() == 1 && pic.size()[1] == 3 {
                 pic = pic.mean_dim(1, true, Kind::Float);
             }
             for i in 0..frames.len() {
-                output.write_all(&encode(&pic.get(i as i64), self.fmt)).context("writing stdout")?;
+                output
+                    .write_all(&encode(&pic.get(i as i64), self.fmt))
+                    .context("writing stdout")?;
             }
             output.flush().context("writing stdout")?;
             done += frames.len();
@@ -155,7 +179,12 @@ mod tests {
 
     #[test]
     fn raw_round_trip() {
-        for fmt in [PixFmt::Rgb24, PixFmt::Rgb48le, PixFmt::Gray, PixFmt::Gray16le] {
+        for fmt in [
+            PixFmt::Rgb24,
+            PixFmt::Rgb48le,
+            PixFmt::Gray,
+            PixFmt::Gray16le,
+        ] {
             let n = 5 * 4 * fmt.channels() * fmt.bytes_per_sample();
             let bytes: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
             let t = decode(&bytes, fmt, 5, 4);

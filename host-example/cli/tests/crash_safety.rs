@@ -60,9 +60,19 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 fn tmp(name: &str) -> PathBuf {
     static SWEEP: std::sync::Once = std::sync::Once::new();
     SWEEP.call_once(|| {
-        for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let n = e.file_name().to_string_lossy().to_string();
-            let Some(pid) = n.strip_prefix("davi-crash-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let Some(pid) = n
+                .strip_prefix("davi-crash-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
             if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -90,20 +100,42 @@ fn fixture() -> &'static Fixture {
         for i in 0..3u32 {
             let img = image::RgbImage::from_fn(40, 36, |x, y| {
                 let v = |a: u32| (((x * (a + i) + y * (3 + a)) % 97) as f32 / 97.0 * 255.0) as u8;
-                if (x / 10 + y / 9 + i) % 2 == 0 { image::Rgb([v(1), v(2), v(3)]) } else { image::Rgb([200, (x * 5) as u8, (y * 6) as u8]) }
+                if (x / 10 + y / 9 + i) % 2 == 0 {
+                    image::Rgb([v(1), v(2), v(3)])
+                } else {
+                    image::Rgb([200, (x * 5) as u8, (y * 6) as u8])
+                }
             });
-            img.save(dir.join("images").join(format!("{i}.png"))).unwrap();
+            img.save(dir.join("images").join(format!("{i}.png")))
+                .unwrap();
         }
         // The tiny-prior preset's network (16 channels): a 39 MB checkpoint, most of it the
         // discriminator and its optimiser moments.
-        let mut meta = ModelMeta { role: ModelRole::Prior, ..ModelMeta::tiny_generator(None) };
-        (meta.unet.image_size, meta.unet.model_channels, meta.unet.attention_resolutions) = (16, 16, vec![8]);
-        LoadedModel::random(meta, tch::Device::Cpu, 3).unwrap().save(&dir.join("teacher.safetensors")).unwrap();
+        let mut meta = ModelMeta {
+            role: ModelRole::Prior,
+            ..ModelMeta::tiny_generator(None)
+        };
+        (
+            meta.unet.image_size,
+            meta.unet.model_channels,
+            meta.unet.attention_resolutions,
+        ) = (16, 16, vec![8]);
+        LoadedModel::random(meta, tch::Device::Cpu, 3)
+            .unwrap()
+            .save(&dir.join("teacher.safetensors"))
+            .unwrap();
         let reference = dir.join("reference");
         let t = Instant::now();
-        let o = Command::new(BIN).args(train_args(&dir, &reference)).output().unwrap();
+        let o = Command::new(BIN)
+            .args(train_args(&dir, &reference))
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        Fixture { reference_seconds: t.elapsed().as_secs_f64(), reference, dir }
+        Fixture {
+            reference_seconds: t.elapsed().as_secs_f64(),
+            reference,
+            dir,
+        }
     })
 }
 
@@ -111,12 +143,20 @@ fn fixture() -> &'static Fixture {
 /// discriminator and three optimisers' moments), evaluation (grid, best model) every 2.
 fn train_args(fixture_dir: &Path, out: &Path) -> Vec<String> {
     let q = |p: &Path| format!("\"{}\"", p.display());
-    let mut a: Vec<String> = vec!["train".into(), "--preset".into(), "tiny-davi".into(), "--quiet".into()];
+    let mut a: Vec<String> = vec![
+        "train".into(),
+        "--preset".into(),
+        "tiny-davi".into(),
+        "--quiet".into(),
+    ];
     for s in [
         format!("run.out_dir={}", q(out)),
         format!("data.train_dir={}", q(&fixture_dir.join("images"))),
         format!("data.heldout_dir={}", q(&fixture_dir.join("images"))),
-        format!("davi.teacher={}", q(&fixture_dir.join("teacher.safetensors"))),
+        format!(
+            "davi.teacher={}",
+            q(&fixture_dir.join("teacher.safetensors"))
+        ),
         format!("run.total_steps={STEPS}"),
         "run.checkpoint_every=1".into(),
         "run.eval_every=2".into(),
@@ -131,10 +171,14 @@ fn train_args(fixture_dir: &Path, out: &Path) -> Vec<String> {
 /// The log's records without their wall-clock times.
 fn log_records(dir: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join("log.jsonl")).unwrap_or_default();
-    assert!(text.is_empty() || text.ends_with('\n'), "log.jsonl ends in half a record: {text:?}");
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "log.jsonl ends in half a record: {text:?}"
+    );
     text.lines()
         .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}"));
+            let mut v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}"));
             v.as_object_mut().unwrap().remove("wall_s");
             v
         })
@@ -144,14 +188,18 @@ fn log_records(dir: &Path) -> Vec<serde_json::Value> {
 /// Read a safetensors file (fails on a partial one), with the wall-clock and run-directory
 /// dependent metadata taken out.
 fn tensors(path: &Path, run_dir: &Path) -> (HashMap<String, tch::Tensor>, HashMap<String, String>) {
-    let (t, mut md) = model_file::read_tensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (t, mut md) =
+        model_file::read_tensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     md.remove("wall_seconds");
     if let Some(c) = md.get_mut("config") {
         *c = c.replace(&run_dir.display().to_string(), "RUN");
     }
     if let Some(m) = md.get_mut("meta") {
         let mut v: serde_json::Value = serde_json::from_str(m).unwrap();
-        if let Some(r) = v.pointer_mut("/provenance/run").and_then(|r| r.as_object_mut()) {
+        if let Some(r) = v
+            .pointer_mut("/provenance/run")
+            .and_then(|r| r.as_object_mut())
+        {
             r.remove("wall_seconds");
         }
         *m = v.to_string();
@@ -165,7 +213,12 @@ fn assert_same_tensors(a: &Path, a_dir: &Path, b: &Path, b_dir: &Path) {
     assert_eq!(ta.len(), tb.len());
     for (k, x) in &ta {
         let y = &tb[k];
-        assert!(x.kind() == y.kind() && x.size() == y.size() && x.equal(y), "{k} differs between {} and {}", a.display(), b.display());
+        assert!(
+            x.kind() == y.kind() && x.size() == y.size() && x.equal(y),
+            "{k} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
     }
 }
 
@@ -173,11 +226,17 @@ fn assert_same_tensors(a: &Path, a_dir: &Path, b: &Path, b_dir: &Path) {
 fn entries(dir: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for sub in ["", "grids"] {
-        let Ok(rd) = std::fs::read_dir(dir.join(sub)) else { continue };
+        let Ok(rd) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
         for e in rd.flatten() {
             if e.file_type().unwrap().is_file() {
                 let n = e.file_name().to_string_lossy().to_string();
-                out.insert(if sub.is_empty() { n } else { format!("{sub}/{n}") });
+                out.insert(if sub.is_empty() {
+                    n
+                } else {
+                    format!("{sub}/{n}")
+                });
             }
         }
     }
@@ -211,7 +270,12 @@ enum Kill {
     /// SIGKILL `extra` after the `nth` (1-based) temporary file of the child appears in one of
     /// `dirs` (named `.NAME.tmp<pid>`; only for that NAME if `name` is given): in the middle
     /// of that write.
-    DuringWrite { dirs: Vec<PathBuf>, name: Option<&'static str>, nth: u32, extra: Duration },
+    DuringWrite {
+        dirs: Vec<PathBuf>,
+        name: Option<&'static str>,
+        nth: u32,
+        extra: Duration,
+    },
 }
 
 /// The child's temporary files present now in `dirs`.
@@ -238,9 +302,19 @@ fn temporaries_of(pid: u32, dirs: &[PathBuf], name: Option<&str>) -> BTreeSet<Pa
 }
 
 /// Spawn, stop as `how` says, reap. Returns (exit status, whether it was killed, stderr).
-fn run_and_kill(args: &[String], how: &Kill, stderr_file: &Path) -> (ExitStatus, bool, String, u32) {
+fn run_and_kill(
+    args: &[String],
+    how: &Kill,
+    stderr_file: &Path,
+) -> (ExitStatus, bool, String, u32) {
     let err = std::fs::File::create(stderr_file).unwrap();
-    let mut child = Command::new(BIN).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err).spawn().unwrap();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let t = Instant::now();
     let limit = Duration::from_secs(120);
@@ -257,7 +331,12 @@ fn run_and_kill(args: &[String], how: &Kill, stderr_file: &Path) -> (ExitStatus,
             }
             std::thread::sleep(Duration::from_millis(1));
         },
-        Kill::DuringWrite { dirs, name, nth, extra } => {
+        Kill::DuringWrite {
+            dirs,
+            name,
+            nth,
+            extra,
+        } => {
             let (mut seen, mut present) = (0u32, BTreeSet::new());
             loop {
                 if child.try_wait().unwrap().is_some() {
@@ -282,39 +361,73 @@ fn run_and_kill(args: &[String], how: &Kill, stderr_file: &Path) -> (ExitStatus,
     let status = wait_for(&mut child, limit);
     // A kill that raced with a normal exit: it did not kill anything.
     let killed = killed && status.signal() == Some(9);
-    (status, killed, std::fs::read_to_string(stderr_file).unwrap_or_default(), pid)
+    (
+        status,
+        killed,
+        std::fs::read_to_string(stderr_file).unwrap_or_default(),
+        pid,
+    )
 }
 
 /// No process ran out of a problem of its own: killed, or finished cleanly.
 fn assert_killed_or_ok(status: ExitStatus, stderr: &str, what: &str) {
     let lower = stderr.to_lowercase();
     for bad in ["error", "corrupt", "truncated", "panicked", "partial"] {
-        assert!(!lower.contains(bad), "{what}: stderr mentions `{bad}`:\n{stderr}");
+        assert!(
+            !lower.contains(bad),
+            "{what}: stderr mentions `{bad}`:\n{stderr}"
+        );
     }
-    assert!(status.success() || status.signal() == Some(9), "{what}: exit {status:?}\n{stderr}");
+    assert!(
+        status.success() || status.signal() == Some(9),
+        "{what}: exit {status:?}\n{stderr}"
+    );
 }
 
 /// Everything under a final name in a run directory is complete, and agrees with the
 /// uninterrupted run where that run wrote the same file; anything else is a temporary file
 /// of one of `our_pids`. Returns the checkpoint's step.
 fn check_run_dir(dir: &Path, reference: &Path, our_pids: &[u32], what: &str) -> Option<u64> {
-    let final_names = ["config.toml", "log.jsonl", CHECKPOINT, "model.safetensors", "best.safetensors", "best.json", "curves.png", "curves.txt"];
+    let final_names = [
+        "config.toml",
+        "log.jsonl",
+        CHECKPOINT,
+        "model.safetensors",
+        "best.safetensors",
+        "best.json",
+        "curves.png",
+        "curves.txt",
+    ];
     for rel in entries(dir) {
         let name = file_name(&rel);
         if let Some(pid) = model_file::temporary_pid(name) {
-            assert!(our_pids.contains(&pid), "{what}: {rel} is a temporary file of a process this test did not start");
+            assert!(
+                our_pids.contains(&pid),
+                "{what}: {rel} is a temporary file of a process this test did not start"
+            );
             continue;
         }
         let is_grid = rel.starts_with("grids/step") && rel.ends_with(".png");
-        assert!(final_names.contains(&rel.as_str()) || is_grid, "{what}: unexpected file {rel}");
+        assert!(
+            final_names.contains(&rel.as_str()) || is_grid,
+            "{what}: unexpected file {rel}"
+        );
         let path = dir.join(&rel);
         match name {
             "config.toml" => {
-                let (a, b) = (std::fs::read_to_string(&path).unwrap(), std::fs::read_to_string(reference.join(&rel)).unwrap());
-                assert_eq!(a.replace(&dir.display().to_string(), "RUN"), b.replace(&reference.display().to_string(), "RUN"), "{what}: {rel}");
+                let (a, b) = (
+                    std::fs::read_to_string(&path).unwrap(),
+                    std::fs::read_to_string(reference.join(&rel)).unwrap(),
+                );
+                assert_eq!(
+                    a.replace(&dir.display().to_string(), "RUN"),
+                    b.replace(&reference.display().to_string(), "RUN"),
+                    "{what}: {rel}"
+                );
             }
             "best.json" => {
-                serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{what}: {rel}: {e}"));
+                serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).unwrap())
+                    .unwrap_or_else(|e| panic!("{what}: {rel}: {e}"));
             }
             "curves.png" | "curves.txt" | "log.jsonl" => {
                 // complete: the PNG decodes; the log is checked below
@@ -322,19 +435,33 @@ fn check_run_dir(dir: &Path, reference: &Path, our_pids: &[u32], what: &str) -> 
                     image::open(&path).unwrap_or_else(|e| panic!("{what}: {rel}: {e}"));
                 }
             }
-            _ if is_grid => assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(reference.join(&rel)).unwrap(), "{what}: {rel}"),
-            "model.safetensors" => assert_same_tensors(&path, dir, &reference.join(&rel), reference),
+            _ if is_grid => assert_eq!(
+                std::fs::read(&path).unwrap(),
+                std::fs::read(reference.join(&rel)).unwrap(),
+                "{what}: {rel}"
+            ),
+            "model.safetensors" => {
+                assert_same_tensors(&path, dir, &reference.join(&rel), reference)
+            }
             "best.safetensors" => {
-                model_file::load(&path, tch::Device::Cpu).unwrap_or_else(|e| panic!("{what}: {rel}: {e}"));
+                model_file::load(&path, tch::Device::Cpu)
+                    .unwrap_or_else(|e| panic!("{what}: {rel}: {e}"));
             }
             _ => {}
         }
     }
     let (log, want) = (log_records(dir), log_records(reference));
-    assert!(log.len() <= want.len() && log[..] == want[..log.len()], "{what}: log.jsonl is not a prefix of the uninterrupted run's:\n{log:#?}");
+    assert!(
+        log.len() <= want.len() && log[..] == want[..log.len()],
+        "{what}: log.jsonl is not a prefix of the uninterrupted run's:\n{log:#?}"
+    );
     dir.join(CHECKPOINT).exists().then(|| {
         let (_, md) = tensors(&dir.join(CHECKPOINT), dir);
-        assert_eq!(md.get("format").map(String::as_str), Some("libdavi-train-checkpoint"), "{what}");
+        assert_eq!(
+            md.get("format").map(String::as_str),
+            Some("libdavi-train-checkpoint"),
+            "{what}"
+        );
         md["step"].parse().unwrap()
     })
 }
@@ -343,15 +470,30 @@ fn check_run_dir(dir: &Path, reference: &Path, our_pids: &[u32], what: &str) -> 
 /// checkpoint, the exported and the best model (every tensor), the grids and the plots; and
 /// no temporary file of a killed write is left.
 fn assert_same_as_reference(dir: &Path, reference: &Path) {
-    assert_eq!(check_run_dir(dir, reference, &[], "finished run"), Some(STEPS));
-    assert_eq!(log_records(dir), log_records(reference), "losses differ from the uninterrupted run");
+    assert_eq!(
+        check_run_dir(dir, reference, &[], "finished run"),
+        Some(STEPS)
+    );
+    assert_eq!(
+        log_records(dir),
+        log_records(reference),
+        "losses differ from the uninterrupted run"
+    );
     for file in [CHECKPOINT, "model.safetensors", "best.safetensors"] {
         assert_same_tensors(&dir.join(file), dir, &reference.join(file), reference);
     }
     for file in ["curves.png", "curves.txt", "best.json"] {
-        assert_eq!(std::fs::read(dir.join(file)).unwrap(), std::fs::read(reference.join(file)).unwrap(), "{file}");
+        assert_eq!(
+            std::fs::read(dir.join(file)).unwrap(),
+            std::fs::read(reference.join(file)).unwrap(),
+            "{file}"
+        );
     }
-    assert_eq!(entries(dir), entries(reference), "temporary files of killed writes are removed on resume");
+    assert_eq!(
+        entries(dir),
+        entries(reference),
+        "temporary files of killed writes are removed on resume"
+    );
 }
 
 #[test]
@@ -376,7 +518,8 @@ fn soak_train_killed_24_times_resumes_to_the_same_run() {
 fn kill_resume_and_compare(tag: &str, wanted: u32, seed: u64) {
     let f = fixture();
     let mut rng = SplitMix(seed);
-    let (mut pids, mut mid_write, mut kills, mut rounds, mut runs) = (Vec::new(), 0, 0u32, 0u32, 0u32);
+    let (mut pids, mut mid_write, mut kills, mut rounds, mut runs) =
+        (Vec::new(), 0, 0u32, 0u32, 0u32);
     let mut dir = f.dir.join(format!("{tag}0"));
     let mut args = Vec::new();
     let mut last_step = 0u64;
@@ -399,19 +542,32 @@ fn kill_resume_and_compare(tag: &str, wanted: u32, seed: u64) {
         let how = if rounds % 2 == 0 {
             Kill::After(Duration::from_secs_f64(rng.unit() * f.reference_seconds))
         } else {
-            Kill::DuringWrite { dirs: vec![dir.clone()], name: Some(CHECKPOINT), nth: 1 + (rng.next() % 2) as u32, extra: Duration::from_secs_f64(rng.unit() * 0.02) }
+            Kill::DuringWrite {
+                dirs: vec![dir.clone()],
+                name: Some(CHECKPOINT),
+                nth: 1 + (rng.next() % 2) as u32,
+                extra: Duration::from_secs_f64(rng.unit() * 0.02),
+            }
         };
-        let (status, killed, stderr, pid) = run_and_kill(&args, &how, &f.dir.join(format!("{tag}-stderr.txt")));
+        let (status, killed, stderr, pid) =
+            run_and_kill(&args, &how, &f.dir.join(format!("{tag}-stderr.txt")));
         pids.push(pid);
         let what = format!("{tag} run {runs}, round {rounds} (pid {pid})");
         rounds += 1;
         assert_killed_or_ok(status, &stderr, &what);
         kills += killed as u32;
-        if killed && dir.join(model_file::temporary_name(CHECKPOINT, pid)).exists() {
+        if killed
+            && dir
+                .join(model_file::temporary_name(CHECKPOINT, pid))
+                .exists()
+        {
             mid_write += 1;
         }
         if let Some(step) = check_run_dir(&dir, &f.reference, &pids, &what) {
-            assert!(step >= last_step, "{what}: the checkpoint went back from step {last_step} to {step}");
+            assert!(
+                step >= last_step,
+                "{what}: the checkpoint went back from step {last_step} to {step}"
+            );
             last_step = step;
         }
         if status.success() {
@@ -440,7 +596,9 @@ fn kill_resume_and_compare(tag: &str, wanted: u32, seed: u64) {
 fn davi_with_file_limit(blocks: u64, args: &[String]) -> std::process::Output {
     Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -f {blocks} && trap '' XFSZ && exec \"$0\" \"$@\""))
+        .arg(format!(
+            "ulimit -f {blocks} && trap '' XFSZ && exec \"$0\" \"$@\""
+        ))
         .arg(BIN)
         .args(args)
         .output()
@@ -449,9 +607,20 @@ fn davi_with_file_limit(blocks: u64, args: &[String]) -> std::process::Output {
 
 fn assert_clean_error(o: &std::process::Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(o.status.code(), Some(1), "must exit 1, not crash: {:?}\n{err}", o.status);
-    assert!(err.starts_with("davi: error:") && err.trim_end().lines().count() == 1, "one line of error:\n{err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "must exit 1, not crash: {:?}\n{err}",
+        o.status
+    );
+    assert!(
+        err.starts_with("davi: error:") && err.trim_end().lines().count() == 1,
+        "one line of error:\n{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
     assert!(err.contains("File too large"), "{err}");
     err
 }
@@ -462,28 +631,60 @@ fn train_that_cannot_write_its_checkpoint_stops_cleanly_and_keeps_the_last_one()
     let f = fixture();
     let dir = f.dir.join("full-disk");
     let args = train_args(&f.dir, &dir);
-    let o = Command::new(BIN).args(&args).args(["--steps", "1"]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(&args)
+        .args(["--steps", "1"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ckpt = dir.join(CHECKPOINT);
     let kept = std::fs::read(&ckpt).unwrap();
     // Room for twice the largest other file of a run (the best model, under 1 MB), not for
     // the checkpoint of step 2 (39 MB).
-    let largest = entries(&f.reference).iter().filter(|e| *e != CHECKPOINT).map(|e| std::fs::metadata(f.reference.join(e)).unwrap().len()).max().unwrap();
+    let largest = entries(&f.reference)
+        .iter()
+        .filter(|e| *e != CHECKPOINT)
+        .map(|e| std::fs::metadata(f.reference.join(e)).unwrap().len())
+        .max()
+        .unwrap();
     let blocks = (2 * largest).div_ceil(512);
-    assert!(kept.len() as u64 > 1024 * blocks, "the checkpoint ({} bytes) must not fit under the limit", kept.len());
+    assert!(
+        kept.len() as u64 > 1024 * blocks,
+        "the checkpoint ({} bytes) must not fit under the limit",
+        kept.len()
+    );
     let mut resume = args.clone();
     resume.push("--resume".into());
     let o = davi_with_file_limit(blocks, &resume);
     let err = assert_clean_error(&o);
-    assert!(err.contains(CHECKPOINT) && err.contains("checkpoint of step 2") && err.contains("step 1 is kept"), "{err}");
-    assert!(std::fs::read(&ckpt).unwrap() == kept, "the previous checkpoint must be left byte for byte");
-    assert!(entries(&dir).iter().all(|e| model_file::temporary_pid(file_name(e)).is_none()), "a failed write leaves no temporary file: {:?}", entries(&dir));
+    assert!(
+        err.contains(CHECKPOINT)
+            && err.contains("checkpoint of step 2")
+            && err.contains("step 1 is kept"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&ckpt).unwrap() == kept,
+        "the previous checkpoint must be left byte for byte"
+    );
+    assert!(
+        entries(&dir)
+            .iter()
+            .all(|e| model_file::temporary_pid(file_name(e)).is_none()),
+        "a failed write leaves no temporary file: {:?}",
+        entries(&dir)
+    );
     // The steps logged after the kept checkpoint are cut on resume, which then ends like the
     // uninterrupted run.
     let o = Command::new(BIN).args(&resume).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(log_records(&dir), log_records(&f.reference));
-    assert_same_tensors(&dir.join("model.safetensors"), &dir, &f.reference.join("model.safetensors"), &f.reference);
+    assert_same_tensors(
+        &dir.join("model.safetensors"),
+        &dir,
+        &f.reference.join("model.safetensors"),
+        &f.reference,
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -504,9 +705,16 @@ fn restore_fixture(name: &str) -> RestoreFixture {
     meta.unet.model_channels = 16;
     meta.unet.channel_mult = vec![1, 1, 1, 1];
     meta.unet.attention_resolutions = vec![];
-    LoadedModel::random(meta, tch::Device::Cpu, 0).unwrap().save(&model).unwrap();
+    LoadedModel::random(meta, tch::Device::Cpu, 0)
+        .unwrap()
+        .save(&model)
+        .unwrap();
     let input = dir.join("noisy.png");
-    image::RgbImage::from_fn(256, 256, |x, y| image::Rgb([(x ^ y) as u8, (x * 3 + y) as u8, (y * 7) as u8])).save(&input).unwrap();
+    image::RgbImage::from_fn(256, 256, |x, y| {
+        image::Rgb([(x ^ y) as u8, (x * 3 + y) as u8, (y * 7) as u8])
+    })
+    .save(&input)
+    .unwrap();
     RestoreFixture { dir, model, input }
 }
 
@@ -514,18 +722,40 @@ fn restore_fixture(name: &str) -> RestoreFixture {
 fn batch_input(r: &RestoreFixture) -> PathBuf {
     let inp = r.dir.join("in");
     std::fs::create_dir_all(inp.join("sub")).unwrap();
-    for (k, rel) in ["a.png", "b.png", "c.png", "d.png", "sub/e.png", "sub/f.png"].iter().enumerate() {
+    for (k, rel) in ["a.png", "b.png", "c.png", "d.png", "sub/e.png", "sub/f.png"]
+        .iter()
+        .enumerate()
+    {
         let k = k as u32;
-        image::RgbImage::from_fn(128, 128, |x, y| image::Rgb([(x * (k + 1) ^ y) as u8, (x + y * (k + 2)) as u8, (y * 7 + k * 40) as u8])).save(inp.join(rel)).unwrap();
+        image::RgbImage::from_fn(128, 128, |x, y| {
+            image::Rgb([
+                (x * (k + 1) ^ y) as u8,
+                (x + y * (k + 2)) as u8,
+                (y * 7 + k * 40) as u8,
+            ])
+        })
+        .save(inp.join(rel))
+        .unwrap();
     }
     inp
 }
 
 fn batch_args(r: &RestoreFixture, inp: &Path, out: &Path) -> Vec<String> {
-    ["batch", inp.to_str().unwrap(), out.to_str().unwrap(), "--model", r.model.to_str().unwrap(), "--device", "cpu", "--perturb-h", "0", "--quiet"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "batch",
+        inp.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--model",
+        r.model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--perturb-h",
+        "0",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Files under `dir`, recursively, as relative paths.
@@ -533,7 +763,11 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        for e in std::fs::read_dir(dir.join(&rel)).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(dir.join(&rel))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let r = rel.join(e.file_name());
             if e.file_type().unwrap().is_dir() {
                 stack.push(r);
@@ -553,20 +787,39 @@ fn check_batch_outputs(out: &Path, reference: &Path, pids: &[u32], what: &str) -
     for rel in tree(out) {
         let name = rel.file_name().unwrap().to_string_lossy().to_string();
         if let Some(pid) = model_file::temporary_pid(&name) {
-            assert!(pids.contains(&pid), "{what}: {} is not a temporary file of ours", rel.display());
+            assert!(
+                pids.contains(&pid),
+                "{what}: {} is not a temporary file of ours",
+                rel.display()
+            );
             continue;
         }
-        assert!(std::fs::read(out.join(&rel)).unwrap() == std::fs::read(reference.join(&rel)).unwrap(), "{what}: {} is not the whole output", rel.display());
+        assert!(
+            std::fs::read(out.join(&rel)).unwrap() == std::fs::read(reference.join(&rel)).unwrap(),
+            "{what}: {} is not the whole output",
+            rel.display()
+        );
         n += 1;
     }
     n
 }
 
 fn restore_args(r: &RestoreFixture, out: &Path) -> Vec<String> {
-    ["restore", r.input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--model", r.model.to_str().unwrap(), "--device", "cpu", "--perturb-h", "0"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "restore",
+        r.input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--model",
+        r.model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--perturb-h",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 #[test]
@@ -579,7 +832,10 @@ fn restore_killed_mid_write_leaves_the_old_output_or_the_whole_new_one() {
         let name: &'static str = if ext == "npy" { "out.npy" } else { "out.png" };
         let reference = r.dir.join(format!("reference.{ext}"));
         let t = Instant::now();
-        let o = Command::new(BIN).args(restore_args(&r, &reference)).output().unwrap();
+        let o = Command::new(BIN)
+            .args(restore_args(&r, &reference))
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let seconds = t.elapsed().as_secs_f64();
         let new = std::fs::read(&reference).unwrap();
@@ -590,9 +846,15 @@ fn restore_killed_mid_write_leaves_the_old_output_or_the_whole_new_one() {
             let how = if i % 2 == 0 {
                 Kill::After(Duration::from_secs_f64(rng.unit() * seconds))
             } else {
-                Kill::DuringWrite { dirs: vec![r.dir.clone()], name: Some(name), nth: 1, extra: Duration::from_secs_f64(rng.unit() * 0.002) }
+                Kill::DuringWrite {
+                    dirs: vec![r.dir.clone()],
+                    name: Some(name),
+                    nth: 1,
+                    extra: Duration::from_secs_f64(rng.unit() * 0.002),
+                }
             };
-            let (status, killed, stderr, pid) = run_and_kill(&restore_args(&r, &out), &how, &r.dir.join("stderr.txt"));
+            let (status, killed, stderr, pid) =
+                run_and_kill(&restore_args(&r, &out), &how, &r.dir.join("stderr.txt"));
             pids.push(pid);
             let what = format!("{name} round {i}");
             assert_killed_or_ok(status, &stderr, &what);
@@ -601,7 +863,11 @@ fn restore_killed_mid_write_leaves_the_old_output_or_the_whole_new_one() {
                 mid_write += 1;
             }
             let now = std::fs::read(&out).unwrap();
-            assert!(now == old || now == new, "{what}: {name} is neither the old file nor the whole new one ({} bytes)", now.len());
+            assert!(
+                now == old || now == new,
+                "{what}: {name} is neither the old file nor the whole new one ({} bytes)",
+                now.len()
+            );
             for e in std::fs::read_dir(&r.dir).unwrap().flatten() {
                 let n = e.file_name().to_string_lossy().to_string();
                 if let Some(pid) = model_file::temporary_pid(&n) {
@@ -616,7 +882,9 @@ fn restore_killed_mid_write_leaves_the_old_output_or_the_whole_new_one() {
     // Writing a 786 KB file takes milliseconds here, which the odd rounds hit; on a file
     // system without a real fsync (tmpfs) they may miss, so the count is reported, not
     // required (a failed write is checked deterministically by the test below).
-    eprintln!("restore: {kills} of 6 invocations killed, {mid_write} in the middle of writing the output");
+    eprintln!(
+        "restore: {kills} of 6 invocations killed, {mid_write} in the middle of writing the output"
+    );
     assert!(kills >= 3, "only {kills} of the 6 restores were killed");
     std::fs::remove_dir_all(&r.dir).ok();
 }
@@ -626,7 +894,11 @@ fn restore_and_batch_that_cannot_write_fail_cleanly_and_keep_the_old_output() {
     let _turn = exclusive();
     let r = restore_fixture("restore-full");
     // A limit of 0 blocks: not one byte of the output fits.
-    for (name, old) in [("out.npy", Some(b"an older output".to_vec())), ("out.png", Some(b"an older picture".to_vec())), ("new.npy", None)] {
+    for (name, old) in [
+        ("out.npy", Some(b"an older output".to_vec())),
+        ("out.png", Some(b"an older picture".to_vec())),
+        ("new.npy", None),
+    ] {
         let out = r.dir.join(name);
         if let Some(old) = &old {
             std::fs::write(&out, old).unwrap();
@@ -635,7 +907,11 @@ fn restore_and_batch_that_cannot_write_fail_cleanly_and_keep_the_old_output() {
         let err = assert_clean_error(&o);
         assert!(err.contains(name), "{err}");
         match &old {
-            Some(old) => assert_eq!(&std::fs::read(&out).unwrap(), old, "the old {name} must be left as it was"),
+            Some(old) => assert_eq!(
+                &std::fs::read(&out).unwrap(),
+                old,
+                "the old {name} must be left as it was"
+            ),
             None => assert!(!out.exists(), "{name} must not be created"),
         }
     }
@@ -650,12 +926,36 @@ fn restore_and_batch_that_cannot_write_fail_cleanly_and_keep_the_old_output() {
     let o = davi_with_file_limit(0, &args);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked") && err.matches("File too large").count() >= 6, "{err}");
-    assert!(err.trim_end().lines().last().unwrap().starts_with("davi: error: 6 of 6 files failed"), "{err}");
-    assert_eq!(tree(&out), vec![PathBuf::from("a.png")], "no output and no temporary file may appear");
-    assert_eq!(std::fs::read(out.join("a.png")).unwrap(), b"an older output");
-    let left: Vec<String> = tree(&r.dir).iter().map(|p| p.display().to_string()).collect();
-    assert!(left.iter().all(|n| model_file::temporary_pid(file_name(n)).is_none()), "temporary files left: {left:?}");
+    assert!(
+        !err.contains("panicked") && err.matches("File too large").count() >= 6,
+        "{err}"
+    );
+    assert!(
+        err.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("davi: error: 6 of 6 files failed"),
+        "{err}"
+    );
+    assert_eq!(
+        tree(&out),
+        vec![PathBuf::from("a.png")],
+        "no output and no temporary file may appear"
+    );
+    assert_eq!(
+        std::fs::read(out.join("a.png")).unwrap(),
+        b"an older output"
+    );
+    let left: Vec<String> = tree(&r.dir)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|n| model_file::temporary_pid(file_name(n)).is_none()),
+        "temporary files left: {left:?}"
+    );
     std::fs::remove_dir_all(&r.dir).ok();
 }
 
@@ -666,7 +966,10 @@ fn batch_killed_at_random_moments_resumes_to_the_same_outputs() {
     let inp = batch_input(&r);
     let reference = r.dir.join("reference");
     let t = Instant::now();
-    let o = Command::new(BIN).args(batch_args(&r, &inp, &reference)).output().unwrap();
+    let o = Command::new(BIN)
+        .args(batch_args(&r, &inp, &reference))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let seconds = t.elapsed().as_secs_f64();
     let all = tree(&reference).len();
@@ -674,14 +977,20 @@ fn batch_killed_at_random_moments_resumes_to_the_same_outputs() {
     let out = r.dir.join("out");
     let args = batch_args(&r, &inp, &out);
     let mut rng = SplitMix(0xBA7C_4);
-    let (mut kills, mut rounds, mut mid_write, mut runs, mut pids) = (0u32, 0u32, 0u32, 0u32, Vec::new());
+    let (mut kills, mut rounds, mut mid_write, mut runs, mut pids) =
+        (0u32, 0u32, 0u32, 0u32, Vec::new());
     // Each rerun skips the outputs that exist (the resume of `davi batch`): they must be whole.
     while kills < 4 {
         assert!(rounds < 40, "only {kills} kills in {rounds} rounds");
         let how = if rounds % 2 == 0 {
             Kill::After(Duration::from_secs_f64(rng.unit() * seconds))
         } else {
-            Kill::DuringWrite { dirs: vec![out.clone(), out.join("sub")], name: None, nth: 1 + (rng.next() % 3) as u32, extra: Duration::from_secs_f64(rng.unit() * 0.002) }
+            Kill::DuringWrite {
+                dirs: vec![out.clone(), out.join("sub")],
+                name: None,
+                nth: 1 + (rng.next() % 3) as u32,
+                extra: Duration::from_secs_f64(rng.unit() * 0.002),
+            }
         };
         let (status, killed, stderr, pid) = run_and_kill(&args, &how, &r.dir.join("stderr.txt"));
         pids.push(pid);
@@ -701,7 +1010,10 @@ fn batch_killed_at_random_moments_resumes_to_the_same_outputs() {
     }
     let o = Command::new(BIN).args(&args).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(check_batch_outputs(&out, &reference, &pids, "finished batch"), all);
+    assert_eq!(
+        check_batch_outputs(&out, &reference, &pids, "finished batch"),
+        all
+    );
     // Reported, not required: see the restore test above.
     eprintln!("batch: {kills} of {rounds} invocations killed ({mid_write} in the middle of writing an output), {} batches finished", runs + 1);
     std::fs::remove_dir_all(&r.dir).ok();

@@ -14,7 +14,10 @@ const H: usize = 64;
 const FRAMES: usize = 6;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn davi() -> Command {
@@ -24,7 +27,8 @@ fn davi() -> Command {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("video-{name}-{}", std::process::id()));
+    let d =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("video-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -34,14 +38,31 @@ fn scratch(name: &str) -> PathBuf {
 /// photo moving 3 px per frame, with ffmpeg's temporal noise filter when `noise` is set.
 fn clip_args(noise: bool) -> Vec<String> {
     let photo = root().join("data/photos/heldout/chelsea.png");
-    assert!(photo.is_file(), "{} is missing: run scripts/fetch-photos.sh", photo.display());
+    assert!(
+        photo.is_file(),
+        "{} is missing: run scripts/fetch-photos.sh",
+        photo.display()
+    );
     let mut vf = format!("crop={W}:{H}:'150+3*n':100");
     if noise {
         vf.push_str(",noise=alls=40:allf=t:all_seed=7");
     }
     [
-        "-loglevel", "error", "-loop", "1", "-i", photo.to_str().unwrap(), "-vf", &vf,
-        "-frames:v", &FRAMES.to_string(), "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+        "-loglevel",
+        "error",
+        "-loop",
+        "1",
+        "-i",
+        photo.to_str().unwrap(),
+        "-vf",
+        &vf,
+        "-frames:v",
+        &FRAMES.to_string(),
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -59,12 +80,21 @@ fn ffmpeg_output(args: &[String]) -> Vec<u8> {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run ffmpeg ({e}): scripts/setup-hosts.sh installs it"));
-    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let mse = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>() / a.len() as f64;
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
     10.0 * (255.0f64.powi(2) / mse.max(1e-12)).log10()
 }
 
@@ -73,9 +103,22 @@ fn ffmpeg_to_davi_video_to_ffmpeg_restores_every_frame() {
     let dir = scratch("ffmpeg");
     let encoded = dir.join("restored.mkv");
     // ffmpeg (noisy clip) | davi video | ffmpeg (lossless encode), all three at once.
-    let mut source = ffmpeg().args(clip_args(true)).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("ffmpeg");
+    let mut source = ffmpeg()
+        .args(clip_args(true))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg");
     let mut restorer = davi()
-        .args(["video", "--width", &W.to_string(), "--height", &H.to_string(), "--task", "denoise"])
+        .args([
+            "video",
+            "--width",
+            &W.to_string(),
+            "--height",
+            &H.to_string(),
+            "--task",
+            "denoise",
+        ])
         .args(["--device", "cpu", "--batch", "4", "--progress-json"])
         .stdin(source.stdout.take().unwrap())
         .stdout(Stdio::piped())
@@ -83,7 +126,17 @@ fn ffmpeg_to_davi_video_to_ffmpeg_restores_every_frame() {
         .spawn()
         .expect("davi video");
     let sink = ffmpeg()
-        .args(["-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &format!("{W}x{H}")])
+        .args([
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            &format!("{W}x{H}"),
+        ])
         .args(["-r", "25", "-i", "-", "-c:v", "ffv1", "-pix_fmt", "bgr0"])
         .arg(&encoded)
         .stdin(restorer.stdout.take().unwrap())
@@ -92,37 +145,86 @@ fn ffmpeg_to_davi_video_to_ffmpeg_restores_every_frame() {
         .expect("ffmpeg encoder");
     // Drain davi's stderr while it runs (a full pipe would stall it).
     let mut progress = String::new();
-    restorer.stderr.take().unwrap().read_to_string(&mut progress).unwrap();
-    assert!(source.wait().unwrap().success(), "the generating ffmpeg failed");
-    assert!(restorer.wait().unwrap().success(), "davi video failed: {progress}");
+    restorer
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut progress)
+        .unwrap();
+    assert!(
+        source.wait().unwrap().success(),
+        "the generating ffmpeg failed"
+    );
+    assert!(
+        restorer.wait().unwrap().success(),
+        "davi video failed: {progress}"
+    );
     let sink_out = sink.wait_with_output().unwrap();
-    assert!(sink_out.status.success(), "the encoding ffmpeg failed: {}", String::from_utf8_lossy(&sink_out.stderr));
-    let last: serde_json::Value = serde_json::from_str(progress.lines().last().expect("progress lines")).unwrap();
+    assert!(
+        sink_out.status.success(),
+        "the encoding ffmpeg failed: {}",
+        String::from_utf8_lossy(&sink_out.stderr)
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(progress.lines().last().expect("progress lines")).unwrap();
     assert_eq!(last["frame"], FRAMES as u64, "{progress}");
 
     let restored = ffmpeg_output(&[
-        "-loglevel".into(), "error".into(), "-i".into(), encoded.to_str().unwrap().into(),
-        "-f".into(), "rawvideo".into(), "-pix_fmt".into(), "rgb24".into(), "-".into(),
+        "-loglevel".into(),
+        "error".into(),
+        "-i".into(),
+        encoded.to_str().unwrap().into(),
+        "-f".into(),
+        "rawvideo".into(),
+        "-pix_fmt".into(),
+        "rgb24".into(),
+        "-".into(),
     ]);
-    let (clean, noisy) = (ffmpeg_output(&clip_args(false)), ffmpeg_output(&clip_args(true)));
+    let (clean, noisy) = (
+        ffmpeg_output(&clip_args(false)),
+        ffmpeg_output(&clip_args(true)),
+    );
     let frame = W * H * 3;
     assert_eq!(clean.len(), FRAMES * frame);
     assert_eq!(noisy.len(), FRAMES * frame);
-    assert_eq!(restored.len(), FRAMES * frame, "the encoded clip has {} bytes, not {FRAMES} frames", restored.len());
+    assert_eq!(
+        restored.len(),
+        FRAMES * frame,
+        "the encoded clip has {} bytes, not {FRAMES} frames",
+        restored.len()
+    );
     for i in 0..FRAMES {
         let r = i * frame..(i + 1) * frame;
-        let (before, after) = (psnr(&noisy[r.clone()], &clean[r.clone()]), psnr(&restored[r.clone()], &clean[r]));
+        let (before, after) = (
+            psnr(&noisy[r.clone()], &clean[r.clone()]),
+            psnr(&restored[r.clone()], &clean[r]),
+        );
         eprintln!("frame {i}: PSNR noisy {before:.2} dB, restored {after:.2} dB");
-        assert!(after > before + 1.0, "frame {i}: restored {after:.2} dB, noisy {before:.2} dB");
+        assert!(
+            after > before + 1.0,
+            "frame {i}: restored {after:.2} dB, noisy {before:.2} dB"
+        );
     }
 }
 
 #[test]
 fn a_truncated_stream_fails_after_the_whole_frames() {
     let frame = W * H * 3;
-    let input: Vec<u8> = (0..frame * 2 + frame / 2).map(|i| (i * 31 % 251) as u8).collect();
+    let input: Vec<u8> = (0..frame * 2 + frame / 2)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
     let mut child = davi()
-        .args(["video", "--width", &W.to_string(), "--height", &H.to_string(), "--task", "denoise", "--device", "cpu"])
+        .args([
+            "video",
+            "--width",
+            &W.to_string(),
+            "--height",
+            &H.to_string(),
+            "--task",
+            "denoise",
+            "--device",
+            "cpu",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -133,17 +235,42 @@ fn a_truncated_stream_fails_after_the_whole_frames() {
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
     assert!(!out.status.success());
-    assert_eq!(out.stdout.len(), 2 * frame, "only whole restored frames may be written");
+    assert_eq!(
+        out.stdout.len(),
+        2 * frame,
+        "only whole restored frames may be written"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("davi: error:") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("davi: error:") && err.lines().count() == 1,
+        "{err}"
+    );
 }
 
 #[test]
 fn super_resolution_reports_its_output_size_and_bad_sizes_are_refused() {
-    let out = davi().args(["video", "--width", "96", "--height", "64", "--task", "sr4", "--print-output-size"]).output().unwrap();
+    let out = davi()
+        .args([
+            "video",
+            "--width",
+            "96",
+            "--height",
+            "64",
+            "--task",
+            "sr4",
+            "--print-output-size",
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "384x256");
-    let out = davi().args(["video", "--width", "0", "--height", "64", "--task", "denoise"]).stdin(Stdio::null()).output().unwrap();
+    let out = davi()
+        .args([
+            "video", "--width", "0", "--height", "64", "--task", "denoise",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("davi: error:"));
 }

@@ -226,7 +226,11 @@ fn four_threads_with_separate_instances_give_the_same_pixels_as_one() {
     add_noise(&mut x, 0.05, 11);
     let x = clamped(&x);
     let spec = SPECS[0];
-    let want = plugin.new_instance(&PluginOptions::default()).unwrap().restore(spec, &x, |_| true).unwrap();
+    let want = plugin
+        .new_instance(&PluginOptions::default())
+        .unwrap()
+        .restore(spec, &x, |_| true)
+        .unwrap();
     let results: Vec<PlanarImage> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|_| {

@@ -112,16 +112,27 @@ impl Stats {
 
 /// Process CPU time (user + system, all threads, exited ones included) from /proc/self/stat.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return f64::NAN };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return f64::NAN;
+    };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // after "pid (comm)": state is field 3, utime 14, stime 15
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     (ticks(11) + ticks(12)) / 100.0 // USER_HZ
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
 }
 
 fn sync(device: Device) {
@@ -131,7 +142,12 @@ fn sync(device: Device) {
 }
 
 /// Warm up, then time `reps` calls of `f` (synchronising the device around each).
-fn time_it(device: Device, warmup: usize, reps: usize, mut f: impl FnMut() -> Tensor) -> (Stats, Tensor) {
+fn time_it(
+    device: Device,
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Tensor,
+) -> (Stats, Tensor) {
     let mut last = None;
     for _ in 0..warmup {
         last = Some(f());
@@ -162,12 +178,24 @@ struct Paired {
 impl Paired {
     /// Median over reps of baseline_i / variant_i (wall clock).
     fn speedup(&self) -> f64 {
-        let r: Vec<f64> = self.base.samples.iter().zip(&self.var.samples).map(|(b, v)| b / v).collect();
+        let r: Vec<f64> = self
+            .base
+            .samples
+            .iter()
+            .zip(&self.var.samples)
+            .map(|(b, v)| b / v)
+            .collect();
         median_of(&r)
     }
     /// The same on CPU time.
     fn cpu_speedup(&self) -> f64 {
-        let r: Vec<f64> = self.base.cpu.iter().zip(&self.var.cpu).map(|(b, v)| b / v).collect();
+        let r: Vec<f64> = self
+            .base
+            .cpu
+            .iter()
+            .zip(&self.var.cpu)
+            .map(|(b, v)| b / v)
+            .collect();
         median_of(&r)
     }
 }
@@ -214,7 +242,12 @@ fn paired(
             vo = Some(ov);
         }
     }
-    Paired { base: bs, var: vs, base_out: bo.unwrap(), var_out: vo.unwrap() }
+    Paired {
+        base: bs,
+        var: vs,
+        base_out: bo.unwrap(),
+        var_out: vo.unwrap(),
+    }
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -276,7 +309,11 @@ fn set_conv_weights_channels_last(vs: &nn::VarStore, on: bool) {
     tch::no_grad(|| {
         for (_, mut v) in vs.variables() {
             if v.dim() == 4 {
-                let nd = if on { channels_last(&v) } else { v.contiguous() };
+                let nd = if on {
+                    channels_last(&v)
+                } else {
+                    v.contiguous()
+                };
                 v.set_data(&nd);
             }
         }
@@ -286,7 +323,11 @@ fn set_conv_weights_channels_last(vs: &nn::VarStore, on: bool) {
 fn cpu_model_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -307,15 +348,25 @@ fn build_restorer(device: Device) -> Restorer {
 
 fn input(batch: i64, device: Device) -> Tensor {
     // A lifted-measurement-like image in [-1, 1].
-    (seeded_normal(&[batch, 3, SIZE, SIZE], 7) * 0.5).clamp(-1.0, 1.0).to_device(device)
+    (seeded_normal(&[batch, 3, SIZE, SIZE], 7) * 0.5)
+        .clamp(-1.0, 1.0)
+        .to_device(device)
 }
 
 fn restore_opts() -> RestoreOptions {
-    RestoreOptions { perturb_h: Some(H), seed: SEED, tiling: Some(Tiling { tile: SIZE, overlap: 32 }) }
+    RestoreOptions {
+        perturb_h: Some(H),
+        seed: SEED,
+        tiling: Some(Tiling {
+            tile: SIZE,
+            overlap: 32,
+        }),
+    }
 }
 
 fn restore_once(r: &Restorer, y: &Tensor) -> Tensor {
-    r.restore_lifted(y, &restore_opts(), &mut |_| true).expect("restore runs")
+    r.restore_lifted(y, &restore_opts(), &mut |_| true)
+        .expect("restore runs")
 }
 
 /// The single-tile path of `Restorer::restore_lifted` spelled out with the network run in
@@ -360,7 +411,8 @@ const CLI_MALLOPT: [i32; 2] = [128 << 20, 1 << 30];
 /// page-faulted in again on the next one; raising both thresholds keeps that memory in the
 /// heap across calls (docs/performance.md).
 fn apply_mallopt() {
-    let v = std::env::var("DAVI_BENCH_MALLOPT").unwrap_or_else(|_| format!("{},{}", CLI_MALLOPT[0], CLI_MALLOPT[1]));
+    let v = std::env::var("DAVI_BENCH_MALLOPT")
+        .unwrap_or_else(|_| format!("{},{}", CLI_MALLOPT[0], CLI_MALLOPT[1]));
     if v.trim().is_empty() || v.trim() == "off" {
         // stderr: stdout is the co-process protocol in DAVI_BENCH_SERVE mode.
         eprintln!("glibc malloc thresholds: glibc's defaults (DAVI_BENCH_MALLOPT={v:?})");
@@ -372,8 +424,16 @@ fn apply_mallopt() {
         std::process::exit(2);
     }
     // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
-    let (a, b) = unsafe { (mallopt(M_MMAP_THRESHOLD, parts[0]), mallopt(M_TRIM_THRESHOLD, parts[1])) };
-    eprintln!("mallopt(M_MMAP_THRESHOLD, {}) = {a}, mallopt(M_TRIM_THRESHOLD, {}) = {b} (1 = accepted)", parts[0], parts[1]);
+    let (a, b) = unsafe {
+        (
+            mallopt(M_MMAP_THRESHOLD, parts[0]),
+            mallopt(M_TRIM_THRESHOLD, parts[1]),
+        )
+    };
+    eprintln!(
+        "mallopt(M_MMAP_THRESHOLD, {}) = {a}, mallopt(M_TRIM_THRESHOLD, {}) = {b} (1 = accepted)",
+        parts[0], parts[1]
+    );
 }
 
 fn main() {
@@ -383,13 +443,20 @@ fn main() {
         eprintln!("bench: {e}");
         std::process::exit(2)
     });
-    if std::env::var("DAVI_BENCH_SERVE").map(|v| v == "1").unwrap_or(false) {
+    if std::env::var("DAVI_BENCH_SERVE")
+        .map(|v| v == "1")
+        .unwrap_or(false)
+    {
         serve();
         return;
     }
     // DAVI_BENCH_MATRIX=1 runs the GPU matrix (fp32/bf16 x batches) on the CPU: a dry run
     // of the GPU script on a machine without one.
-    if device == Device::Cpu && std::env::var("DAVI_BENCH_MATRIX").map(|v| v != "1").unwrap_or(true) {
+    if device == Device::Cpu
+        && std::env::var("DAVI_BENCH_MATRIX")
+            .map(|v| v != "1")
+            .unwrap_or(true)
+    {
         run_cpu();
     } else {
         run_matrix(device);
@@ -403,7 +470,8 @@ fn run_cpu() {
     let default_threads = tch::get_num_threads();
     let threads = env_usize("DAVI_BENCH_THREADS", default_threads as usize) as i32;
     tch::set_num_threads(threads);
-    let experiments = std::env::var("DAVI_BENCH_EXPERIMENTS").unwrap_or_else(|_| "threads,channels_last,grad,bf16".into());
+    let experiments = std::env::var("DAVI_BENCH_EXPERIMENTS")
+        .unwrap_or_else(|_| "threads,channels_last,grad,bf16".into());
     let want = |e: &str| experiments.split(',').any(|x| x.trim() == e);
 
     println!("== davi-engine bench: FFHQ-256 U-Net, 256x256, batch 1, CPU, random weights ==");
@@ -422,7 +490,11 @@ fn run_cpu() {
     println!("reps {reps}, warm-up {warmup}; every comparison is paired: the two sides alternate rep by rep (order flipped each rep), so background load hits both alike");
 
     let r = build_restorer(device);
-    println!("parameters: {} ({} tensors)", r.model.parameter_count(), r.model.vs.variables().len());
+    println!(
+        "parameters: {} ({} tensors)",
+        r.model.parameter_count(),
+        r.model.vs.variables().len()
+    );
     let x = input(1, device);
     let t = timesteps(T, 1, device);
     let fwd = || tch::no_grad(|| r.model.net.forward(&x, &t));
@@ -442,7 +514,11 @@ fn run_cpu() {
         1.0 / p.cpu_speedup(),
         sb.cpu_min() / sa.cpu_min()
     );
-    println!("output: max |eps/v| {:.4e}; restore output range max |x| {:.4}", max_abs(&ref_out), max_abs(&ref_restore));
+    println!(
+        "output: max |eps/v| {:.4e}; restore output range max |x| {:.4}",
+        max_abs(&ref_out),
+        max_abs(&ref_restore)
+    );
     let manual_d = max_abs_diff(&one_step_in(&r, &x, Kind::Float), &ref_restore);
     println!("check: bench-composed one-step (used for bf16) vs restore_lifted, f32: max|d| {manual_d:.2e}");
     // The part of a restore outside the network, timed alone (load-insensitive, unlike the
@@ -484,10 +560,17 @@ fn run_cpu() {
     if let Ok(dir) = std::env::var("DAVI_BENCH_EXPORT") {
         let dir = PathBuf::from(dir);
         std::fs::create_dir_all(&dir).expect("export folder");
-        r.model.save(&dir.join("model.safetensors")).expect("save model");
+        r.model
+            .save(&dir.join("model.safetensors"))
+            .expect("save model");
         x.write_npy(dir.join("input.npy")).expect("write input");
-        ref_out.write_npy(dir.join("forward_tch.npy")).expect("write output");
-        println!("exported model.safetensors, input.npy, forward_tch.npy to {}", dir.display());
+        ref_out
+            .write_npy(dir.join("forward_tch.npy"))
+            .expect("write output");
+        println!(
+            "exported model.safetensors, input.npy, forward_tch.npy to {}",
+            dir.display()
+        );
     }
 
     let mut exps = serde_json::Map::new();
@@ -520,17 +603,36 @@ fn run_cpu() {
         };
         let p = paired(device, warmup, reps, base, var);
         tch::set_num_threads(threads);
-        record(&format!("threads_{other}_vs_{threads}"), &format!("forward, {threads} threads vs {other} thread(s)"), &p, &ref_out);
+        record(
+            &format!("threads_{other}_vs_{threads}"),
+            &format!("forward, {threads} threads vs {other} thread(s)"),
+            &p,
+            &ref_out,
+        );
     }
     if want("channels_last") {
         let xcl = channels_last(&x);
-        let p = paired(device, warmup, reps, fwd, || tch::no_grad(|| r.model.net.forward(&xcl, &t)));
-        record("channels_last_input", "forward, channels-last input (weights contiguous)", &p, &ref_out);
+        let p = paired(device, warmup, reps, fwd, || {
+            tch::no_grad(|| r.model.net.forward(&xcl, &t))
+        });
+        record(
+            "channels_last_input",
+            "forward, channels-last input (weights contiguous)",
+            &p,
+            &ref_out,
+        );
     }
     if want("grad") {
         // Autograd on: what no_grad saves (tch 0.24 has no inference-mode guard).
-        let p = paired(device, warmup, reps, fwd, || r.model.net.forward(&x, &t).detach());
-        record("grad_enabled", "forward, no_grad vs autograd on (speed-up < 1 = no_grad is faster)", &p, &ref_out);
+        let p = paired(device, warmup, reps, fwd, || {
+            r.model.net.forward(&x, &t).detach()
+        });
+        record(
+            "grad_enabled",
+            "forward, no_grad vs autograd on (speed-up < 1 = no_grad is faster)",
+            &p,
+            &ref_out,
+        );
     }
     println!("[inference mode] not measurable in tch: tch 0.24 / torch-sys 0.24 expose no InferenceMode guard (bench_pytorch.py measures it on the PyTorch side)");
     if want("channels_last") || want("bf16") {
@@ -539,23 +641,66 @@ fn run_cpu() {
         if want("channels_last") {
             set_conv_weights_channels_last(&r2.model.vs, true);
             let xcl = channels_last(&x);
-            let p = paired(device, warmup, reps, fwd, || tch::no_grad(|| r2.model.net.forward(&xcl, &t)));
-            record("channels_last_input_weights", "forward, channels-last input and conv weights", &p, &ref_out);
-            let p = paired(device, warmup, reps, || restore_once(&r, &x), || restore_once(&r2, &channels_last(&x)));
-            record("channels_last_restore", "restore_lifted, channels-last input and conv weights", &p, &ref_restore);
+            let p = paired(device, warmup, reps, fwd, || {
+                tch::no_grad(|| r2.model.net.forward(&xcl, &t))
+            });
+            record(
+                "channels_last_input_weights",
+                "forward, channels-last input and conv weights",
+                &p,
+                &ref_out,
+            );
+            let p = paired(
+                device,
+                warmup,
+                reps,
+                || restore_once(&r, &x),
+                || restore_once(&r2, &channels_last(&x)),
+            );
+            record(
+                "channels_last_restore",
+                "restore_lifted, channels-last input and conv weights",
+                &p,
+                &ref_restore,
+            );
             set_conv_weights_channels_last(&r2.model.vs, false);
         }
         if want("bf16") {
             r2.model.vs.bfloat16();
             let xb = x.to_kind(Kind::BFloat16);
-            let p = paired(device, warmup, reps, fwd, || tch::no_grad(|| r2.model.net.forward(&xb, &t)));
-            record("bf16_forward", "forward, f32 vs bf16 weights and activations", &p, &ref_out);
-            let p = paired(device, warmup, reps, || restore_once(&r, &x), || one_step_in(&r2, &x, Kind::BFloat16));
-            record("bf16_one_step", "one-step restore, f32 restore_lifted vs bf16 (bench-composed)", &p, &ref_restore);
+            let p = paired(device, warmup, reps, fwd, || {
+                tch::no_grad(|| r2.model.net.forward(&xb, &t))
+            });
+            record(
+                "bf16_forward",
+                "forward, f32 vs bf16 weights and activations",
+                &p,
+                &ref_out,
+            );
+            let p = paired(
+                device,
+                warmup,
+                reps,
+                || restore_once(&r, &x),
+                || one_step_in(&r2, &x, Kind::BFloat16),
+            );
+            record(
+                "bf16_one_step",
+                "one-step restore, f32 restore_lifted vs bf16 (bench-composed)",
+                &p,
+                &ref_restore,
+            );
             set_conv_weights_channels_last(&r2.model.vs, true);
             let xbcl = channels_last(&xb);
-            let p = paired(device, warmup, reps, fwd, || tch::no_grad(|| r2.model.net.forward(&xbcl, &t)));
-            record("bf16_channels_last_forward", "forward, f32 vs bf16 channels-last (input and conv weights)", &p, &ref_out);
+            let p = paired(device, warmup, reps, fwd, || {
+                tch::no_grad(|| r2.model.net.forward(&xbcl, &t))
+            });
+            record(
+                "bf16_channels_last_forward",
+                "forward, f32 vs bf16 channels-last (input and conv weights)",
+                &p,
+                &ref_out,
+            );
         }
     }
     report["experiments"] = serde_json::Value::Object(exps);
@@ -610,13 +755,20 @@ fn run_matrix(device: Device) {
         tch::Cuda::cudnn_set_benchmark(true);
         println!("reps {reps}, warm-up {warmup}, batches {batches:?}, cudnn benchmark on; fp32 convolutions use TF32 (libtorch's cuDNN default), matmuls full fp32");
     } else {
-        println!("reps {reps}, warm-up {warmup}, batches {batches:?} (GPU matrix dry run on the CPU)");
+        println!(
+            "reps {reps}, warm-up {warmup}, batches {batches:?} (GPU matrix dry run on the CPU)"
+        );
     }
     // The restore's perturbation noise is drawn on the CPU (seeded SplitMix64 + Box-Muller)
     // and copied over: time that alone per batch size, since on a GPU it is not negligible.
     for &b in &batches {
-        let (s, _) = time_it(Device::Cpu, 1, 5, || seeded_normal(&[b, 3, SIZE, SIZE], SEED).to_device(device));
-        println!("[b={b}] seeded_normal on the CPU + copy to {device:?}: median {:.2} ms", 1e3 * s.median());
+        let (s, _) = time_it(Device::Cpu, 1, 5, || {
+            seeded_normal(&[b, 3, SIZE, SIZE], SEED).to_device(device)
+        });
+        println!(
+            "[b={b}] seeded_normal on the CPU + copy to {device:?}: median {:.2} ms",
+            1e3 * s.median()
+        );
     }
     let mut r = build_restorer(device);
     let mut refs = Vec::new();
@@ -628,19 +780,32 @@ fn run_matrix(device: Device) {
                 break;
             }
         }
-        let name = if kind == Kind::Float { "fp32/tf32" } else { "bf16" };
+        let name = if kind == Kind::Float {
+            "fp32/tf32"
+        } else {
+            "bf16"
+        };
         for (i, &b) in batches.iter().enumerate() {
             let x = input(b, device);
             let xk = x.to_kind(kind);
             let t = timesteps(T, b, device);
-            let (sa, out) = time_it(device, warmup, reps, || tch::no_grad(|| r.model.net.forward(&xk, &t)));
+            let (sa, out) = time_it(device, warmup, reps, || {
+                tch::no_grad(|| r.model.net.forward(&xk, &t))
+            });
             // Both through Restorer::restore_lifted (bf16 with Restorer::set_precision).
             let (sb, _) = time_it(device, warmup, reps, || restore_once(&r, &x));
             let diff = if kind == Kind::Float {
-                refs.push(out.narrow(0, 0, 1).to_kind(Kind::Float).to_device(Device::Cpu));
+                refs.push(
+                    out.narrow(0, 0, 1)
+                        .to_kind(Kind::Float)
+                        .to_device(Device::Cpu),
+                );
                 String::new()
             } else {
-                format!("  max|d| vs fp32 {:.2e}", max_abs_diff(&out.narrow(0, 0, 1), &refs[i]))
+                format!(
+                    "  max|d| vs fp32 {:.2e}",
+                    max_abs_diff(&out.narrow(0, 0, 1), &refs[i])
+                )
             };
             println!(
                 "[{name} b={b}] forward {}  ({:.2} ms/img)\n[{name} b={b}] restore {}  ({:.2} ms/img)  ratio {:.3}{diff}",

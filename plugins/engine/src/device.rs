@@ -15,14 +15,20 @@ pub fn parse_device(s: &str) -> Result<Device> {
                 0
             } else if let Some(n) = s.strip_prefix("cuda:") {
                 n.parse::<usize>().map_err(|_| {
-                    EngineError::Device(format!("`{s}` is not a device (use auto, cpu, cuda or cuda:N)"))
+                    EngineError::Device(format!(
+                        "`{s}` is not a device (use auto, cpu, cuda or cuda:N)"
+                    ))
                 })?
             } else {
                 return Err(EngineError::Device(format!(
                     "`{s}` is not a device (use auto, cpu, cuda or cuda:N)"
                 )));
             };
-            let n = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
+            let n = if tch::Cuda::is_available() {
+                tch::Cuda::device_count() as usize
+            } else {
+                0
+            };
             if idx >= n {
                 return Err(EngineError::Device(format!(
                     "cuda:{idx} requested but {n} CUDA device(s) are usable here"
@@ -41,9 +47,15 @@ pub fn parse_device(s: &str) -> Result<Device> {
 pub fn parse_devices(s: &str) -> Result<Vec<Device>> {
     let s = s.trim().to_ascii_lowercase();
     if s == "cuda:all" {
-        let n = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
+        let n = if tch::Cuda::is_available() {
+            tch::Cuda::device_count() as usize
+        } else {
+            0
+        };
         if n == 0 {
-            return Err(EngineError::Device("cuda:all asks for every CUDA device, and none is usable here".into()));
+            return Err(EngineError::Device(
+                "cuda:all asks for every CUDA device, and none is usable here".into(),
+            ));
         }
         return Ok((0..n).map(Device::Cuda).collect());
     }
@@ -72,7 +84,10 @@ mod tests {
             assert!(parse_device("cuda:0").is_err());
             assert!(parse_devices("cuda:all").is_err());
         }
-        assert_eq!(parse_devices("cpu, cpu").unwrap(), vec![Device::Cpu, Device::Cpu]);
+        assert_eq!(
+            parse_devices("cpu, cpu").unwrap(),
+            vec![Device::Cpu, Device::Cpu]
+        );
         assert_eq!(parse_devices("cpu").unwrap(), vec![Device::Cpu]);
         assert!(parse_devices("cpu,gpu").is_err());
     }

@@ -80,7 +80,11 @@ pub struct DpsOptions {
 impl DpsOptions {
     /// The official setting for an operator: 1000 steps and the repository's `scale`.
     pub fn official(spec: &OperatorSpec, seed: u64) -> Self {
-        DpsOptions { nfe: DEFAULT_NFE, scale: default_scale(spec), seed }
+        DpsOptions {
+            nfe: DEFAULT_NFE,
+            scale: default_scale(spec),
+            seed,
+        }
     }
 }
 
@@ -175,12 +179,18 @@ impl Dps {
             )));
         }
         if meta.diffusion_steps == 0 {
-            return Err(EngineError::InvalidInput("the prior has zero diffusion steps".into()));
+            return Err(EngineError::InvalidInput(
+                "the prior has zero diffusion steps".into(),
+            ));
         }
         let diffusion = Diffusion::new(meta.schedule, meta.diffusion_steps);
         model.vs.freeze();
         let device = model.vs.device();
-        Ok(Dps { model, diffusion, device })
+        Ok(Dps {
+            model,
+            diffusion,
+            device,
+        })
     }
 
     /// Sample `x` given the measurement `y` of `op` (built for `C × height × width` images,
@@ -204,7 +214,10 @@ impl Dps {
             )));
         }
         if !opts.scale.is_finite() || opts.scale < 0.0 {
-            return Err(EngineError::InvalidInput(format!("DPS scale must be finite and >= 0, got {}", opts.scale)));
+            return Err(EngineError::InvalidInput(format!(
+                "DPS scale must be finite and >= 0, got {}",
+                opts.scale
+            )));
         }
         let dims = y.size();
         let (mc, mh, mw) = op.measurement_shape(c, height, width);
@@ -223,7 +236,11 @@ impl Dps {
         let mut norms = Vec::with_capacity(n);
         let mut visited = Vec::with_capacity(n);
         for (done, k) in (0..n).rev().enumerate() {
-            let z = if k > 0 { Some(seeded_normal(&shape, seeds.next()).to_device(self.device)) } else { None };
+            let z = if k > 0 {
+                Some(seeded_normal(&shape, seeds.next()).to_device(self.device))
+            } else {
+                None
+            };
             let (next, norm) = self.step(op, &y, &x, &spaced, k, z.as_ref(), opts.scale);
             x = next;
             norms.push(norm);
@@ -232,9 +249,18 @@ impl Dps {
                 return Err(EngineError::Cancelled);
             }
         }
-        let residual_norms = Vec::<f64>::try_from(Tensor::stack(&norms, 0).to_kind(Kind::Double).to_device(Device::Cpu))
-            .map_err(EngineError::Torch)?;
-        Ok(DpsOutput { sample: x, nfe: n, timesteps: visited, residual_norms })
+        let residual_norms = Vec::<f64>::try_from(
+            Tensor::stack(&norms, 0)
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu),
+        )
+        .map_err(EngineError::Torch)?;
+        Ok(DpsOutput {
+            sample: x,
+            nfe: n,
+            timesteps: visited,
+            residual_norms,
+        })
     }
 
     /// One guided ancestral step at spaced index `k`: returns `x_{k−1}` (detached) and the
@@ -261,9 +287,14 @@ impl Dps {
             let v = out.narrow(1, c, c);
             let x0 = d.pred_xstart_from_eps(&x_t, &index, &eps).clamp(-1.0, 1.0);
             let residual = y - op.forward(&x0);
-            let per_sample = residual.flatten(1, -1).norm_scalaropt_dim(2.0, [1i64].as_slice(), false);
+            let per_sample =
+                residual
+                    .flatten(1, -1)
+                    .norm_scalaropt_dim(2.0, [1i64].as_slice(), false);
             let loss = per_sample.sum(Kind::Float);
-            let grad = Tensor::run_backward(&[&loss], &[&x_t], false, false).pop().expect("one input, one gradient");
+            let grad = Tensor::run_backward(&[&loss], &[&x_t], false, false)
+                .pop()
+                .expect("one input, one gradient");
             tch::no_grad(|| {
                 let (x0, v, x_t) = (x0.detach(), v.detach(), x_t.detach());
                 let (mean, _) = d.q_posterior_mean_logvar(&x0, &x_t, &index);
@@ -284,10 +315,16 @@ mod tests {
 
     #[test]
     fn spacing_keeps_both_ends_and_the_right_count() {
-        assert_eq!(space_timesteps(1000, 1000).unwrap(), (0..1000).collect::<Vec<_>>());
+        assert_eq!(
+            space_timesteps(1000, 1000).unwrap(),
+            (0..1000).collect::<Vec<_>>()
+        );
         assert_eq!(space_timesteps(1000, 1).unwrap(), vec![999]);
         assert_eq!(space_timesteps(1000, 2).unwrap(), vec![0, 999]);
-        assert_eq!(space_timesteps(1000, 10).unwrap(), (0..10).map(|k| 111 * k).collect::<Vec<_>>());
+        assert_eq!(
+            space_timesteps(1000, 10).unwrap(),
+            (0..10).map(|k| 111 * k).collect::<Vec<_>>()
+        );
         for n in [3usize, 7, 50, 100, 250, 333, 999] {
             let s = space_timesteps(1000, n).unwrap();
             assert_eq!(s.len(), n);
@@ -306,11 +343,17 @@ mod tests {
         let same = respace(&full, 1000).unwrap();
         for t in [0usize, 1, 500, 999] {
             assert!((same.diffusion.betas[t] - full.betas[t]).abs() < 1e-15);
-            assert!((same.diffusion.posterior_log_variance_clipped[t] - full.posterior_log_variance_clipped[t]).abs() < 1e-9);
+            assert!(
+                (same.diffusion.posterior_log_variance_clipped[t]
+                    - full.posterior_log_variance_clipped[t])
+                    .abs()
+                    < 1e-9
+            );
         }
         let r = respace(&full, 25).unwrap();
         for (k, &t) in r.timesteps.iter().enumerate() {
-            let rel = (r.diffusion.alphas_cumprod[k] - full.alphas_cumprod[t as usize]).abs() / full.alphas_cumprod[t as usize];
+            let rel = (r.diffusion.alphas_cumprod[k] - full.alphas_cumprod[t as usize]).abs()
+                / full.alphas_cumprod[t as usize];
             assert!(rel < 1e-9, "abar at k = {k}, t = {t}");
         }
         // The last step maps x̂0 to itself: c1 = 1, c2 = 0.
@@ -323,8 +366,14 @@ mod tests {
     #[test]
     fn default_scales_follow_the_official_configs() {
         assert_eq!(default_scale(&OperatorSpec::for_task("sr4").unwrap()), 0.3);
-        assert_eq!(default_scale(&OperatorSpec::for_task("deblur").unwrap()), 0.3);
-        assert_eq!(default_scale(&OperatorSpec::for_task("inpaint").unwrap()), 0.5);
+        assert_eq!(
+            default_scale(&OperatorSpec::for_task("deblur").unwrap()),
+            0.3
+        );
+        assert_eq!(
+            default_scale(&OperatorSpec::for_task("inpaint").unwrap()),
+            0.5
+        );
         let o = DpsOptions::official(&OperatorSpec::for_task("sr4").unwrap(), 3);
         assert_eq!((o.nfe, o.seed), (1000, 3));
     }

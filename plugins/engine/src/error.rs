@@ -22,7 +22,10 @@ pub enum EngineError {
     #[error("device: {0}")]
     Device(String),
     #[error("i/o on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// libtorch raised an error (out of memory, unsupported op on a device, ...).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -33,9 +36,15 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn model(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        EngineError::Model { path: path.into(), msg: msg.into() }
+        EngineError::Model {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        EngineError::Io { path: path.into(), source }
+        EngineError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -74,9 +74,14 @@ impl Method {
     pub fn parse_list(text: &str) -> Result<Vec<Method>> {
         let mut out = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let m = Method::ALL.into_iter().find(|m| m.name() == part).ok_or_else(|| {
-                EngineError::InvalidInput(format!("unknown method `{part}` (known: davi, dps, classical, lift)"))
-            })?;
+            let m = Method::ALL
+                .into_iter()
+                .find(|m| m.name() == part)
+                .ok_or_else(|| {
+                    EngineError::InvalidInput(format!(
+                        "unknown method `{part}` (known: davi, dps, classical, lift)"
+                    ))
+                })?;
             if !out.contains(&m) {
                 out.push(m);
             }
@@ -111,7 +116,9 @@ impl std::str::FromStr for Fit {
         match s {
             "crop" => Ok(Fit::Crop),
             "resize" => Ok(Fit::Resize),
-            other => Err(EngineError::InvalidInput(format!("--fit must be crop or resize, got `{other}`"))),
+            other => Err(EngineError::InvalidInput(format!(
+                "--fit must be crop or resize, got `{other}`"
+            ))),
         }
     }
 }
@@ -283,13 +290,16 @@ pub struct EvalReport {
 
 /// A 64-bit FNV-1a hash, for turning image names into seeds.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The seed of one image's random stream `purpose` (1 measurement, 2 DAVI, 3 DPS), from the
 /// run seed and the image's relative name; distinct purposes never share noise.
 pub fn image_seed(seed: u64, name: &str, purpose: u64) -> u64 {
-    let mut g = SplitMix64(seed ^ fnv1a(name.as_bytes()) ^ purpose.wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut g =
+        SplitMix64(seed ^ fnv1a(name.as_bytes()) ^ purpose.wrapping_mul(0xA24B_AED4_963E_E407));
     g.next()
 }
 
@@ -306,18 +316,32 @@ fn lcm(a: i64, b: i64) -> i64 {
 
 /// Bring a `(3, H, W)` image to the evaluation geometry: the `max_side` policy, then a centre
 /// crop to multiples of `multiple`.
-pub fn prepare_image(img: &Tensor, multiple: i64, max_side: Option<i64>, fit: Fit) -> Result<Tensor> {
-    let (_, mut h, mut w) = img.size3().map_err(|_| EngineError::InvalidInput("expected a (3, H, W) image".into()))?;
+pub fn prepare_image(
+    img: &Tensor,
+    multiple: i64,
+    max_side: Option<i64>,
+    fit: Fit,
+) -> Result<Tensor> {
+    let (_, mut h, mut w) = img
+        .size3()
+        .map_err(|_| EngineError::InvalidInput("expected a (3, H, W) image".into()))?;
     let mut x = img.shallow_clone();
     if let Some(limit) = max_side {
         if limit < 1 {
-            return Err(EngineError::InvalidInput(format!("--max-side must be positive, got {limit}")));
+            return Err(EngineError::InvalidInput(format!(
+                "--max-side must be positive, got {limit}"
+            )));
         }
         match fit {
             Fit::Resize if h.max(w) > limit => {
                 let s = limit as f64 / h.max(w) as f64;
-                let (nh, nw) = (((h as f64 * s).round() as i64).max(1), ((w as f64 * s).round() as i64).max(1));
-                x = resize_aa(&x.unsqueeze(0), nh, nw).squeeze_dim(0).clamp(0.0, 1.0);
+                let (nh, nw) = (
+                    ((h as f64 * s).round() as i64).max(1),
+                    ((w as f64 * s).round() as i64).max(1),
+                );
+                x = resize_aa(&x.unsqueeze(0), nh, nw)
+                    .squeeze_dim(0)
+                    .clamp(0.0, 1.0);
                 (h, w) = (nh, nw);
             }
             Fit::Crop => {
@@ -334,7 +358,9 @@ pub fn prepare_image(img: &Tensor, multiple: i64, max_side: Option<i64>, fit: Fi
             "a {w}x{h} image is smaller than the {multiple}-pixel multiple the networks and operator need"
         )));
     }
-    Ok(x.narrow(1, (h - nh) / 2, nh).narrow(2, (w - nw) / 2, nw).contiguous())
+    Ok(x.narrow(1, (h - nh) / 2, nh)
+        .narrow(2, (w - nw) / 2, nw)
+        .contiguous())
 }
 
 /// Per-method state during a run.
@@ -366,7 +392,14 @@ pub fn evaluate(
     let mut runs: Vec<Running> = cfg
         .methods
         .iter()
-        .map(|&method| Running { method, note: None, nfe: None, scores: Vec::new(), settings: serde_json::json!({}), skipped: false })
+        .map(|&method| Running {
+            method,
+            note: None,
+            nfe: None,
+            scores: Vec::new(),
+            settings: serde_json::json!({}),
+            skipped: false,
+        })
         .collect();
     let skip = |runs: &mut Vec<Running>, m: Method, note: String| {
         if let Some(r) = runs.iter_mut().find(|r| r.method == m) {
@@ -383,7 +416,9 @@ pub fn evaluate(
     let restorer = match (wants(Method::Davi), models.generator) {
         (true, Some(g)) => {
             if g.meta.role != crate::weights::ModelRole::Generator {
-                return Err(EngineError::InvalidInput("--model must be a DAVI generator (role `generator`), not a prior".into()));
+                return Err(EngineError::InvalidInput(
+                    "--model must be a DAVI generator (role `generator`), not a prior".into(),
+                ));
             }
             multiple = lcm(multiple, g.meta.unet.size_multiple());
             let r = run_of(&mut runs, Method::Davi);
@@ -397,7 +432,9 @@ pub fn evaluate(
             });
             if let Some(trained) = &g.meta.operator {
                 if trained != spec {
-                    r.note = Some(format!("generator trained for {trained}, evaluated on {spec}"));
+                    r.note = Some(format!(
+                        "generator trained for {trained}, evaluated on {spec}"
+                    ));
                 }
             }
             let mut restorer = Restorer::new(g, cfg.device);
@@ -405,12 +442,20 @@ pub fn evaluate(
             Some(restorer)
         }
         (true, None) => {
-            skip(&mut runs, Method::Davi, "no generator model given (--model)".into());
+            skip(
+                &mut runs,
+                Method::Davi,
+                "no generator model given (--model)".into(),
+            );
             None
         }
         (false, _) => None,
     };
-    let dps_opts = DpsOptions { nfe: cfg.dps_nfe, scale: cfg.dps_scale.unwrap_or_else(|| dps::default_scale(spec)), seed: 0 };
+    let dps_opts = DpsOptions {
+        nfe: cfg.dps_nfe,
+        scale: cfg.dps_scale.unwrap_or_else(|| dps::default_scale(spec)),
+        seed: 0,
+    };
     let sampler = match (wants(Method::Dps), models.prior) {
         (true, Some(p)) => {
             let steps = p.meta.diffusion_steps;
@@ -436,19 +481,30 @@ pub fn evaluate(
                 "respaced": cfg.dps_nfe < steps,
             });
             if cfg.dps_nfe < steps {
-                r.note = Some(format!("respaced to {} of the prior's {steps} steps", cfg.dps_nfe));
+                r.note = Some(format!(
+                    "respaced to {} of the prior's {steps} steps",
+                    cfg.dps_nfe
+                ));
             }
             Some(d)
         }
         (true, None) => {
-            skip(&mut runs, Method::Dps, "no prior model given (--prior)".into());
+            skip(
+                &mut runs,
+                Method::Dps,
+                "no prior model given (--prior)".into(),
+            );
             None
         }
         (false, _) => None,
     };
     if wants(Method::Classical) {
         if classical.is_none() {
-            skip(&mut runs, Method::Classical, "the classical plugin is not available to this host".into());
+            skip(
+                &mut runs,
+                Method::Classical,
+                "the classical plugin is not available to this host".into(),
+            );
         } else {
             run_of(&mut runs, Method::Classical).nfe = Some(0);
         }
@@ -461,19 +517,38 @@ pub fn evaluate(
     let mut images = Vec::with_capacity(files.len());
     let total = files.len();
     for (index, file) in files.iter().enumerate() {
-        let name = file.strip_prefix(dir).unwrap_or(file).to_string_lossy().replace('\\', "/");
+        let name = file
+            .strip_prefix(dir)
+            .unwrap_or(file)
+            .to_string_lossy()
+            .replace('\\', "/");
         let clean = prepare_image(&load_rgb(file)?, multiple, cfg.max_side, cfg.fit)?;
         let (_, h, w) = clean.size3().expect("3-D");
         spec.validate_for_size(h as usize, w as usize)
-            .map_err(|e| EngineError::InvalidInput(format!("{name} ({w}x{h} after cropping): {e}")))?;
+            .map_err(|e| {
+                EngineError::InvalidInput(format!("{name} ({w}x{h} after cropping): {e}"))
+            })?;
         let clean = clean.unsqueeze(0);
         let measurement_seed = image_seed(cfg.seed, &name, 1);
         let obs = pipeline::simulate_observation(spec, &clean, measurement_seed)?;
-        images.push(ImageEntry { name: name.clone(), height: h, width: w, measurement_seed });
+        images.push(ImageEntry {
+            name: name.clone(),
+            height: h,
+            width: w,
+            measurement_seed,
+        });
 
         for r in runs.iter_mut().filter(|r| !r.skipped) {
             let method = r.method;
-            let mut report = |fraction: f32| progress(&EvalProgress { image: index, images: total, name: &name, method, fraction });
+            let mut report = |fraction: f32| {
+                progress(&EvalProgress {
+                    image: index,
+                    images: total,
+                    name: &name,
+                    method,
+                    fraction,
+                })
+            };
             let mut start = Instant::now();
             let restored: Option<(Tensor, usize)> = match method {
                 Method::Lift => {
@@ -483,29 +558,52 @@ pub fn evaluate(
                 }
                 Method::Davi => {
                     let restorer = restorer.as_ref().expect("davi runs only with a generator");
-                    let opts = RestoreOptions { perturb_h: cfg.perturb_h, seed: image_seed(cfg.seed, &name, 2), tiling: None };
+                    let opts = RestoreOptions {
+                        perturb_h: cfg.perturb_h,
+                        seed: image_seed(cfg.seed, &name, 2),
+                        tiling: None,
+                    };
                     if index == 0 {
                         let _ = davi_once(restorer, spec, &obs, cfg.device, &opts, &mut |_| true)?;
                         r.settings["warmup_call_excluded"] = serde_json::json!(true);
                         start = Instant::now();
                     }
-                    Some((davi_once(restorer, spec, &obs, cfg.device, &opts, &mut report)?, 1))
+                    Some((
+                        davi_once(restorer, spec, &obs, cfg.device, &opts, &mut report)?,
+                        1,
+                    ))
                 }
                 Method::Dps => {
                     let sampler = sampler.as_ref().expect("dps runs only with a prior");
                     let channels = sampler.model.meta.unet.in_channels;
-                    let problem = pipeline::problem_from_observation(spec, &obs, channels, sampler.device)?;
-                    let opts = DpsOptions { seed: image_seed(cfg.seed, &name, 3), ..dps_opts };
-                    let out = sampler.sample(problem.op.as_ref(), &problem.y, (h, w), &opts, &mut report)?;
-                    let pic = pipeline::to_picture(&out.sample, problem.gray_out).to_device(Device::Cpu);
+                    let problem =
+                        pipeline::problem_from_observation(spec, &obs, channels, sampler.device)?;
+                    let opts = DpsOptions {
+                        seed: image_seed(cfg.seed, &name, 3),
+                        ..dps_opts
+                    };
+                    let out = sampler.sample(
+                        problem.op.as_ref(),
+                        &problem.y,
+                        (h, w),
+                        &opts,
+                        &mut report,
+                    )?;
+                    let pic =
+                        pipeline::to_picture(&out.sample, problem.gray_out).to_device(Device::Cpu);
                     Some((pic, out.nfe))
                 }
                 Method::Classical => {
-                    let ext = classical.as_mut().expect("classical runs only when supplied");
+                    let ext = classical
+                        .as_mut()
+                        .expect("classical runs only when supplied");
                     let observed = obs.clamp(0.0, 1.0);
                     match ext.restore(spec, &observed, &mut report) {
                         Ok(pic) => {
-                            let pic = pic.to_device(Device::Cpu).to_kind(Kind::Float).clamp(0.0, 1.0);
+                            let pic = pic
+                                .to_device(Device::Cpu)
+                                .to_kind(Kind::Float)
+                                .clamp(0.0, 1.0);
                             if pic.size() != clean.size() {
                                 return Err(EngineError::InvalidInput(format!(
                                     "the classical method returned {:?} for a {:?} image",
@@ -523,7 +621,9 @@ pub fn evaluate(
                         }
                         Err(ExternalError::Cancelled) => return Err(EngineError::Cancelled),
                         Err(ExternalError::Failed(msg)) => {
-                            return Err(EngineError::InvalidInput(format!("classical method on {name}: {msg}")))
+                            return Err(EngineError::InvalidInput(format!(
+                                "classical method on {name}: {msg}"
+                            )))
                         }
                     }
                 }
@@ -555,22 +655,36 @@ fn davi_once(
 }
 
 fn run_of(runs: &mut [Running], m: Method) -> &mut Running {
-    runs.iter_mut().find(|r| r.method == m).expect("method selected")
+    runs.iter_mut()
+        .find(|r| r.method == m)
+        .expect("method selected")
 }
 
 fn score(r: &mut Running, name: &str, clean: &Tensor, pic: &Tensor, seconds: f64) {
     let pic = pic.to_kind(Kind::Float).clamp(0.0, 1.0);
     let psnr = metrics::psnr(clean, &pic)[0].min(100.0);
     let ssim = metrics::ssim(clean, &pic)[0];
-    r.scores.push(ImageScore { name: name.to_string(), psnr, ssim, seconds });
+    r.scores.push(ImageScore {
+        name: name.to_string(),
+        psnr,
+        ssim,
+        seconds,
+    });
 }
 
-fn finish(cfg: &EvalConfig, multiple: i64, images: Vec<ImageEntry>, runs: Vec<Running>) -> EvalReport {
+fn finish(
+    cfg: &EvalConfig,
+    multiple: i64,
+    images: Vec<ImageEntry>,
+    runs: Vec<Running>,
+) -> EvalReport {
     let mut methods: Vec<MethodReport> = runs
         .into_iter()
         .map(|r| {
             let ran = !r.skipped && !r.scores.is_empty();
-            let avg = |f: &dyn Fn(&ImageScore) -> f64| ran.then(|| metrics::mean(&r.scores.iter().map(f).collect::<Vec<_>>()));
+            let avg = |f: &dyn Fn(&ImageScore) -> f64| {
+                ran.then(|| metrics::mean(&r.scores.iter().map(f).collect::<Vec<_>>()))
+            };
             MethodReport {
                 method: r.method,
                 ran,
@@ -585,7 +699,10 @@ fn finish(cfg: &EvalConfig, multiple: i64, images: Vec<ImageEntry>, runs: Vec<Ru
             }
         })
         .collect();
-    let dps_seconds = methods.iter().find(|m| m.method == Method::Dps).and_then(|m| m.seconds_per_image);
+    let dps_seconds = methods
+        .iter()
+        .find(|m| m.method == Method::Dps)
+        .and_then(|m| m.seconds_per_image);
     for m in &mut methods {
         m.speedup_vs_dps = match (dps_seconds, m.seconds_per_image) {
             (Some(d), Some(s)) if s > 0.0 => Some(d / s),
@@ -612,32 +729,52 @@ fn finish(cfg: &EvalConfig, multiple: i64, images: Vec<ImageEntry>, runs: Vec<Ru
 fn targets(cfg: &EvalConfig, methods: &[MethodReport]) -> Vec<TargetCheck> {
     let get = |m: Method| methods.iter().find(|r| r.method == m && r.ran);
     let (davi, dps, classical) = (get(Method::Davi), get(Method::Dps), get(Method::Classical));
-    let nfe_note = if cfg.dps_nfe == dps::DEFAULT_NFE { String::new() } else { format!(" (this run: DPS-{})", cfg.dps_nfe) };
+    let nfe_note = if cfg.dps_nfe == dps::DEFAULT_NFE {
+        String::new()
+    } else {
+        format!(" (this run: DPS-{})", cfg.dps_nfe)
+    };
     let mut out = Vec::new();
     let absent = |what: &str| format!("not measured: {what} did not run");
-    out.push(match (davi.and_then(|d| d.psnr), dps.and_then(|d| d.psnr)) {
-        (Some(a), Some(b)) => TargetCheck {
-            target: format!("DAVI PSNR >= DPS-1000 PSNR{nfe_note}"),
-            met: Some(a >= b),
-            detail: format!("{a:.2} dB vs {b:.2} dB"),
+    out.push(
+        match (davi.and_then(|d| d.psnr), dps.and_then(|d| d.psnr)) {
+            (Some(a), Some(b)) => TargetCheck {
+                target: format!("DAVI PSNR >= DPS-1000 PSNR{nfe_note}"),
+                met: Some(a >= b),
+                detail: format!("{a:.2} dB vs {b:.2} dB"),
+            },
+            _ => TargetCheck {
+                target: format!("DAVI PSNR >= DPS-1000 PSNR{nfe_note}"),
+                met: None,
+                detail: absent("davi or dps"),
+            },
         },
-        _ => TargetCheck { target: format!("DAVI PSNR >= DPS-1000 PSNR{nfe_note}"), met: None, detail: absent("davi or dps") },
-    });
-    out.push(match (davi.and_then(|d| d.psnr), classical.and_then(|d| d.psnr)) {
-        (Some(a), Some(b)) => TargetCheck {
-            target: "DAVI PSNR > classical PSNR".into(),
-            met: Some(a > b),
-            detail: format!("{a:.2} dB vs {b:.2} dB"),
+    );
+    out.push(
+        match (davi.and_then(|d| d.psnr), classical.and_then(|d| d.psnr)) {
+            (Some(a), Some(b)) => TargetCheck {
+                target: "DAVI PSNR > classical PSNR".into(),
+                met: Some(a > b),
+                detail: format!("{a:.2} dB vs {b:.2} dB"),
+            },
+            _ => TargetCheck {
+                target: "DAVI PSNR > classical PSNR".into(),
+                met: None,
+                detail: absent("davi or classical"),
+            },
         },
-        _ => TargetCheck { target: "DAVI PSNR > classical PSNR".into(), met: None, detail: absent("davi or classical") },
-    });
+    );
     out.push(match davi.and_then(|d| d.speedup_vs_dps) {
         Some(s) => TargetCheck {
             target: format!("DAVI at least 500x faster than DPS-1000{nfe_note}"),
             met: Some(s >= 500.0),
             detail: format!("{s:.0}x"),
         },
-        None => TargetCheck { target: format!("DAVI at least 500x faster than DPS-1000{nfe_note}"), met: None, detail: absent("davi or dps") },
+        None => TargetCheck {
+            target: format!("DAVI at least 500x faster than DPS-1000{nfe_note}"),
+            met: None,
+            detail: absent("davi or dps"),
+        },
     });
     out
 }
@@ -666,10 +803,17 @@ impl EvalReport {
         s.push_str("|---|---:|---:|---:|---:|---:|\n");
         for m in &self.methods {
             if !m.ran {
-                let _ = writeln!(s, "| {} | — | — | — | — | skipped: {} |", m.method, m.note.as_deref().unwrap_or("did not run"));
+                let _ = writeln!(
+                    s,
+                    "| {} | — | — | — | — | skipped: {} |",
+                    m.method,
+                    m.note.as_deref().unwrap_or("did not run")
+                );
                 continue;
             }
-            let opt = |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
+            let opt = |v: Option<f64>, d: usize| {
+                v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into())
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} |",
@@ -677,20 +821,37 @@ impl EvalReport {
                 opt(m.psnr, 2),
                 opt(m.ssim, 4),
                 m.nfe.map(|v| v.to_string()).unwrap_or_else(|| "—".into()),
-                m.seconds_per_image.map(fmt_seconds).unwrap_or_else(|| "—".into()),
-                m.speedup_vs_dps.map(fmt_speedup).unwrap_or_else(|| "—".into()),
+                m.seconds_per_image
+                    .map(fmt_seconds)
+                    .unwrap_or_else(|| "—".into()),
+                m.speedup_vs_dps
+                    .map(fmt_speedup)
+                    .unwrap_or_else(|| "—".into()),
             );
         }
-        let notes: Vec<String> =
-            self.methods.iter().filter(|m| m.ran).filter_map(|m| m.note.as_ref().map(|n| format!("- {}: {n}", m.method))).collect();
+        let notes: Vec<String> = self
+            .methods
+            .iter()
+            .filter(|m| m.ran)
+            .filter_map(|m| m.note.as_ref().map(|n| format!("- {}: {n}", m.method)))
+            .collect();
         if !notes.is_empty() {
             s.push('\n');
             for line in notes {
                 let _ = writeln!(s, "{line}");
             }
         }
-        if let Some(d) = self.methods.iter().find(|m| m.method == Method::Dps && m.ran) {
-            let _ = writeln!(s, "\nDPS: scale {} (step = scale · ∇‖y − A(x̂0)‖), {} steps.", d.settings["scale"], d.nfe.unwrap_or(0));
+        if let Some(d) = self
+            .methods
+            .iter()
+            .find(|m| m.method == Method::Dps && m.ran)
+        {
+            let _ = writeln!(
+                s,
+                "\nDPS: scale {} (step = scale · ∇‖y − A(x̂0)‖), {} steps.",
+                d.settings["scale"],
+                d.nfe.unwrap_or(0)
+            );
         }
         s.push_str("\n| target | met | detail |\n|---|---|---|\n");
         for t in &self.targets {
@@ -753,7 +914,10 @@ mod tests {
 
     #[test]
     fn method_lists_parse() {
-        assert_eq!(Method::parse_list("davi, lift,davi").unwrap(), vec![Method::Davi, Method::Lift]);
+        assert_eq!(
+            Method::parse_list("davi, lift,davi").unwrap(),
+            vec![Method::Davi, Method::Lift]
+        );
         assert!(Method::parse_list("davi,ddrm").is_err());
         assert!(Method::parse_list(" , ").is_err());
     }
@@ -761,13 +925,30 @@ mod tests {
     #[test]
     fn images_are_cropped_to_the_multiple_and_limit() {
         let img = Tensor::rand([3, 50, 70], (Kind::Float, Device::Cpu));
-        assert_eq!(prepare_image(&img, 8, None, Fit::Crop).unwrap().size(), vec![3, 48, 64]);
-        assert_eq!(prepare_image(&img, 8, Some(40), Fit::Crop).unwrap().size(), vec![3, 40, 40]);
-        assert_eq!(prepare_image(&img, 4, Some(35), Fit::Resize).unwrap().size(), vec![3, 24, 32]);
+        assert_eq!(
+            prepare_image(&img, 8, None, Fit::Crop).unwrap().size(),
+            vec![3, 48, 64]
+        );
+        assert_eq!(
+            prepare_image(&img, 8, Some(40), Fit::Crop).unwrap().size(),
+            vec![3, 40, 40]
+        );
+        assert_eq!(
+            prepare_image(&img, 4, Some(35), Fit::Resize)
+                .unwrap()
+                .size(),
+            vec![3, 24, 32]
+        );
         assert!(prepare_image(&img, 64, None, Fit::Crop).is_err());
         // The crop is centred.
         let c = prepare_image(&img, 8, None, Fit::Crop).unwrap();
-        assert_eq!((c - img.narrow(1, 1, 48).narrow(2, 3, 64)).abs().max().double_value(&[]), 0.0);
+        assert_eq!(
+            (c - img.narrow(1, 1, 48).narrow(2, 3, 64))
+                .abs()
+                .max()
+                .double_value(&[]),
+            0.0
+        );
     }
 
     #[test]

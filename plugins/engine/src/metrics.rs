@@ -6,8 +6,21 @@ use tch::{Kind, Tensor};
 
 /// Per-image PSNR in dB of `(B, C, H, W)` batches in [0, 1]. Identical images give +inf.
 pub fn psnr(a: &Tensor, b: &Tensor) -> Vec<f64> {
-    let mse = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).square().flatten(1, -1).mean_dim(1, false, Kind::Double);
-    Vec::<f64>::try_from(mse).expect("f64").into_iter().map(|m| if m == 0.0 { f64::INFINITY } else { -10.0 * m.log10() }).collect()
+    let mse = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .square()
+        .flatten(1, -1)
+        .mean_dim(1, false, Kind::Double);
+    Vec::<f64>::try_from(mse)
+        .expect("f64")
+        .into_iter()
+        .map(|m| {
+            if m == 0.0 {
+                f64::INFINITY
+            } else {
+                -10.0 * m.log10()
+            }
+        })
+        .collect()
 }
 
 /// Per-image SSIM of `(B, C, H, W)` batches in [0, 1] (valid-region Gaussian windows).
@@ -16,10 +29,14 @@ pub fn ssim(a: &Tensor, b: &Tensor) -> Vec<f64> {
     let win = 11.min(h).min(w);
     let sigma = 1.5;
     let r = (win - 1) as f64 / 2.0;
-    let g: Vec<f64> = (0..win).map(|i| (-((i as f64 - r).powi(2)) / (2.0 * sigma * sigma)).exp()).collect();
+    let g: Vec<f64> = (0..win)
+        .map(|i| (-((i as f64 - r).powi(2)) / (2.0 * sigma * sigma)).exp())
+        .collect();
     let s: f64 = g.iter().sum();
     let g = Tensor::from_slice(&g.iter().map(|v| v / s).collect::<Vec<_>>()).to_device(a.device());
-    let k = (g.view([win, 1]) * g.view([1, win])).view([1, 1, win, win]).repeat([c, 1, 1, 1]);
+    let k = (g.view([win, 1]) * g.view([1, win]))
+        .view([1, 1, win, win])
+        .repeat([c, 1, 1, 1]);
     let (x, y) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
     let k = k.to_kind(Kind::Double);
     let blur = |t: &Tensor| t.conv2d(&k, None::<Tensor>, [1, 1], [0, 0], [1, 1], c);
@@ -28,7 +45,8 @@ pub fn ssim(a: &Tensor, b: &Tensor) -> Vec<f64> {
     let syy = blur(&(&y * &y)) - &my * &my;
     let sxy = blur(&(&x * &y)) - &mx * &my;
     let (c1, c2) = (0.01f64.powi(2), 0.03f64.powi(2));
-    let map = ((&mx * &my * 2.0 + c1) * (sxy * 2.0 + c2)) / ((mx.square() + my.square() + c1) * (sxx + syy + c2));
+    let map = ((&mx * &my * 2.0 + c1) * (sxy * 2.0 + c2))
+        / ((mx.square() + my.square() + c1) * (sxx + syy + c2));
     Vec::<f64>::try_from(map.flatten(1, -1).mean_dim(1, false, Kind::Double)).expect("f64")
 }
 
@@ -41,11 +59,15 @@ pub fn ssim(a: &Tensor, b: &Tensor) -> Vec<f64> {
 /// grid shares. Returns the larger of the two axes' ratios: about 1 when the error has no
 /// preference for the lattice, several times that when tiles show.
 pub fn lattice_score(restored: &Tensor, reference: &Tensor, period: i64) -> f64 {
-    let e = (restored.to_kind(Kind::Double) - reference.to_kind(Kind::Double)).square().sum_dim_intlist(1i64, false, Kind::Double).squeeze_dim(0);
+    let e = (restored.to_kind(Kind::Double) - reference.to_kind(Kind::Double))
+        .square()
+        .sum_dim_intlist(1i64, false, Kind::Double)
+        .squeeze_dim(0);
     // An 8-wide moving average first removes structure of period 8, 4 and 2: the network's
     // own resampling grid (stride-2 convolutions), which any fold with a period divisible by
     // 4 would otherwise report. Tile lattices (period 16 and more) survive it.
-    let smooth = |v: Vec<f64>| -> Vec<f64> { v.windows(8).map(|w| w.iter().sum::<f64>() / 8.0).collect() };
+    let smooth =
+        |v: Vec<f64>| -> Vec<f64> { v.windows(8).map(|w| w.iter().sum::<f64>() / 8.0).collect() };
     let cols = smooth(Vec::<f64>::try_from(e.mean_dim(0i64, false, Kind::Double)).expect("f64"));
     let rows = smooth(Vec::<f64>::try_from(e.mean_dim(1i64, false, Kind::Double)).expect("f64"));
     let contrast = |profile: &[f64], p: usize| -> f64 {
@@ -55,10 +77,18 @@ pub fn lattice_score(restored: &Tensor, reference: &Tensor, period: i64) -> f64 
             sum[i % p] += v;
             n[i % p] += 1;
         }
-        let fold: Vec<f64> = sum.iter().zip(&n).map(|(s, k)| s / (*k).max(1) as f64).collect();
+        let fold: Vec<f64> = sum
+            .iter()
+            .zip(&n)
+            .map(|(s, k)| s / (*k).max(1) as f64)
+            .collect();
         let m = fold.iter().sum::<f64>() / p as f64;
         let var = fold.iter().map(|v| (v - m).powi(2)).sum::<f64>() / p as f64;
-        if m > 0.0 { var.sqrt() / m } else { 0.0 }
+        if m > 0.0 {
+            var.sqrt() / m
+        } else {
+            0.0
+        }
     };
     let p = period.max(2) as usize;
     let ratio = |profile: &[f64]| -> f64 {
@@ -79,7 +109,11 @@ pub fn lattice_score(restored: &Tensor, reference: &Tensor, period: i64) -> f64 
         }
         null.sort_by(|a, b| a.total_cmp(b));
         let med = null[null.len() / 2];
-        if med > 0.0 { contrast(profile, p) / med } else { 1.0 }
+        if med > 0.0 {
+            contrast(profile, p) / med
+        } else {
+            1.0
+        }
     };
     ratio(&cols).max(ratio(&rows))
 }
@@ -111,7 +145,10 @@ mod tests {
         let z = Tensor::zeros([1, 3, 256, 256], (Kind::Float, Device::Cpu));
         assert!((psnr(&z, &n)[0] - 26.02).abs() < 0.1);
         // SSIM drops for noise and stays in [-1, 1]
-        let s = ssim(&(&a * 0.5 + 0.25), &(&a * 0.5 + 0.25 + Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.1));
+        let s = ssim(
+            &(&a * 0.5 + 0.25),
+            &(&a * 0.5 + 0.25 + Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.1),
+        );
         assert!(s[0] < 0.95 && s[0] > -1.0, "{s:?}");
     }
 }
@@ -125,13 +162,20 @@ mod lattice_tests {
         tch::manual_seed(3);
         let reference = Tensor::rand([1, 3, 192, 256], (Kind::Float, tch::Device::Cpu));
         // smooth content error with no lattice
-        let smooth = reference.shallow_clone() + Tensor::randn([1, 3, 12, 16], (Kind::Float, tch::Device::Cpu)).upsample_bilinear2d([192, 256], false, None, None) * 0.05;
+        let smooth =
+            reference.shallow_clone()
+                + Tensor::randn([1, 3, 12, 16], (Kind::Float, tch::Device::Cpu))
+                    .upsample_bilinear2d([192, 256], false, None, None)
+                    * 0.05;
         let calm = lattice_score(&smooth, &reference, 24);
         // the same plus a dark dot in the middle of every 24-px cell
         let dots = Tensor::zeros([1, 1, 192, 256], (Kind::Float, tch::Device::Cpu));
         for y in (0..192).step_by(24) {
             for x in (0..256).step_by(24) {
-                let _ = dots.narrow(2, y + 8, 8.min(192 - y - 8)).narrow(3, x + 8, 8.min(256 - x - 8)).fill_(0.1);
+                let _ = dots
+                    .narrow(2, y + 8, 8.min(192 - y - 8))
+                    .narrow(3, x + 8, 8.min(256 - x - 8))
+                    .fill_(0.1);
             }
         }
         let tiled = &smooth - dots;

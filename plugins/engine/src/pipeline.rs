@@ -37,10 +37,19 @@ pub struct Problem {
 }
 
 /// Turn an observation `(B, C, h, w)` in [0, 1] into a problem for a `model_channels` network.
-pub fn problem_from_observation(spec: &OperatorSpec, obs: &Tensor, model_channels: i64, device: Device) -> Result<Problem> {
-    let (_, c, h, w) = obs.size4().map_err(|_| EngineError::InvalidInput("expected a (B, C, H, W) image".into()))?;
+pub fn problem_from_observation(
+    spec: &OperatorSpec,
+    obs: &Tensor,
+    model_channels: i64,
+    device: Device,
+) -> Result<Problem> {
+    let (_, c, h, w) = obs
+        .size4()
+        .map_err(|_| EngineError::InvalidInput("expected a (B, C, H, W) image".into()))?;
     if c != 1 && c != 3 {
-        return Err(EngineError::InvalidInput(format!("expected 1 or 3 colour channels, got {c}")));
+        return Err(EngineError::InvalidInput(format!(
+            "expected 1 or 3 colour channels, got {c}"
+        )));
     }
     let (oh, ow) = output_size(spec, h, w);
     // `2·obs − 1`, the second step in place (same arithmetic, one image-sized buffer fewer).
@@ -50,7 +59,9 @@ pub fn problem_from_observation(spec: &OperatorSpec, obs: &Tensor, model_channel
     let (y, gray_out) = match spec {
         OperatorSpec::Colorization(cz) => {
             let y = if c == 3 {
-                let wts = Tensor::from_slice(&cz.weights.map(|v| v as f32)).to_device(device).view([1, 3, 1, 1]);
+                let wts = Tensor::from_slice(&cz.weights.map(|v| v as f32))
+                    .to_device(device)
+                    .view([1, 3, 1, 1]);
                 (&u * wts).sum_dim_intlist(1, true, Kind::Float)
             } else {
                 u
@@ -60,7 +71,11 @@ pub fn problem_from_observation(spec: &OperatorSpec, obs: &Tensor, model_channel
         _ => {
             let gray = c == 1 && model_channels == 3;
             let u = if gray { u.repeat([1, 3, 1, 1]) } else { u };
-            let y = if matches!(spec, OperatorSpec::Inpainting(_)) { op.forward(&u) } else { u };
+            let y = if matches!(spec, OperatorSpec::Inpainting(_)) {
+                op.forward(&u)
+            } else {
+                u
+            };
             (y, gray)
         }
     };
@@ -84,13 +99,19 @@ pub fn to_picture(x_hat: &Tensor, gray_out: bool) -> Tensor {
 /// `y = A(2x − 1) + σ·n` with `n` from `seed`, returned in [0, 1] units (not clamped; the
 /// caller clamps when quantising). Zero-filled inpainting holes come out mid-gray plus noise.
 pub fn simulate_observation(spec: &OperatorSpec, clean: &Tensor, seed: u64) -> Result<Tensor> {
-    let (_, c, h, w) = clean.size4().map_err(|_| EngineError::InvalidInput("expected a (B, C, H, W) image".into()))?;
+    let (_, c, h, w) = clean
+        .size4()
+        .map_err(|_| EngineError::InvalidInput("expected a (B, C, H, W) image".into()))?;
     let op = operators::build(spec, c, h, w, clean.device())?;
     tch::no_grad(|| {
         let x = clean.to_kind(Kind::Float) * 2.0 - 1.0;
         let y = op.forward(&x);
         let sigma = spec.noise_sigma();
-        let y = if sigma > 0.0 { &y + seeded_normal(&y.size(), seed).to_device(y.device()) * sigma } else { y };
+        let y = if sigma > 0.0 {
+            &y + seeded_normal(&y.size(), seed).to_device(y.device()) * sigma
+        } else {
+            y
+        };
         Ok((y + 1.0) / 2.0)
     })
 }

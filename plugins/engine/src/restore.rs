@@ -69,14 +69,24 @@ impl WorkCounter {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.samples.fetch_add(b as u64, Ordering::Relaxed);
         self.pixels.fetch_add((b * h * w) as u64, Ordering::Relaxed);
-        self.flops.fetch_add((b as f64 * cfg.forward_flops(h, w)) as u64, Ordering::Relaxed);
+        self.flops.fetch_add(
+            (b as f64 * cfg.forward_flops(h, w)) as u64,
+            Ordering::Relaxed,
+        );
     }
 }
 
 impl Restorer {
     pub fn new(model: LoadedModel, device: Device) -> Self {
         let d = Diffusion::new(model.meta.schedule, model.meta.diffusion_steps);
-        Restorer { bridge: Bridge::new(&d), model, device, tile_workers: 0, precision: Precision::Fp32, work: WorkCounter::default() }
+        Restorer {
+            bridge: Bridge::new(&d),
+            model,
+            device,
+            tile_workers: 0,
+            precision: Precision::Fp32,
+            work: WorkCounter::default(),
+        }
     }
 
     /// Run the network in `precision` from now on. The weights are converted once, in place
@@ -118,7 +128,12 @@ impl Restorer {
 
     /// Set the counters of [`Self::network_work`] back to zero.
     pub fn reset_network_work(&self) {
-        for c in [&self.work.calls, &self.work.samples, &self.work.pixels, &self.work.flops] {
+        for c in [
+            &self.work.calls,
+            &self.work.samples,
+            &self.work.pixels,
+            &self.work.flops,
+        ] {
             c.store(0, Ordering::Relaxed);
         }
     }
@@ -167,7 +182,11 @@ impl Restorer {
         let t_val = RESTORE_T.min(self.model.meta.diffusion_steps as i64 - 1);
         let m = cfg.size_multiple();
         let tiling = opts.tiling.unwrap_or_else(|| self.default_tiling());
-        if tiling.tile < m || tiling.tile % m != 0 || tiling.overlap < 0 || tiling.overlap >= tiling.tile {
+        if tiling.tile < m
+            || tiling.tile % m != 0
+            || tiling.overlap < 0
+            || tiling.overlap >= tiling.tile
+        {
             return Err(EngineError::InvalidInput(format!(
                 "tile size {} must be a positive multiple of {m} and larger than the overlap {}",
                 tiling.tile, tiling.overlap
@@ -178,14 +197,20 @@ impl Restorer {
             let b = y.size()[0];
             let t_full = timesteps(t_val, b, self.device);
             // With h = 0 the noise is never read: no image-sized buffer of zeros for it.
-            let z = if h != 0.0 { seeded_normal(&y.size(), opts.seed).to_device(self.device) } else { y.shallow_clone() };
+            let z = if h != 0.0 {
+                seeded_normal(&y.size(), opts.seed).to_device(self.device)
+            } else {
+                y.shallow_clone()
+            };
             let x_in = self.bridge.perturbed_interpolation(&t_full, &y, &y, h, &z);
             drop(z);
             // The workers only read the network (tiling::SharedRead).
             let shared = SharedRead(self);
             let run = |tile: &Tensor| shared.get().denoise_tile(tile, t_val, m);
-            let mut report = |done: usize, total: usize| progress(done as f32 / total.max(1) as f32);
-            map_tiles_parallel(&x_in, tiling, self.workers_for(), &run, &mut report).ok_or(EngineError::Cancelled)
+            let mut report =
+                |done: usize, total: usize| progress(done as f32 / total.max(1) as f32);
+            map_tiles_parallel(&x_in, tiling, self.workers_for(), &run, &mut report)
+                .ok_or(EngineError::Cancelled)
         })
     }
 
@@ -193,7 +218,10 @@ impl Restorer {
     /// 256-pixel tiles with 32 pixels of overlap.
     pub fn default_tiling(&self) -> Tiling {
         match self.model.meta.restore_tile {
-            Some(t) if t > 0 => Tiling { tile: t, overlap: t / 4 },
+            Some(t) if t > 0 => Tiling {
+                tile: t,
+                overlap: t / 4,
+            },
             _ => Tiling::default(),
         }
     }
@@ -204,13 +232,21 @@ impl Restorer {
     fn denoise_tile(&self, x_in: &Tensor, t_val: i64, m: i64) -> Tensor {
         let (b, c, h, w) = x_in.size4().expect("4-D tile");
         let (ph, pw) = ((m - h % m) % m, (m - w % m) % m);
-        let padded = if ph > 0 || pw > 0 { pad_reflect(x_in, ph, pw) } else { x_in.shallow_clone() };
+        let padded = if ph > 0 || pw > 0 {
+            pad_reflect(x_in, ph, pw)
+        } else {
+            x_in.shallow_clone()
+        };
         let padded = padded.to_kind(self.precision.kind());
         let t = timesteps(t_val, b, self.device);
         self.work.count(b, h + ph, w + pw, &self.model.meta.unet);
         let out = self.model.net.forward(&padded, &t);
         drop(padded);
-        let eps = out.narrow(1, 0, c).narrow(2, 0, h).narrow(3, 0, w).to_kind(Kind::Float);
+        let eps = out
+            .narrow(1, 0, c)
+            .narrow(2, 0, h)
+            .narrow(3, 0, w)
+            .to_kind(Kind::Float);
         self.bridge.generator_output(&t, x_in, &eps)
     }
 
@@ -230,10 +266,14 @@ impl Restorer {
             let mut one_pass = |t: &Tensor| {
                 let (_, _, h, w) = t.size4()?;
                 let tile = (h.max(w) + m - 1) / m * m;
-                let single = RestoreOptions { tiling: Some(Tiling { tile, overlap: 0 }), ..*opts };
+                let single = RestoreOptions {
+                    tiling: Some(Tiling { tile, overlap: 0 }),
+                    ..*opts
+                };
                 self.restore_lifted(t, &single, &mut |_| true)
             };
-            let mut report = |done: usize, total: usize| progress(done as f32 / total.max(1) as f32);
+            let mut report =
+                |done: usize, total: usize| progress(done as f32 / total.max(1) as f32);
             return crate::windows::restore_windowed(op, &y, side, m, &mut one_pass, &mut report);
         }
         let y_img = tch::no_grad(|| op.lift(&y));

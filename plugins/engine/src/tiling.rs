@@ -22,7 +22,10 @@ pub struct Tiling {
 
 impl Default for Tiling {
     fn default() -> Self {
-        Tiling { tile: 256, overlap: 32 }
+        Tiling {
+            tile: 256,
+            overlap: 32,
+        }
     }
 }
 
@@ -32,7 +35,10 @@ pub fn starts(len: i64, tile: i64, overlap: i64) -> Vec<i64> {
         return vec![0];
     }
     let stride = (tile - overlap).max(1);
-    let mut s: Vec<i64> = (0..).map(|i| i * stride).take_while(|&p| p + tile < len).collect();
+    let mut s: Vec<i64> = (0..)
+        .map(|i| i * stride)
+        .take_while(|&p| p + tile < len)
+        .collect();
     s.push(len - tile);
     s.dedup();
     s
@@ -86,10 +92,19 @@ impl TilePlan {
         let (th, tw) = (tiling.tile.min(h), tiling.tile.min(w));
         let ys = starts(h, th, tiling.overlap);
         let xs = starts(w, tw, tiling.overlap);
-        let places: Vec<(usize, usize)> = (0..ys.len()).flat_map(|iy| (0..xs.len()).map(move |ix| (iy, ix))).collect();
+        let places: Vec<(usize, usize)> = (0..ys.len())
+            .flat_map(|iy| (0..xs.len()).map(move |ix| (iy, ix)))
+            .collect();
         let per_call = ((BATCH_PIXELS / (th * tw * b).max(1)) as usize).clamp(1, places.len());
         let groups = places.chunks(per_call).map(|g| g.to_vec()).collect();
-        TilePlan { ys, xs, th, tw, b, groups }
+        TilePlan {
+            ys,
+            xs,
+            th,
+            tw,
+            b,
+            groups,
+        }
     }
 
     fn total(&self) -> usize {
@@ -98,8 +113,13 @@ impl TilePlan {
 
     /// The input of one network call: the group's tiles stacked along the batch dimension.
     fn input(&self, x: &Tensor, group: usize) -> Tensor {
-        let tiles: Vec<Tensor> =
-            self.groups[group].iter().map(|&(iy, ix)| x.narrow(2, self.ys[iy], self.th).narrow(3, self.xs[ix], self.tw)).collect();
+        let tiles: Vec<Tensor> = self.groups[group]
+            .iter()
+            .map(|&(iy, ix)| {
+                x.narrow(2, self.ys[iy], self.th)
+                    .narrow(3, self.xs[ix], self.tw)
+            })
+            .collect();
         Tensor::cat(&tiles, 0)
     }
 }
@@ -113,7 +133,10 @@ struct Blend {
 impl Blend {
     fn new(x: &Tensor) -> Blend {
         let (_, _, h, w) = x.size4().expect("4-D input");
-        Blend { acc: None, wsum: Tensor::zeros([1, 1, h, w], (Kind::Float, x.device())) }
+        Blend {
+            acc: None,
+            wsum: Tensor::zeros([1, 1, h, w], (Kind::Float, x.device())),
+        }
     }
 
     /// Add the outputs of network call `group` (tiles stacked along the batch dimension).
@@ -125,14 +148,22 @@ impl Blend {
             let (y0, x0) = (ys[iy], xs[ix]);
             let out = outs.narrow(0, k as i64 * b, b);
             // Ramps only where a neighbour overlaps this tile.
-            let lo_y = iy.checked_sub(1).map(|i| (ys[i] + th - y0).max(0)).unwrap_or(0);
+            let lo_y = iy
+                .checked_sub(1)
+                .map(|i| (ys[i] + th - y0).max(0))
+                .unwrap_or(0);
             let hi_y = ys.get(iy + 1).map(|&n| (y0 + th - n).max(0)).unwrap_or(0);
-            let lo_x = ix.checked_sub(1).map(|i| (xs[i] + tw - x0).max(0)).unwrap_or(0);
+            let lo_x = ix
+                .checked_sub(1)
+                .map(|i| (xs[i] + tw - x0).max(0))
+                .unwrap_or(0);
             let hi_x = xs.get(ix + 1).map(|&n| (x0 + tw - n).max(0)).unwrap_or(0);
             let wy = Tensor::from_slice(&window(th, lo_y, hi_y)).view([1, 1, th, 1]);
             let wx = Tensor::from_slice(&window(tw, lo_x, hi_x)).view([1, 1, 1, tw]);
             let wt = (wy * wx).to_device(device);
-            let a = self.acc.get_or_insert_with(|| Tensor::zeros([b, out.size()[1], h, w], (Kind::Float, device)));
+            let a = self.acc.get_or_insert_with(|| {
+                Tensor::zeros([b, out.size()[1], h, w], (Kind::Float, device))
+            });
             let mut region = a.narrow(2, y0, th).narrow(3, x0, tw);
             region += &out * &wt;
             let mut wr = self.wsum.narrow(2, y0, th).narrow(3, x0, tw);
@@ -312,7 +343,10 @@ mod tests {
         let (mut calls, mut tiles) = (0, 0);
         let out = map_tiles(
             &x,
-            Tiling { tile: 32, overlap: 8 },
+            Tiling {
+                tile: 32,
+                overlap: 8,
+            },
             &mut |t| {
                 calls += 1;
                 tiles += t.size()[0] / 2;
@@ -331,21 +365,51 @@ mod tests {
     fn batches_stay_within_the_pixel_budget() {
         let x = Tensor::rand([1, 1, 300, 600], (Kind::Float, Device::Cpu));
         let mut sizes = Vec::new();
-        let out = map_tiles(&x, Tiling { tile: 256, overlap: 32 }, &mut |t| { sizes.push(t.size()[0]); t * 2.0 }, &mut |_, _| true).unwrap();
+        let out = map_tiles(
+            &x,
+            Tiling {
+                tile: 256,
+                overlap: 32,
+            },
+            &mut |t| {
+                sizes.push(t.size()[0]);
+                t * 2.0
+            },
+            &mut |_, _| true,
+        )
+        .unwrap();
         assert_eq!(sizes, vec![1; 6], "256-pixel tiles run one per call");
         assert!((out - &x * 2.0).abs().max().double_value(&[]) < 1e-5);
         let x = Tensor::rand([1, 1, 400, 400], (Kind::Float, Device::Cpu));
         let mut sizes = Vec::new();
-        let _ = map_tiles(&x, Tiling { tile: 32, overlap: 8 }, &mut |t| { sizes.push(t.size()[0]); t.shallow_clone() }, &mut |_, _| true).unwrap();
+        let _ = map_tiles(
+            &x,
+            Tiling {
+                tile: 32,
+                overlap: 8,
+            },
+            &mut |t| {
+                sizes.push(t.size()[0]);
+                t.shallow_clone()
+            },
+            &mut |_, _| true,
+        )
+        .unwrap();
         assert_eq!(sizes.iter().sum::<i64>(), 17 * 17);
-        assert!(sizes.iter().all(|&n| n * 32 * 32 <= BATCH_PIXELS), "{sizes:?}");
+        assert!(
+            sizes.iter().all(|&n| n * 32 * 32 <= BATCH_PIXELS),
+            "{sizes:?}"
+        );
     }
 
     #[test]
     fn parallel_workers_blend_in_tile_order_like_one_call_at_a_time() {
         // 17 × 17 tiles of a batch of 2, 32 tiles per call: 10 calls.
         let x = Tensor::rand([2, 3, 400, 400], (Kind::Float, Device::Cpu));
-        let tiling = Tiling { tile: 32, overlap: 8 };
+        let tiling = Tiling {
+            tile: 32,
+            overlap: 8,
+        };
         // A non-linear map, so that any mix-up of tiles would show.
         let f = |t: &Tensor| (t * 3.0).sin() + t.mean_dim(1, true, Kind::Float);
         let mut seen_one = Vec::new();
@@ -362,7 +426,11 @@ mod tests {
                 true
             })
             .unwrap();
-            assert_eq!((&par - &one).abs().max().double_value(&[]), 0.0, "{workers} workers");
+            assert_eq!(
+                (&par - &one).abs().max().double_value(&[]),
+                0.0,
+                "{workers} workers"
+            );
             assert_eq!(seen, seen_one, "the same progress calls");
         }
         // Cancelling stops the workers and returns nothing.
@@ -375,13 +443,25 @@ mod tests {
         // 289 tiles, 64 per call: 5 calls; cancelled once the first is blended.
         let one_image = Tensor::rand([1, 1, 400, 400], (Kind::Float, Device::Cpu));
         assert!(map_tiles_parallel(&one_image, tiling, 2, &counted, &mut |d, _| d < 64).is_none());
-        assert!(calls.load(Ordering::Relaxed) < 5, "{} of 5 calls ran", calls.load(Ordering::Relaxed));
+        assert!(
+            calls.load(Ordering::Relaxed) < 5,
+            "{} of 5 calls ran",
+            calls.load(Ordering::Relaxed)
+        );
     }
 
     #[test]
     fn cancel_stops() {
         let x = Tensor::rand([1, 1, 64, 64], (Kind::Float, Device::Cpu));
-        let r = map_tiles(&x, Tiling { tile: 32, overlap: 8 }, &mut |t| t.shallow_clone(), &mut |d, _| d < 2);
+        let r = map_tiles(
+            &x,
+            Tiling {
+                tile: 32,
+                overlap: 8,
+            },
+            &mut |t| t.shallow_clone(),
+            &mut |d, _| d < 2,
+        );
         assert!(r.is_none());
     }
 }

@@ -42,11 +42,19 @@ impl Window {
         self.left + self.width
     }
     fn overlaps(&self, o: &Window) -> bool {
-        self.top < o.bottom() && o.top < self.bottom() && self.left < o.right() && o.left < self.right()
+        self.top < o.bottom()
+            && o.top < self.bottom()
+            && self.left < o.right()
+            && o.left < self.right()
     }
     fn union(&self, o: &Window) -> Window {
         let (top, left) = (self.top.min(o.top), self.left.min(o.left));
-        Window { top, left, height: self.bottom().max(o.bottom()) - top, width: self.right().max(o.right()) - left }
+        Window {
+            top,
+            left,
+            height: self.bottom().max(o.bottom()) - top,
+            width: self.right().max(o.right()) - left,
+        }
     }
 }
 
@@ -87,7 +95,12 @@ pub fn missing_regions(missing: &[bool], h: usize, w: usize) -> Vec<Window> {
                 visit(i + 1);
             }
         }
-        out.push(Window { top: r0 as i64, left: c0 as i64, height: (r1 - r0 + 1) as i64, width: (c1 - c0 + 1) as i64 });
+        out.push(Window {
+            top: r0 as i64,
+            left: c0 as i64,
+            height: (r1 - r0 + 1) as i64,
+            width: (c1 - c0 + 1) as i64,
+        });
     }
     out
 }
@@ -105,7 +118,12 @@ pub fn context_windows(regions: &[Window], h: i64, w: i64, side: i64) -> Vec<Win
         };
         let (top, height) = span(r.top, r.height, h);
         let (left, width) = span(r.left, r.width, w);
-        Window { top, left, height, width }
+        Window {
+            top,
+            left,
+            height,
+            width,
+        }
     };
     let mut wins: Vec<Window> = regions.iter().map(grow).collect();
     loop {
@@ -147,32 +165,62 @@ pub fn restore_windowed(
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Tensor> {
     if side < multiple || side % multiple != 0 {
-        return Err(EngineError::InvalidInput(format!("restore window {side} must be a positive multiple of {multiple}")));
+        return Err(EngineError::InvalidInput(format!(
+            "restore window {side} must be a positive multiple of {multiple}"
+        )));
     }
     tch::no_grad(|| {
         let y_img = op.lift(y).to_kind(Kind::Float);
-        let (_, _, h, w) = y_img.size4().map_err(|_| EngineError::InvalidInput("expected a (B, C, H, W) batch".into()))?;
+        let (_, _, h, w) = y_img
+            .size4()
+            .map_err(|_| EngineError::InvalidInput("expected a (B, C, H, W) batch".into()))?;
         let keep = op.keep_mask();
         let (wins, hole) = match &keep {
             Some(k) => {
-                let missing: Vec<bool> = Vec::<f32>::try_from(&k.to_device(tch::Device::Cpu).to_kind(Kind::Float).reshape([-1]))?.iter().map(|v| *v == 0.0).collect();
+                let missing: Vec<bool> = Vec::<f32>::try_from(
+                    &k.to_device(tch::Device::Cpu)
+                        .to_kind(Kind::Float)
+                        .reshape([-1]),
+                )?
+                .iter()
+                .map(|v| *v == 0.0)
+                .collect();
                 let regions = missing_regions(&missing, h as usize, w as usize);
-                (context_windows(&regions, h, w, side), Some(k.eq(0.0).to_kind(Kind::Float)))
+                (
+                    context_windows(&regions, h, w, side),
+                    Some(k.eq(0.0).to_kind(Kind::Float)),
+                )
             }
-            None => (vec![Window { top: 0, left: 0, height: h, width: w }], None),
+            None => (
+                vec![Window {
+                    top: 0,
+                    left: 0,
+                    height: h,
+                    width: w,
+                }],
+                None,
+            ),
         };
         let est = y_img.copy();
         let total = wins.len();
         for (i, win) in wins.iter().enumerate() {
-            let crop = y_img.narrow(2, win.top, win.height).narrow(3, win.left, win.width);
+            let crop = y_img
+                .narrow(2, win.top, win.height)
+                .narrow(3, win.left, win.width);
             let (th, tw) = thumbnail_size(win.height, win.width, side, multiple);
             let thumb = crop.internal_upsample_bilinear2d_aa([th, tw], false, None, None);
             let low = one_pass(&thumb)?;
-            let up = low.upsample_bicubic2d([win.height, win.width], false, None, None).clamp(-1.0, 1.0);
-            let mut region = est.narrow(2, win.top, win.height).narrow(3, win.left, win.width);
+            let up = low
+                .upsample_bicubic2d([win.height, win.width], false, None, None)
+                .clamp(-1.0, 1.0);
+            let mut region = est
+                .narrow(2, win.top, win.height)
+                .narrow(3, win.left, win.width);
             match &hole {
                 Some(hm) => {
-                    let m = hm.narrow(2, win.top, win.height).narrow(3, win.left, win.width);
+                    let m = hm
+                        .narrow(2, win.top, win.height)
+                        .narrow(3, win.left, win.width);
                     let filled = &up * &m + &region * (1.0 - &m);
                     region.copy_(&filled);
                 }
@@ -204,25 +252,73 @@ mod tests {
         }
         let mut got = missing_regions(&m, h, w);
         got.sort_by_key(|r| (r.top, r.left));
-        assert_eq!(got, vec![Window { top: 1, left: 1, height: 2, width: 2 }, Window { top: 4, left: 6, height: 1, width: 1 }]);
+        assert_eq!(
+            got,
+            vec![
+                Window {
+                    top: 1,
+                    left: 1,
+                    height: 2,
+                    width: 2
+                },
+                Window {
+                    top: 4,
+                    left: 6,
+                    height: 1,
+                    width: 1
+                }
+            ]
+        );
     }
 
     #[test]
     fn windows_hold_context_and_never_overlap() {
-        let regions = [Window { top: 100, left: 100, height: 20, width: 10 }, Window { top: 130, left: 100, height: 5, width: 5 }, Window { top: 900, left: 900, height: 30, width: 30 }];
+        let regions = [
+            Window {
+                top: 100,
+                left: 100,
+                height: 20,
+                width: 10,
+            },
+            Window {
+                top: 130,
+                left: 100,
+                height: 5,
+                width: 5,
+            },
+            Window {
+                top: 900,
+                left: 900,
+                height: 30,
+                width: 30,
+            },
+        ];
         let wins = context_windows(&regions, 1000, 1000, 64);
         for (i, a) in wins.iter().enumerate() {
-            assert!(a.top >= 0 && a.left >= 0 && a.bottom() <= 1000 && a.right() <= 1000, "{a:?}");
+            assert!(
+                a.top >= 0 && a.left >= 0 && a.bottom() <= 1000 && a.right() <= 1000,
+                "{a:?}"
+            );
             for b in &wins[i + 1..] {
                 assert!(!a.overlaps(b));
             }
         }
         for r in &regions {
-            let inside = wins.iter().filter(|w| w.top <= r.top && w.left <= r.left && w.bottom() >= r.bottom() && w.right() >= r.right()).count();
+            let inside = wins
+                .iter()
+                .filter(|w| {
+                    w.top <= r.top
+                        && w.left <= r.left
+                        && w.bottom() >= r.bottom()
+                        && w.right() >= r.right()
+                })
+                .count();
             assert_eq!(inside, 1, "{r:?} in {wins:?}");
         }
         // the far hole: 30 px grown by 30 on every side
-        assert!(wins.iter().any(|w| w.height == 90 && w.width == 90 && w.bottom() == 960));
+        assert!(wins
+            .iter()
+            .any(|w| w.height == 90 && w.width == 90 && w.bottom() == 960));
     }
 
     #[test]

@@ -15,7 +15,10 @@ fn root() -> PathBuf {
 fn fixtures() -> PathBuf {
     let out = std::env::temp_dir().join(format!("davi-convert-{}", std::process::id()));
     let py = root().join(".venv/bin/python");
-    assert!(py.exists(), "the project venv is missing: run scripts/setup.sh (scripts/test.sh does)");
+    assert!(
+        py.exists(),
+        "the project venv is missing: run scripts/setup.sh (scripts/test.sh does)"
+    );
     let st = Command::new(py)
         .arg(root().join("tests/fixtures/make_unet_pt.py"))
         .arg(root().join("tests/fixtures/golden/small_updown.npz"))
@@ -66,13 +69,26 @@ fn official_checkpoints_convert_by_name() {
         let d = (got - &want).abs().max().double_value(&[]);
         assert!(d <= 1e-4, "{name}: max |diff| {d}");
     }
-    let e = convert::convert(&dir.join("misshaped.pt"), &dir.join("bad.safetensors"), &meta()).unwrap_err();
+    let e = convert::convert(
+        &dir.join("misshaped.pt"),
+        &dir.join("bad.safetensors"),
+        &meta(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("out.2.weight"), "{e}");
-    assert!(!dir.join("bad.safetensors").exists(), "nothing written on failure");
+    assert!(
+        !dir.join("bad.safetensors").exists(),
+        "nothing written on failure"
+    );
     // a checkpoint for another architecture names the first offending tensor
     let mut other = meta();
     other.unet.model_channels = 64;
-    let e = convert::convert(&dir.join("state_dict.pt"), &dir.join("bad2.safetensors"), &other).unwrap_err();
+    let e = convert::convert(
+        &dir.join("state_dict.pt"),
+        &dir.join("bad2.safetensors"),
+        &other,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("tensor `"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }

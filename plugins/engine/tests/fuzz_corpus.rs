@@ -61,11 +61,31 @@ fn seeds() -> Vec<(&'static str, u8, Vec<u8>)> {
     };
     vec![
         ("whole-micro-any", 0, model_bytes(micro(None), 1)),
-        ("whole-micro-denoise-capi", 2, model_bytes(micro(spec("denoise")), 2)),
-        ("header-micro-sr4-tile8", 1, model_bytes(with(micro(spec("sr4")), Some(8), None), 3)),
-        ("header-micro-inpaint-window-gray", 5, model_bytes(with(micro(spec("inpaint")), None, Some(16)), 4)),
-        ("header-micro-colorize-capi", 3, model_bytes(micro(spec("colorize")), 5)),
-        ("header-tiny-deblur", 1, model_bytes(ModelMeta::tiny_generator(spec("deblur")), 6)),
+        (
+            "whole-micro-denoise-capi",
+            2,
+            model_bytes(micro(spec("denoise")), 2),
+        ),
+        (
+            "header-micro-sr4-tile8",
+            1,
+            model_bytes(with(micro(spec("sr4")), Some(8), None), 3),
+        ),
+        (
+            "header-micro-inpaint-window-gray",
+            5,
+            model_bytes(with(micro(spec("inpaint")), None, Some(16)), 4),
+        ),
+        (
+            "header-micro-colorize-capi",
+            3,
+            model_bytes(micro(spec("colorize")), 5),
+        ),
+        (
+            "header-tiny-deblur",
+            1,
+            model_bytes(ModelMeta::tiny_generator(spec("deblur")), 6),
+        ),
     ]
 }
 
@@ -85,11 +105,19 @@ fn model_file_seeds_load() {
         let path = e.unwrap().path();
         let seed = std::fs::read(&path).unwrap();
         let (mode, payload) = seed.split_first().unwrap();
-        let file = if mode & 1 == 0 { payload.to_vec() } else { from_header(payload) };
+        let file = if mode & 1 == 0 {
+            payload.to_vec()
+        } else {
+            from_header(payload)
+        };
         if let Err(e) = model_file::load_bytes(&file, Device::Cpu) {
             panic!("{}: {e}", path.display());
         }
         n += 1;
     }
-    assert!(n >= 6, "expected the committed model_file seeds in {}, found {n}", dir.display());
+    assert!(
+        n >= 6,
+        "expected the committed model_file seeds in {}, found {n}",
+        dir.display()
+    );
 }

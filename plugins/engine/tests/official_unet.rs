@@ -23,12 +23,19 @@ fn check(npz: &Path, config: &UNetConfig) -> f64 {
     let got = tch::no_grad(|| net.forward(&x.unwrap().to_kind(Kind::Float), &t.unwrap()));
     let want = out.unwrap();
     assert_eq!(got.size(), want.size());
-    println!("{}: got max {} want max {}", npz.display(), got.abs().max().double_value(&[]), want.abs().max().double_value(&[]));
+    println!(
+        "{}: got max {} want max {}",
+        npz.display(),
+        got.abs().max().double_value(&[]),
+        want.abs().max().double_value(&[])
+    );
     (got - want).abs().max().double_value(&[])
 }
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/golden")
+        .join(name)
 }
 
 fn small(updown: bool) -> UNetConfig {

@@ -30,17 +30,32 @@ fn restore(r: &Restorer, y: &Tensor, opts: &RestoreOptions) -> Tensor {
 fn restore_is_deterministic_for_a_seed() {
     let r = Restorer::new(tiny_model(1), Device::Cpu);
     let y = Tensor::rand([2, 3, 32, 48], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    let o = |seed| RestoreOptions { perturb_h: Some(0.1), seed, tiling: None };
+    let o = |seed| RestoreOptions {
+        perturb_h: Some(0.1),
+        seed,
+        tiling: None,
+    };
     let a = restore(&r, &y, &o(7));
     let b = restore(&r, &y, &o(7));
     let c = restore(&r, &y, &o(8));
     assert_eq!((&a - &b).abs().max().double_value(&[]), 0.0);
-    assert!((&a - &c).abs().max().double_value(&[]) > 1e-6, "the seed must matter when h > 0");
+    assert!(
+        (&a - &c).abs().max().double_value(&[]) > 1e-6,
+        "the seed must matter when h > 0"
+    );
     assert!(a.abs().max().double_value(&[]) <= 1.0, "tanh output");
-    let h0 = RestoreOptions { perturb_h: Some(0.0), seed: 1, tiling: None };
+    let h0 = RestoreOptions {
+        perturb_h: Some(0.0),
+        seed: 1,
+        tiling: None,
+    };
     let d = restore(&r, &y, &h0);
     let e = restore(&r, &y, &RestoreOptions { seed: 2, ..h0 });
-    assert_eq!((d - e).abs().max().double_value(&[]), 0.0, "h = 0 ignores the seed");
+    assert_eq!(
+        (d - e).abs().max().double_value(&[]),
+        0.0,
+        "h = 0 ignores the seed"
+    );
 }
 
 #[test]
@@ -48,7 +63,14 @@ fn one_step_formula_matches_reference() {
     // x_hat = tanh(x_in - std_fwd[999] * eps(x_in, 999)), x_in = y when h = 0.
     let r = Restorer::new(tiny_model(2), Device::Cpu);
     let y = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    let got = restore(&r, &y, &RestoreOptions { perturb_h: Some(0.0), ..Default::default() });
+    let got = restore(
+        &r,
+        &y,
+        &RestoreOptions {
+            perturb_h: Some(0.0),
+            ..Default::default()
+        },
+    );
     let t = Tensor::from_slice(&[999i64]);
     let eps = tch::no_grad(|| r.model.net.forward(&y, &t)).narrow(1, 0, 3);
     let want = (&y - eps * 1.48132).tanh();
@@ -58,20 +80,78 @@ fn one_step_formula_matches_reference() {
 #[test]
 fn tiled_restore_is_close_to_whole_image() {
     let r = Restorer::new(tiny_model(3), Device::Cpu);
-    let y = (Tensor::rand([1, 3, 64, 96], (Kind::Float, Device::Cpu)) * 2.0 - 1.0).avg_pool2d([5, 5], [1, 1], [2, 2], false, true, None);
-    let whole = restore(&r, &y, &RestoreOptions { perturb_h: Some(0.0), tiling: Some(Tiling { tile: 128, overlap: 16 }), ..Default::default() });
-    let tiled = restore(&r, &y, &RestoreOptions { perturb_h: Some(0.0), tiling: Some(Tiling { tile: 32, overlap: 16 }), ..Default::default() });
+    let y = (Tensor::rand([1, 3, 64, 96], (Kind::Float, Device::Cpu)) * 2.0 - 1.0).avg_pool2d(
+        [5, 5],
+        [1, 1],
+        [2, 2],
+        false,
+        true,
+        None,
+    );
+    let whole = restore(
+        &r,
+        &y,
+        &RestoreOptions {
+            perturb_h: Some(0.0),
+            tiling: Some(Tiling {
+                tile: 128,
+                overlap: 16,
+            }),
+            ..Default::default()
+        },
+    );
+    let tiled = restore(
+        &r,
+        &y,
+        &RestoreOptions {
+            perturb_h: Some(0.0),
+            tiling: Some(Tiling {
+                tile: 32,
+                overlap: 16,
+            }),
+            ..Default::default()
+        },
+    );
     assert_eq!(whole.size(), tiled.size());
     let mean_diff = (&whole - &tiled).abs().mean(Kind::Float).double_value(&[]);
     // An untrained GroupNorm network sees different statistics per tile, so tiled and whole
     // results differ somewhat (0.05 on average for these random weights, which depend on how
     // the test threads share libtorch's generator); seams would show as far larger errors.
     // The blending itself is tested exactly in tiling.rs.
-    assert!(mean_diff < 0.1, "tiles must blend into the whole-image result, mean |d| = {mean_diff}");
-    let bad = r.restore_lifted(&y, &RestoreOptions { tiling: Some(Tiling { tile: 31, overlap: 8 }), ..Default::default() }, &mut |_| true);
-    assert!(bad.is_err(), "tile not a multiple of the down-sampling factor");
-    let cancelled = r.restore_lifted(&y, &RestoreOptions { tiling: Some(Tiling { tile: 32, overlap: 8 }), ..Default::default() }, &mut |f| f < 0.3);
-    assert!(matches!(cancelled, Err(davi_engine::EngineError::Cancelled)));
+    assert!(
+        mean_diff < 0.1,
+        "tiles must blend into the whole-image result, mean |d| = {mean_diff}"
+    );
+    let bad = r.restore_lifted(
+        &y,
+        &RestoreOptions {
+            tiling: Some(Tiling {
+                tile: 31,
+                overlap: 8,
+            }),
+            ..Default::default()
+        },
+        &mut |_| true,
+    );
+    assert!(
+        bad.is_err(),
+        "tile not a multiple of the down-sampling factor"
+    );
+    let cancelled = r.restore_lifted(
+        &y,
+        &RestoreOptions {
+            tiling: Some(Tiling {
+                tile: 32,
+                overlap: 8,
+            }),
+            ..Default::default()
+        },
+        &mut |f| f < 0.3,
+    );
+    assert!(matches!(
+        cancelled,
+        Err(davi_engine::EngineError::Cancelled)
+    ));
 }
 
 #[test]
@@ -85,7 +165,12 @@ fn model_file_round_trip_and_corruption() {
     assert_eq!(back.meta, m.meta);
     let y = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[999i64]);
-    let d = tch::no_grad(|| (m.net.forward(&y, &t) - back.net.forward(&y, &t)).abs().max().double_value(&[]));
+    let d = tch::no_grad(|| {
+        (m.net.forward(&y, &t) - back.net.forward(&y, &t))
+            .abs()
+            .max()
+            .double_value(&[])
+    });
     assert_eq!(d, 0.0);
     // truncated file
     let bytes = std::fs::read(&path).unwrap();
@@ -93,7 +178,11 @@ fn model_file_round_trip_and_corruption() {
     let e = model_file::load(&dir.join("trunc.safetensors"), Device::Cpu).unwrap_err();
     assert!(e.to_string().contains("trunc.safetensors"), "{e}");
     // garbage
-    std::fs::write(dir.join("junk.safetensors"), b"not a model at all, just some bytes").unwrap();
+    std::fs::write(
+        dir.join("junk.safetensors"),
+        b"not a model at all, just some bytes",
+    )
+    .unwrap();
     assert!(model_file::load(&dir.join("junk.safetensors"), Device::Cpu).is_err());
     // header bit flip in the JSON
     let mut flipped = bytes.clone();
@@ -109,30 +198,60 @@ fn mis_shaped_missing_extra_and_non_float_tensors_are_named() {
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let meta = m.meta.clone();
     // wrong shape
-    let mut bad = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<Vec<_>>();
+    let mut bad = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect::<Vec<_>>();
     let i = bad.iter().position(|(n, _)| n == "out.2.weight").unwrap();
     bad[i].1 = Tensor::zeros([6, 32, 3, 1], (Kind::Float, Device::Cpu));
-    let e = model_file::load_bytes(&model_file::to_bytes(&meta, &bad).unwrap(), Device::Cpu).unwrap_err();
+    let e = model_file::load_bytes(&model_file::to_bytes(&meta, &bad).unwrap(), Device::Cpu)
+        .unwrap_err();
     assert!(e.to_string().contains("out.2.weight"), "{e}");
     // missing
-    let missing: Vec<_> = named.iter().filter(|(n, _)| n != "time_embed.0.bias").map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
-    let e = model_file::load_bytes(&model_file::to_bytes(&meta, &missing).unwrap(), Device::Cpu).unwrap_err();
+    let missing: Vec<_> = named
+        .iter()
+        .filter(|(n, _)| n != "time_embed.0.bias")
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let e = model_file::load_bytes(&model_file::to_bytes(&meta, &missing).unwrap(), Device::Cpu)
+        .unwrap_err();
     assert!(e.to_string().contains("time_embed.0.bias"), "{e}");
     // extra
-    let mut extra: Vec<_> = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
-    extra.push(("label_emb.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
-    let e = model_file::load_bytes(&model_file::to_bytes(&meta, &extra).unwrap(), Device::Cpu).unwrap_err();
+    let mut extra: Vec<_> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    extra.push((
+        "label_emb.weight".into(),
+        Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+    ));
+    let e = model_file::load_bytes(&model_file::to_bytes(&meta, &extra).unwrap(), Device::Cpu)
+        .unwrap_err();
     assert!(e.to_string().contains("label_emb.weight"), "{e}");
     // integer weights, and a file mixing float dtypes, are refused naming the tensor
-    for (kind, says) in [(Kind::Int, "has dtype I32"), (Kind::Half, "a model file holds one dtype")] {
-        let mut bad = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<Vec<_>>();
+    for (kind, says) in [
+        (Kind::Int, "has dtype I32"),
+        (Kind::Half, "a model file holds one dtype"),
+    ] {
+        let mut bad = named
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect::<Vec<_>>();
         bad[i].1 = bad[i].1.to_kind(kind);
-        let e = model_file::load_bytes(&model_file::to_bytes(&meta, &bad).unwrap(), Device::Cpu).unwrap_err();
-        assert!(e.to_string().contains("`out.2.weight`") && e.to_string().contains(says), "{e}");
+        let e = model_file::load_bytes(&model_file::to_bytes(&meta, &bad).unwrap(), Device::Cpu)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("`out.2.weight`") && e.to_string().contains(says),
+            "{e}"
+        );
     }
     // one float dtype throughout loads (widened to the network's f32)
-    let half: Vec<_> = named.iter().map(|(n, t)| (n.clone(), t.to_kind(Kind::Half))).collect();
-    let back = model_file::load_bytes(&model_file::to_bytes(&meta, &half).unwrap(), Device::Cpu).unwrap();
+    let half: Vec<_> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_kind(Kind::Half)))
+        .collect();
+    let back =
+        model_file::load_bytes(&model_file::to_bytes(&meta, &half).unwrap(), Device::Cpu).unwrap();
     let w = back.vs.variables()["out.2.weight"].shallow_clone();
     assert_eq!(w.kind(), Kind::Float);
     let want = named[i].1.to_kind(Kind::Half).to_kind(Kind::Float);
@@ -146,13 +265,25 @@ fn pipeline_round_trip_shapes() {
     for task in davi_sdk::spec::TASKS {
         let spec = OperatorSpec::for_task(task).unwrap();
         let spec = match spec {
-            OperatorSpec::GaussianBlur(mut b) => { b.size = 9; b.sigma = 2.0; OperatorSpec::GaussianBlur(b) }
+            OperatorSpec::GaussianBlur(mut b) => {
+                b.size = 9;
+                b.sigma = 2.0;
+                OperatorSpec::GaussianBlur(b)
+            }
             s => s,
         };
         let obs = pipeline::simulate_observation(&spec, &clean, 3).unwrap();
-        let obs = if matches!(spec, OperatorSpec::Colorization(_)) { obs } else { obs.clamp(0.0, 1.0) };
+        let obs = if matches!(spec, OperatorSpec::Colorization(_)) {
+            obs
+        } else {
+            obs.clamp(0.0, 1.0)
+        };
         let p = pipeline::problem_from_observation(&spec, &obs, 3, Device::Cpu).unwrap();
-        let x = r.restore(p.op.as_ref(), &p.y, &RestoreOptions::default(), &mut |_| true).unwrap();
+        let x = r
+            .restore(p.op.as_ref(), &p.y, &RestoreOptions::default(), &mut |_| {
+                true
+            })
+            .unwrap();
         assert_eq!(x.size(), vec![1, 3, 64, 64], "{task}");
     }
 }
@@ -165,21 +296,40 @@ fn tile_workers_agree_and_network_work_is_counted() {
     let mut r = Restorer::new(tiny_model(4), Device::Cpu);
     // 250 × 330 in 32-pixel tiles with 8 overlap: 11 × 14 tiles, 64 per call: 3 calls.
     let y = Tensor::rand([1, 3, 250, 330], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    let opts = RestoreOptions { perturb_h: Some(0.1), seed: 3, tiling: Some(Tiling { tile: 32, overlap: 8 }) };
+    let opts = RestoreOptions {
+        perturb_h: Some(0.1),
+        seed: 3,
+        tiling: Some(Tiling {
+            tile: 32,
+            overlap: 8,
+        }),
+    };
     let mut outs = Vec::new();
     for workers in [1, 2, 3] {
         r.tile_workers = workers;
         r.reset_network_work();
         outs.push(restore(&r, &y, &opts));
         let w = r.network_work();
-        assert_eq!((w.calls, w.samples, w.pixels), (3, 154, 154 * 32 * 32), "{workers} workers");
+        assert_eq!(
+            (w.calls, w.samples, w.pixels),
+            (3, 154, 154 * 32 * 32),
+            "{workers} workers"
+        );
         assert_eq!(w.flops, 154.0 * r.model.meta.unet.forward_flops(32, 32));
     }
-    assert_eq!((&outs[1] - &outs[2]).abs().max().double_value(&[]), 0.0, "2 and 3 workers");
+    assert_eq!(
+        (&outs[1] - &outs[2]).abs().max().double_value(&[]),
+        0.0,
+        "2 and 3 workers"
+    );
     let d = (&outs[0] - &outs[1]).abs().max().double_value(&[]);
     assert!(d < 1e-4, "one call at a time vs workers: max |d| {d}");
     // Padding to the network's size multiple (2 here) counts as evaluated pixels.
     r.reset_network_work();
-    restore(&r, &Tensor::zeros([1, 3, 29, 31], (Kind::Float, Device::Cpu)), &opts);
+    restore(
+        &r,
+        &Tensor::zeros([1, 3, 29, 31], (Kind::Float, Device::Cpu)),
+        &opts,
+    );
     assert_eq!(r.network_work().pixels, 30 * 32);
 }

@@ -12,7 +12,11 @@ fn workdir(name: &str) -> PathBuf {
     for i in 0..3u32 {
         let img = image::RgbImage::from_fn(40, 36, |x, y| {
             let v = |a: u32| (((x * (a + i) + y * (3 + a)) % 97) as f32 / 97.0 * 255.0) as u8;
-            if (x / 10 + y / 9 + i) % 2 == 0 { image::Rgb([v(1), v(2), v(3)]) } else { image::Rgb([200, (x * 5) as u8, (y * 6) as u8]) }
+            if (x / 10 + y / 9 + i) % 2 == 0 {
+                image::Rgb([v(1), v(2), v(3)])
+            } else {
+                image::Rgb([200, (x * 5) as u8, (y * 6) as u8])
+            }
         });
         img.save(d.join("images").join(format!("{i}.png"))).unwrap();
     }
@@ -50,7 +54,10 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn quiet() -> RunOptions {
-    RunOptions { quiet: true, ..Default::default() }
+    RunOptions {
+        quiet: true,
+        ..Default::default()
+    }
 }
 
 fn log_losses(dir: &Path) -> Vec<serde_json::Value> {
@@ -80,25 +87,59 @@ fn prior_then_davi_train_resume_and_export() {
     let a = log_losses(&dir.join("full"));
     assert_eq!(a.len(), 4);
     for rec in &a {
-        for k in ["fake_score", "disc", "ikl", "con", "gt", "gan_g", "w_adv", "loss_g"] {
-            let v = rec[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {rec}"));
+        for k in [
+            "fake_score",
+            "disc",
+            "ikl",
+            "con",
+            "gt",
+            "gan_g",
+            "w_adv",
+            "loss_g",
+        ] {
+            let v = rec[k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{k} missing in {rec}"));
             assert!(v.is_finite(), "{k} = {v}");
         }
     }
     // the same run interrupted after 2 steps and resumed reproduces steps 3 and 4
     let part = davi_cfg(&dir, 4, "part", &teacher);
-    let r = runner::run(&part, &RunOptions { max_steps_now: Some(2), ..quiet() }).unwrap();
+    let r = runner::run(
+        &part,
+        &RunOptions {
+            max_steps_now: Some(2),
+            ..quiet()
+        },
+    )
+    .unwrap();
     assert!(!r.finished && r.step == 2);
-    assert!(runner::run(&part, &quiet()).is_err(), "an existing run needs --resume");
-    let r = runner::run(&part, &RunOptions { resume: true, ..quiet() }).unwrap();
+    assert!(
+        runner::run(&part, &quiet()).is_err(),
+        "an existing run needs --resume"
+    );
+    let r = runner::run(
+        &part,
+        &RunOptions {
+            resume: true,
+            ..quiet()
+        },
+    )
+    .unwrap();
     assert!(r.finished && r.step == 4);
     let b = log_losses(&dir.join("part"));
     for k in ["fake_score", "ikl", "con", "gt", "loss_g"] {
         let (x, y) = (a[3][k].as_f64().unwrap(), b[3][k].as_f64().unwrap());
-        assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "step 4 {k}: uninterrupted {x} vs resumed {y}");
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs().max(1e-3),
+            "step 4 {k}: uninterrupted {x} vs resumed {y}"
+        );
     }
     // the exported generators agree too
-    let (ga, gb) = (model_file::load(&dir.join("full/model.safetensors"), tch::Device::Cpu).unwrap(), model_file::load(&dir.join("part/model.safetensors"), tch::Device::Cpu).unwrap());
+    let (ga, gb) = (
+        model_file::load(&dir.join("full/model.safetensors"), tch::Device::Cpu).unwrap(),
+        model_file::load(&dir.join("part/model.safetensors"), tch::Device::Cpu).unwrap(),
+    );
     let va = ga.vs.variables();
     for (k, v) in gb.vs.variables() {
         let d = (&v - &va[&k]).abs().max().double_value(&[]);
@@ -112,9 +153,21 @@ fn prior_then_davi_train_resume_and_export() {
     std::fs::write(&ck, &bytes[..bytes.len() / 3]).unwrap();
     let mut more = part.clone();
     more.run.total_steps = 6;
-    let e = runner::run(&more, &RunOptions { resume: true, ..quiet() }).err().expect("truncated checkpoint must be refused");
+    let e = runner::run(
+        &more,
+        &RunOptions {
+            resume: true,
+            ..quiet()
+        },
+    )
+    .err()
+    .expect("truncated checkpoint must be refused");
     let msg = e.to_string();
-    assert!(msg.contains("checkpoint.safetensors") && (msg.contains("corrupt") || msg.contains("truncated")), "{msg}");
+    assert!(
+        msg.contains("checkpoint.safetensors")
+            && (msg.contains("corrupt") || msg.contains("truncated")),
+        "{msg}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -125,15 +178,26 @@ fn fake_score_loss_falls_on_a_fixed_batch() {
     use davi_engine::train::optim::{AdamW, AdamWConfig};
     use tch::{nn, Device, Kind, Tensor};
     tch::manual_seed(0);
-    let cfg = TrainConfig::preset("tiny-prior", &[]).unwrap().prior.unwrap();
+    let cfg = TrainConfig::preset("tiny-prior", &[])
+        .unwrap()
+        .prior
+        .unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let net = davi_engine::unet::UNetModel::new(&vs.root(), &cfg.unet).unwrap();
     let d = davi_engine::diffusion::Diffusion::davi();
     let x = Tensor::rand([4, 3, 16, 16], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let t = Tensor::from_slice(&[10i64, 200, 500, 900]);
     let eps = Tensor::randn([4, 3, 16, 16], (Kind::Float, Device::Cpu));
-    let mut opt = AdamW::new(&vs, AdamWConfig { lr: 2e-3, ..Default::default() });
-    let loss = |net: &davi_engine::unet::UNetModel| hybrid_loss(&d, net, &x, &t, &eps).loss.mean(Kind::Float);
+    let mut opt = AdamW::new(
+        &vs,
+        AdamWConfig {
+            lr: 2e-3,
+            ..Default::default()
+        },
+    );
+    let loss = |net: &davi_engine::unet::UNetModel| {
+        hybrid_loss(&d, net, &x, &t, &eps).loss.mean(Kind::Float)
+    };
     let first = tch::no_grad(|| loss(&net).double_value(&[]));
     for _ in 0..30 {
         opt.zero_grad();
@@ -146,9 +210,16 @@ fn fake_score_loss_falls_on_a_fixed_batch() {
 
 /// The exported EMA weights of two runs differ by at most `tol`.
 fn max_weight_diff(a: &Path, b: &Path) -> f64 {
-    let (ga, gb) = (model_file::load(a, tch::Device::Cpu).unwrap(), model_file::load(b, tch::Device::Cpu).unwrap());
+    let (ga, gb) = (
+        model_file::load(a, tch::Device::Cpu).unwrap(),
+        model_file::load(b, tch::Device::Cpu).unwrap(),
+    );
     let va = ga.vs.variables();
-    gb.vs.variables().iter().map(|(k, v)| (v - &va[k]).abs().max().double_value(&[])).fold(0.0, f64::max)
+    gb.vs
+        .variables()
+        .iter()
+        .map(|(k, v)| (v - &va[k]).abs().max().double_value(&[]))
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -166,12 +237,18 @@ fn data_parallel_replicas_train_like_one_device_with_micro_batches() {
     dp.run.out_dir = dir.join("prior-2");
     runner::run(&single, &quiet()).unwrap();
     runner::run(&dp, &quiet()).unwrap();
-    let (a, b) = (log_losses(&dir.join("prior-1")), log_losses(&dir.join("prior-2")));
+    let (a, b) = (
+        log_losses(&dir.join("prior-1")),
+        log_losses(&dir.join("prior-2")),
+    );
     for (x, y) in a.iter().zip(&b) {
         let (x, y) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
         assert!((x - y).abs() <= 1e-5 * x.abs(), "prior loss {x} vs {y}");
     }
-    let d = max_weight_diff(&dir.join("prior-1/model.safetensors"), &dir.join("prior-2/model.safetensors"));
+    let d = max_weight_diff(
+        &dir.join("prior-1/model.safetensors"),
+        &dir.join("prior-2/model.safetensors"),
+    );
     assert!(d < 1e-5, "prior weights differ by {d}");
 
     let teacher = dir.join("prior-1/model.safetensors");
@@ -182,15 +259,25 @@ fn data_parallel_replicas_train_like_one_device_with_micro_batches() {
     runner::run(&single, &quiet()).unwrap();
     let r = runner::run(&dp, &quiet()).unwrap();
     assert!(r.finished);
-    let (a, b) = (log_losses(&dir.join("davi-1")), log_losses(&dir.join("davi-2")));
+    let (a, b) = (
+        log_losses(&dir.join("davi-1")),
+        log_losses(&dir.join("davi-2")),
+    );
     assert_eq!(a.len(), 3);
     for (x, y) in a.iter().zip(&b) {
         for k in ["fake_score", "disc", "ikl", "con", "gt", "loss_g"] {
             let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-3), "step {} {k}: {x} vs {y}", b.len());
+            assert!(
+                (x - y).abs() <= 1e-4 * x.abs().max(1e-3),
+                "step {} {k}: {x} vs {y}",
+                b.len()
+            );
         }
     }
-    let d = max_weight_diff(&dir.join("davi-1/model.safetensors"), &dir.join("davi-2/model.safetensors"));
+    let d = max_weight_diff(
+        &dir.join("davi-1/model.safetensors"),
+        &dir.join("davi-2/model.safetensors"),
+    );
     assert!(d < 1e-4, "generator weights differ by {d}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -202,7 +289,10 @@ fn mixed_precision_needs_cuda_and_says_so() {
     let mut cfg = prior_cfg(&dir, 1);
     cfg.run.precision = davi_engine::train::amp::Precision::Fp16;
     cfg.run.device = "cpu".into();
-    let e = runner::run(&cfg, &quiet()).err().expect("fp16 on a CPU must be refused").to_string();
+    let e = runner::run(&cfg, &quiet())
+        .err()
+        .expect("fp16 on a CPU must be refused")
+        .to_string();
     assert!(e.contains("fp16") && e.contains("CUDA"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -218,8 +308,14 @@ fn loss_scaling_by_a_power_of_two_changes_nothing_but_the_scale() {
     let _turn = exclusive();
     let dir = workdir("scaler");
     let teacher = dir.join("teacher.safetensors");
-    let meta = davi_engine::weights::ModelMeta { role: davi_engine::weights::ModelRole::Prior, ..davi_engine::weights::ModelMeta::tiny_generator(None) };
-    davi_engine::weights::LoadedModel::random(meta, Device::Cpu, 3).unwrap().save(&teacher).unwrap();
+    let meta = davi_engine::weights::ModelMeta {
+        role: davi_engine::weights::ModelRole::Prior,
+        ..davi_engine::weights::ModelMeta::tiny_generator(None)
+    };
+    davi_engine::weights::LoadedModel::random(meta, Device::Cpu, 3)
+        .unwrap()
+        .save(&teacher)
+        .unwrap();
     let cfg = davi_cfg(&dir, 1, "unused", &teacher).davi.unwrap();
     let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let run = |scaler: Option<GradScaler>| {
@@ -247,7 +343,8 @@ fn loss_scaling_by_a_power_of_two_changes_nothing_but_the_scale() {
 #[test]
 fn resume_helpers_cut_the_log_and_remove_only_dead_writers_temporaries() {
     use davi_engine::train::monitor::truncate_log;
-    let dir = std::env::temp_dir().join(format!("davi-train-{}-resume-helpers", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("davi-train-{}-resume-helpers", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     // The log: records past the checkpoint's step and a half-written last line are cut; a
@@ -262,14 +359,35 @@ fn resume_helpers_cut_the_log_and_remove_only_dead_writers_temporaries() {
     assert_eq!(truncate_log(&log, 3).unwrap(), 0);
     std::fs::write(&log, "{\"step\":2}\n{\"step\":3").unwrap();
     truncate_log(&log, 3).unwrap();
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "{\"step\":2}\n", "a half-written record goes even at the checkpoint's step");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "{\"step\":2}\n",
+        "a half-written record goes even at the checkpoint's step"
+    );
     truncate_log(&log, 0).unwrap();
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "", "a run starting afresh starts an empty log");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "",
+        "a run starting afresh starts an empty log"
+    );
 
     // Temporary files of `write_atomic`: only those of processes that no longer run go.
-    assert_eq!(model_file::temporary_name("checkpoint.safetensors", 42), ".checkpoint.safetensors.tmp42");
-    assert_eq!(model_file::temporary_pid(".checkpoint.safetensors.tmp42"), Some(42));
-    for not_temp in ["checkpoint.safetensors", ".tmp42", "x.tmp42", ".x.tmp", ".x.tmp4a", ".x.tmp-1"] {
+    assert_eq!(
+        model_file::temporary_name("checkpoint.safetensors", 42),
+        ".checkpoint.safetensors.tmp42"
+    );
+    assert_eq!(
+        model_file::temporary_pid(".checkpoint.safetensors.tmp42"),
+        Some(42)
+    );
+    for not_temp in [
+        "checkpoint.safetensors",
+        ".tmp42",
+        "x.tmp42",
+        ".x.tmp",
+        ".x.tmp4a",
+        ".x.tmp-1",
+    ] {
         assert_eq!(model_file::temporary_pid(not_temp), None, "{not_temp}");
     }
     let live = dir.join(model_file::temporary_name("a.png", std::process::id()));
@@ -280,11 +398,24 @@ fn resume_helpers_cut_the_log_and_remove_only_dead_writers_temporaries() {
         std::fs::write(p, b"partial").unwrap();
     }
     model_file::write_atomic(&dir.join("a.png"), b"whole").unwrap();
-    assert!(!live.exists(), "write_atomic renamed its own temporary file");
-    assert!(!dead.exists(), "a killed writer's temporary of the same name goes with the next write");
-    assert!(dead_other.exists() && lookalike.exists(), "write_atomic touches only temporaries of its own name");
+    assert!(
+        !live.exists(),
+        "write_atomic renamed its own temporary file"
+    );
+    assert!(
+        !dead.exists(),
+        "a killed writer's temporary of the same name goes with the next write"
+    );
+    assert!(
+        dead_other.exists() && lookalike.exists(),
+        "write_atomic touches only temporaries of its own name"
+    );
     std::fs::write(&live, b"partial").unwrap();
-    assert_eq!(model_file::remove_stale_temporaries(&dir), 2, "the folder sweep takes every dead writer's temporary");
+    assert_eq!(
+        model_file::remove_stale_temporaries(&dir),
+        2,
+        "the folder sweep takes every dead writer's temporary"
+    );
     assert!(live.exists() && !dead_other.exists() && !lookalike.exists() && log.exists());
     assert_eq!(std::fs::read(dir.join("a.png")).unwrap(), b"whole");
     std::fs::remove_dir_all(&dir).ok();

@@ -21,16 +21,29 @@ use tch::{Device, Kind, Tensor};
 fn photo() -> Tensor {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/photos/heldout");
     let path = dir.join("scipy-face.png");
-    let path = if path.exists() { path } else { dir.join("coffee.png") };
-    assert!(path.exists(), "{} is missing: run scripts/fetch-photos.sh", path.display());
+    let path = if path.exists() {
+        path
+    } else {
+        dir.join("coffee.png")
+    };
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-photos.sh",
+        path.display()
+    );
     let img = load_rgb(&path).unwrap().unsqueeze(0);
     let (_, _, h, w) = img.size4().unwrap();
-    let (ch, cw) = if w * 3 >= h * 4 { (h, h * 4 / 3) } else { (w * 3 / 4, w) };
+    let (ch, cw) = if w * 3 >= h * 4 {
+        (h, h * 4 / 3)
+    } else {
+        (w * 3 / 4, w)
+    };
     let c = img.narrow(2, (h - ch) / 2, ch).narrow(3, (w - cw) / 2, cw);
     if (ch, cw) == (768, 1024) {
         c
     } else {
-        c.upsample_bicubic2d([768, 1024], false, None, None).clamp(0.0, 1.0)
+        c.upsample_bicubic2d([768, 1024], false, None, None)
+            .clamp(0.0, 1.0)
     }
 }
 
@@ -39,14 +52,23 @@ fn restore(task: &str, spec: &OperatorSpec, obs: &Tensor) -> (Tensor, Restorer) 
     let model = model_file::load(&path, Device::Cpu).unwrap();
     let problem = pipeline::problem_from_observation(spec, obs, 3, Device::Cpu).unwrap();
     let r = Restorer::new(model, Device::Cpu);
-    let x = r.restore(problem.op.as_ref(), &problem.y, &RestoreOptions::default(), &mut |_| true).unwrap();
+    let x = r
+        .restore(
+            problem.op.as_ref(),
+            &problem.y,
+            &RestoreOptions::default(),
+            &mut |_| true,
+        )
+        .unwrap();
     (pipeline::to_picture(&x, false), r)
 }
 
 fn lift_psnr(spec: &OperatorSpec, obs: &Tensor, clean: &Tensor) -> f64 {
     let lifted = match spec {
         OperatorSpec::Colorization(_) => obs.repeat([1, 3, 1, 1]),
-        OperatorSpec::SuperResolution(_) => obs.upsample_bicubic2d([768, 1024], false, None, None).clamp(0.0, 1.0),
+        OperatorSpec::SuperResolution(_) => obs
+            .upsample_bicubic2d([768, 1024], false, None, None)
+            .clamp(0.0, 1.0),
         _ => obs.shallow_clone(),
     };
     metrics::psnr(&lifted, clean)[0]
@@ -56,10 +78,15 @@ fn lift_psnr(spec: &OperatorSpec, obs: &Tensor, clean: &Tensor) -> f64 {
 /// lifted-measurement PSNR) after checking there is no tile lattice in the error.
 fn check(task: &str, spec: OperatorSpec) -> (f64, f64) {
     let clean = photo();
-    let obs = pipeline::simulate_observation(&spec, &clean, 11).unwrap().clamp(0.0, 1.0);
+    let obs = pipeline::simulate_observation(&spec, &clean, 11)
+        .unwrap()
+        .clamp(0.0, 1.0);
     let (out, r) = restore(task, &spec, &obs);
     assert_eq!(out.size(), clean.size(), "{task}");
-    assert!(out.isfinite().all().int64_value(&[]) == 1, "{task}: non-finite output");
+    assert!(
+        out.isfinite().all().int64_value(&[]) == 1,
+        "{task}: non-finite output"
+    );
     // A tiling can only leave structure at its stride and the stride's multiples, so a tiled
     // model is checked there. Elsewhere the score only measures how the photograph's own
     // content happens to fold: a plain Gaussian blur of this photograph (no tiles at all)
@@ -76,7 +103,10 @@ fn check(task: &str, spec: OperatorSpec) -> (f64, f64) {
     for s in strides {
         let score = metrics::lattice_score(&out, &clean, s);
         eprintln!("{task}: lattice score at stride {s}: {score:.2}");
-        assert!(score < 2.5, "{task}: the error is organised on a {s}-pixel tile lattice (score {score:.2})");
+        assert!(
+            score < 2.5,
+            "{task}: the error is organised on a {s}-pixel tile lattice (score {score:.2})"
+        );
     }
     let restored = metrics::psnr(&out, &clean)[0];
     let lifted = lift_psnr(&spec, &obs, &clean);
@@ -114,32 +144,62 @@ fn inpaint_whole_image_official_box() {
 /// colour of a 16-px ring around each box, and of a mid-gray fill.
 fn inpaint_boxes() -> (f64, f64, f64) {
     let clean = photo();
-    let boxes: [(i64, i64, i64, i64); 3] = [(40, 60, 90, 120), (500, 700, 200, 150), (300, 400, 24, 24)];
-    let list: Vec<String> = boxes.iter().map(|(t, l, h, w)| format!("{{ top = {t}, left = {l}, height = {h}, width = {w} }}")).collect();
-    let spec = OperatorSpec::parse(&format!("kind = \"inpainting\"\nboxes = [{}]", list.join(", "))).unwrap();
-    let obs = pipeline::simulate_observation(&spec, &clean, 5).unwrap().clamp(0.0, 1.0);
+    let boxes: [(i64, i64, i64, i64); 3] =
+        [(40, 60, 90, 120), (500, 700, 200, 150), (300, 400, 24, 24)];
+    let list: Vec<String> = boxes
+        .iter()
+        .map(|(t, l, h, w)| format!("{{ top = {t}, left = {l}, height = {h}, width = {w} }}"))
+        .collect();
+    let spec = OperatorSpec::parse(&format!(
+        "kind = \"inpainting\"\nboxes = [{}]",
+        list.join(", ")
+    ))
+    .unwrap();
+    let obs = pipeline::simulate_observation(&spec, &clean, 5)
+        .unwrap()
+        .clamp(0.0, 1.0);
     let (out, r) = restore("inpaint", &spec, &obs);
     let op = davi_engine::operators::build(&spec, 3, 768, 1024, Device::Cpu).unwrap();
     let keep = op.keep_mask().unwrap();
     if r.model.meta.restore_window.is_some() {
         let outside = ((&out - &obs) * &keep).abs().max().double_value(&[]);
-        assert!(outside < 1.0 / 255.0, "observed pixels changed by {outside}");
+        assert!(
+            outside < 1.0 / 255.0,
+            "observed pixels changed by {outside}"
+        );
     }
     let hole: Tensor = 1.0 - &keep;
     let n = hole.sum(Kind::Float).double_value(&[]) * 3.0;
-    let hole_mse = |t: &Tensor| ((t - &clean) * &hole).square().sum(Kind::Float).double_value(&[]) / n;
+    let hole_mse = |t: &Tensor| {
+        ((t - &clean) * &hole)
+            .square()
+            .sum(Kind::Float)
+            .double_value(&[])
+            / n
+    };
     // the flat fill: each box gets the mean colour of the observed pixels within 16 px of it
     let ring = hole.max_pool2d([33, 33], [1, 1], [16, 16], [1, 1], false) * &keep;
     let flat = obs.shallow_clone() * &keep;
     for (top, left, h, w) in boxes {
         let (t0, l0) = ((top - 16).max(0), (left - 16).max(0));
-        let sel = |t: &Tensor| t.narrow(2, t0, (top + h + 16).min(768) - t0).narrow(3, l0, (left + w + 16).min(1024) - l0);
+        let sel = |t: &Tensor| {
+            t.narrow(2, t0, (top + h + 16).min(768) - t0).narrow(
+                3,
+                l0,
+                (left + w + 16).min(1024) - l0,
+            )
+        };
         let rm = sel(&ring);
-        let mean = (sel(&obs) * &rm).sum_dim_intlist([2i64, 3].as_slice(), true, Kind::Float) / rm.sum(Kind::Float).clamp_min(1.0);
+        let mean = (sel(&obs) * &rm).sum_dim_intlist([2i64, 3].as_slice(), true, Kind::Float)
+            / rm.sum(Kind::Float).clamp_min(1.0);
         let mut region = flat.narrow(2, top, h).narrow(3, left, w);
         region.copy_(&mean.expand([1, 3, h, w], false));
     }
-    let (got, zero, flat) = (hole_mse(&out), hole_mse(&(obs.shallow_clone() * &keep + &hole * 0.5)), hole_mse(&flat));
+    let (got, zero, flat) = (
+        hole_mse(&out),
+        hole_mse(&(obs.shallow_clone() * &keep + &hole * 0.5)),
+        hole_mse(&flat),
+    );
     eprintln!("inpaint boxes: hole MSE restored {got:.5}, flat ring-mean fill {flat:.5}, gray fill {zero:.5}");
     (got, flat, zero)
 }
@@ -147,7 +207,10 @@ fn inpaint_boxes() -> (f64, f64, f64) {
 #[test]
 fn inpaint_boxes_anywhere() {
     let (got, _, zero) = inpaint_boxes();
-    assert!(got.is_finite() && got < zero, "hole MSE {got:.5} vs gray fill {zero:.5}");
+    assert!(
+        got.is_finite() && got < zero,
+        "hole MSE {got:.5} vs gray fill {zero:.5}"
+    );
 }
 
 /// The quality targets of the default models on the whole photograph (opt-in: see the
@@ -165,7 +228,9 @@ fn quality_targets() {
     }
     let (got, flat, _) = inpaint_boxes();
     if got > flat {
-        failed.push(format!("inpaint boxes: hole MSE {got:.5} vs flat fill {flat:.5}"));
+        failed.push(format!(
+            "inpaint boxes: hole MSE {got:.5} vs flat fill {flat:.5}"
+        ));
     }
     assert!(failed.is_empty(), "{}", failed.join("; "));
 }

@@ -57,7 +57,9 @@ fn a_thousand_rounds_of_failing_calls_do_not_grow_resident_memory() {
     let (denoise, deblur) = (spec("denoise"), spec("deblur"));
 
     let bad_spec = CString::new(format!("kind = \"nope\"\n# {}\n", "x".repeat(64 << 10))).unwrap();
-    let garbage: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let garbage: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     let mis_shaped = edited_model(&std::fs::read(denoise_model()).unwrap(), |_, h| {
         h["out.2.weight"]["shape"] = json!([6, 32, 9, 1])
     });
@@ -88,21 +90,40 @@ fn a_thousand_rounds_of_failing_calls_do_not_grow_resident_memory() {
 
         // Invalid descriptors: a stride shorter than a row, and an empty image.
         let short = DaviImage::new(32, 32, T::U8, L::Rgb, 95, small.as_mut_ptr().cast());
-        assert_eq!(unsafe { davi_restore(any.0, &short, &mut out, denoise.0, null()) }, S::InvalidArgument);
+        assert_eq!(
+            unsafe { davi_restore(any.0, &short, &mut out, denoise.0, null()) },
+            S::InvalidArgument
+        );
         let empty = DaviImage::new(0, 32, T::U8, L::Rgb, 96, small.as_mut_ptr().cast());
-        assert_eq!(unsafe { davi_restore(any.0, &empty, &mut out, denoise.0, null()) }, S::InvalidArgument);
+        assert_eq!(
+            unsafe { davi_restore(any.0, &empty, &mut out, denoise.0, null()) },
+            S::InvalidArgument
+        );
 
         // A float image with a NaN sample.
-        let nan = DaviImage::new(w as u32, h as u32, T::F32, L::Rgb, (w * 12) as isize, nan_pixels.as_mut_ptr().cast());
+        let nan = DaviImage::new(
+            w as u32,
+            h as u32,
+            T::F32,
+            L::Rgb,
+            (w * 12) as isize,
+            nan_pixels.as_mut_ptr().cast(),
+        );
         let mut nan_out = nan;
-        assert_eq!(unsafe { davi_restore(any.0, &nan, &mut nan_out, denoise.0, null()) }, S::InvalidArgument);
+        assert_eq!(
+            unsafe { davi_restore(any.0, &nan, &mut nan_out, denoise.0, null()) },
+            S::InvalidArgument
+        );
 
         // Model bytes: not a model at all, and a model with a mis-shaped tensor.
         assert_eq!(context_from_bytes(&garbage), S::ModelError);
         assert_eq!(context_from_bytes(&mis_shaped), S::ModelError);
 
         // An operator the model was not trained for.
-        assert_eq!(unsafe { davi_restore(denoiser.0, &img, &mut out, deblur.0, null()) }, S::UnsupportedOperator);
+        assert_eq!(
+            unsafe { davi_restore(denoiser.0, &img, &mut out, deblur.0, null()) },
+            S::UnsupportedOperator
+        );
 
         // Cancelled before the first tile, and after the network ran (at the last report).
         for stop_at in [1, 2] {
@@ -114,7 +135,10 @@ fn a_thousand_rounds_of_failing_calls_do_not_grow_resident_memory() {
             let mut p: Progress = &mut f;
             let mut o = restore_options(16, 4, 0);
             set_progress(&mut o, &mut p);
-            assert_eq!(unsafe { davi_restore(any.0, &img, &mut out, denoise.0, &o) }, S::Cancelled);
+            assert_eq!(
+                unsafe { davi_restore(any.0, &img, &mut out, denoise.0, &o) },
+                S::Cancelled
+            );
         }
 
         if round == WARM_UP {
@@ -126,7 +150,10 @@ fn a_thousand_rounds_of_failing_calls_do_not_grow_resident_memory() {
     }
     let last = trace.last().unwrap().1;
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
-    let trace: Vec<String> = trace.iter().map(|(r, b)| format!("{r}: {:.1}", mib(*b))).collect();
+    let trace: Vec<String> = trace
+        .iter()
+        .map(|(r, b)| format!("{r}: {:.1}", mib(*b)))
+        .collect();
     eprintln!("resident MiB after rounds {}", trace.join(", "));
     assert!(
         last < warm + BOUND,

@@ -94,7 +94,10 @@ fn library_restore(task: &str, input: &Path, out: &Path) -> Pnm {
 }
 
 fn max_abs_diff(a: &Pnm, b: &Pnm) -> u8 {
-    assert_eq!((a.width, a.height, a.channels), (b.width, b.height, b.channels));
+    assert_eq!(
+        (a.width, a.height, a.channels),
+        (b.width, b.height, b.channels)
+    );
     a.data
         .iter()
         .zip(&b.data)
@@ -173,7 +176,10 @@ fn gimp_denoises_a_photo_like_the_library_at_8_bit_16_bit_and_float_precision_ke
         psnr(&load_rgb(&dir.join("out-u8.png")).data, &clean.data),
     );
     eprintln!("GIMP denoise: PSNR noisy {before:.2} dB, restored {after:.2} dB");
-    assert!(after > before + 0.5, "restored {after:.2} dB vs noisy {before:.2} dB");
+    assert!(
+        after > before + 0.5,
+        "restored {after:.2} dB vs noisy {before:.2} dB"
+    );
 }
 
 #[test]
@@ -196,10 +202,21 @@ fn gimp_super_resolution_opens_a_new_image_four_times_larger() {
     assert_eq!(max_abs_diff(&got, &reference), 0);
     // GIMP recorded the five procedures with their menu entries.
     // pluginrc holds other plug-ins' strings in their own encodings: read it as bytes.
-    let rc = String::from_utf8_lossy(&std::fs::read(dir.join("gimp-config/pluginrc")).expect("GIMP wrote pluginrc")).into_owned();
-    assert_eq!(rc.matches("(menu-path \"<Image>/Filters/Enhance/DAVI Restore\")").count(), 5, "{rc}");
+    let rc = String::from_utf8_lossy(
+        &std::fs::read(dir.join("gimp-config/pluginrc")).expect("GIMP wrote pluginrc"),
+    )
+    .into_owned();
+    assert_eq!(
+        rc.matches("(menu-path \"<Image>/Filters/Enhance/DAVI Restore\")")
+            .count(),
+        5,
+        "{rc}"
+    );
     for t in ["deblur", "denoise", "sr4", "inpaint", "colorize"] {
-        assert!(rc.contains(&format!("\"plug-in-davi-{t}\"")), "plug-in-davi-{t} is not registered");
+        assert!(
+            rc.contains(&format!("\"plug-in-davi-{t}\"")),
+            "plug-in-davi-{t} is not registered"
+        );
     }
 }
 
@@ -223,7 +240,8 @@ fn gimp_reports_failures_as_pdb_execution_errors_with_the_message() {
     ];
     let log = gimp(&dir, &batch);
     assert_eq!(
-        log.matches("batch command experienced an execution error").count(),
+        log.matches("batch command experienced an execution error")
+            .count(),
         2,
         "{log}"
     );

@@ -1,9 +1,9 @@
 //! The committed `include/davi.h` is what the pinned cbindgen generates from the sources, and
 //! its version macros are the ones of `Cargo.toml` and of the built library, and the library
 //! exports exactly the functions the header declares.
+mod common;
 #[path = "../gen/header.rs"]
 mod header;
-mod common;
 
 use std::ffi::CStr;
 use std::process::Command;
@@ -157,7 +157,12 @@ fn exported_symbols(lib: &std::path::Path) -> Vec<String> {
         .arg(lib)
         .output()
         .expect("run nm (binutils)");
-    assert!(out.status.success(), "nm {}: {}", lib.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "nm {}: {}",
+        lib.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -178,13 +183,30 @@ fn exported_symbols(lib: &std::path::Path) -> Vec<String> {
 fn the_libraries_export_only_their_api() {
     let text = committed();
     let exported = exported_symbols(&common::lib_dir().join("libdavi.so"));
-    let stray: Vec<&String> = exported.iter().filter(|n| !n.starts_with("davi_")).collect();
-    assert!(stray.is_empty(), "libdavi.so exports symbols outside the API: {stray:?}");
+    let stray: Vec<&String> = exported
+        .iter()
+        .filter(|n| !n.starts_with("davi_"))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "libdavi.so exports symbols outside the API: {stray:?}"
+    );
     for name in &exported {
         let declared = text.contains(&format!(" {name}(")) || text.contains(&format!("*{name}("));
-        assert!(declared, "{name} is exported but not declared in include/davi.h");
+        assert!(
+            declared,
+            "{name} is exported but not declared in include/davi.h"
+        );
     }
-    assert!(exported.len() >= 20, "only {} davi_* symbols exported", exported.len());
+    assert!(
+        exported.len() >= 20,
+        "only {} davi_* symbols exported",
+        exported.len()
+    );
     let plugin = exported_symbols(&common::lib_dir().join("libdavi_engine.so"));
-    assert_eq!(plugin, ["davi_plugin_entry"], "the engine plugin library's exports");
+    assert_eq!(
+        plugin,
+        ["davi_plugin_entry"],
+        "the engine plugin library's exports"
+    );
 }

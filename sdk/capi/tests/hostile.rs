@@ -22,7 +22,11 @@ use std::ptr::null_mut;
 
 /// A hostile model file: the field or tensor it breaks (the refusal must name it; the C
 /// client also uses it as the file name), what the refusal must say besides, and the edit.
-type Hostile = (&'static str, &'static str, Box<dyn Fn(&mut Value, &mut Value)>);
+type Hostile = (
+    &'static str,
+    &'static str,
+    Box<dyn Fn(&mut Value, &mut Value)>,
+);
 
 /// The hostile model files. Metadata edits are refused by the metadata check (`metadata
 /// `…`), tensor edits by the check of the header's tensors against the architecture, both
@@ -36,14 +40,42 @@ fn hostile_models() -> Vec<Hostile> {
     }
     const META: &str = "metadata `";
     vec![
-        ("unet.norm_groups", META, meta(|m| m["unet"]["norm_groups"] = json!(0))),
-        ("unet.in_channels", META, meta(|m| m["unet"]["in_channels"] = json!(0))),
-        ("diffusion_steps", META, meta(|m| m["diffusion_steps"] = json!(0))),
-        ("noise_sigma", META, meta(|m| m["operator"]["noise_sigma"] = json!(9e9))),
-        ("restore_tile", META, meta(|m| m["restore_tile"] = json!(33))),
+        (
+            "unet.norm_groups",
+            META,
+            meta(|m| m["unet"]["norm_groups"] = json!(0)),
+        ),
+        (
+            "unet.in_channels",
+            META,
+            meta(|m| m["unet"]["in_channels"] = json!(0)),
+        ),
+        (
+            "diffusion_steps",
+            META,
+            meta(|m| m["diffusion_steps"] = json!(0)),
+        ),
+        (
+            "noise_sigma",
+            META,
+            meta(|m| m["operator"]["noise_sigma"] = json!(9e9)),
+        ),
+        (
+            "restore_tile",
+            META,
+            meta(|m| m["restore_tile"] = json!(33)),
+        ),
         ("perturb_h", META, meta(|m| m["perturb_h"] = json!(-9))),
-        ("unet.channel_mult", META, meta(|m| m["unet"]["channel_mult"] = json!([]))),
-        ("unet.model_channels", META, meta(|m| m["unet"]["model_channels"] = json!(0))),
+        (
+            "unet.channel_mult",
+            META,
+            meta(|m| m["unet"]["channel_mult"] = json!([])),
+        ),
+        (
+            "unet.model_channels",
+            META,
+            meta(|m| m["unet"]["model_channels"] = json!(0)),
+        ),
         // `num_head_channels = -1` means `num_heads` heads in every attention layer: 3 do
         // not split 64 channels (it loaded, then every restore panicked in a reshape).
         (

@@ -19,7 +19,9 @@ fn python_module_restores_a_photo_exactly_like_the_c_host() {
     write_pnm(&input, &noisy);
     let (c_out, py_out) = (dir.join("c.ppm"), dir.join("python.ppm"));
     run(Command::new(c_host())
-        .args(["--task", "denoise", "--device", "cpu", "--seed", "5", "--quiet"])
+        .args([
+            "--task", "denoise", "--device", "cpu", "--seed", "5", "--quiet",
+        ])
         .arg(&input)
         .arg(&c_out)
         .env("DAVI_MODEL_DIR", root().join("models")));
@@ -38,7 +40,11 @@ fn python_module_restores_a_photo_exactly_like_the_c_host() {
 #[test]
 fn python_module_unit_tests_pass() {
     let python = root().join(".venv/bin/python");
-    assert!(python.is_file(), "{} is missing: run scripts/setup.sh", python.display());
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/setup.sh",
+        python.display()
+    );
     let out = Command::new(&python)
         .args(["-m", "unittest", "-v", "test_davi"])
         .current_dir(root().join("host-example/python"))

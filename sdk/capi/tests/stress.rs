@@ -38,8 +38,22 @@ fn restore(ctx: &Ctx, spec: &Spec, v: usize, cancel_at: usize) -> (S, Vec<f32>) 
     let (w, h) = SIZE;
     let mut pixels = input(v);
     let mut out = vec![UNTOUCHED; w * h * 3];
-    let i = DaviImage::new(w as u32, h as u32, T::F32, L::Rgb, (w * 12) as isize, pixels.as_mut_ptr().cast());
-    let mut o = DaviImage::new(w as u32, h as u32, T::F32, L::Rgb, (w * 12) as isize, out.as_mut_ptr().cast());
+    let i = DaviImage::new(
+        w as u32,
+        h as u32,
+        T::F32,
+        L::Rgb,
+        (w * 12) as isize,
+        pixels.as_mut_ptr().cast(),
+    );
+    let mut o = DaviImage::new(
+        w as u32,
+        h as u32,
+        T::F32,
+        L::Rgb,
+        (w * 12) as isize,
+        out.as_mut_ptr().cast(),
+    );
     let mut calls = 0;
     let mut f = |_: f32| {
         calls += 1;
@@ -88,17 +102,40 @@ fn run(ctx: &Ctx, spec: &Spec, refs: &[Vec<u32>], seed: u64, n: usize, own: bool
         };
         let (st, out) = restore(ctx, spec, v, cancel_at);
         if cancel_at == 0 {
-            assert_eq!(st, S::Ok, "thread {seed}, restore {k}: {}", ctx.last_error());
+            assert_eq!(
+                st,
+                S::Ok,
+                "thread {seed}, restore {k}: {}",
+                ctx.last_error()
+            );
             let bits: Vec<u32> = out.iter().map(|x| x.to_bits()).collect();
-            assert!(bits == refs[v], "thread {seed}, restore {k}: differs from the sequential restore");
+            assert!(
+                bits == refs[v],
+                "thread {seed}, restore {k}: differs from the sequential restore"
+            );
             counts.ok += 1;
         } else {
-            assert_eq!(st, S::Cancelled, "thread {seed}, restore {k} (cancel at call {cancel_at})");
-            assert!(out.iter().all(|x| *x == UNTOUCHED), "thread {seed}, restore {k}: output written after a cancel");
+            assert_eq!(
+                st,
+                S::Cancelled,
+                "thread {seed}, restore {k} (cancel at call {cancel_at})"
+            );
+            assert!(
+                out.iter().all(|x| *x == UNTOUCHED),
+                "thread {seed}, restore {k}: output written after a cancel"
+            );
             if own {
-                assert!(ctx.last_error().contains("cancelled"), "{}", ctx.last_error());
+                assert!(
+                    ctx.last_error().contains("cancelled"),
+                    "{}",
+                    ctx.last_error()
+                );
             }
-            *if cancel_at == 1 { &mut counts.cancelled_before } else { &mut counts.cancelled_after } += 1;
+            *if cancel_at == 1 {
+                &mut counts.cancelled_before
+            } else {
+                &mut counts.cancelled_after
+            } += 1;
         }
         after_cancel = cancel_at != 0;
     }
@@ -113,7 +150,10 @@ fn total(all: Vec<Outcomes>, restores: usize) {
         cancelled_after: a.cancelled_after + b.cancelled_after,
     });
     assert_eq!(t.ok + t.cancelled_before + t.cancelled_after, restores);
-    assert!(t.cancelled_before > 0 && t.cancelled_after > 0 && t.ok > restores / 2, "{t:?}");
+    assert!(
+        t.cancelled_before > 0 && t.cancelled_after > 0 && t.ok > restores / 2,
+        "{t:?}"
+    );
     eprintln!("{restores} restores: {t:?}");
 }
 

@@ -133,7 +133,8 @@ pub fn gaussian_blur(img: &PlanarImage, sigma: f64, size: usize) -> PlanarImage 
                             * (img.get(c, sy as usize, sx as usize) as f64 - 0.5);
                     }
                 }
-                out.data[(c * img.height + y as usize) * img.width + x as usize] = (acc + 0.5) as f32;
+                out.data[(c * img.height + y as usize) * img.width + x as usize] =
+                    (acc + 0.5) as f32;
             }
         }
     }

@@ -39,7 +39,9 @@ impl Bridge {
         }
         let mu_x0 = (0..n).map(|i| bwd[i] / (fwd[i] + bwd[i])).collect();
         let mu_x1 = (0..n).map(|i| fwd[i] / (fwd[i] + bwd[i])).collect();
-        let std_sb = (0..n).map(|i| (fwd[i] * bwd[i] / (fwd[i] + bwd[i])).sqrt()).collect();
+        let std_sb = (0..n)
+            .map(|i| (fwd[i] * bwd[i] / (fwd[i] + bwd[i])).sqrt())
+            .collect();
         Bridge {
             std_fwd: fwd.iter().map(|v| v.sqrt()).collect(),
             std_bwd: bwd.iter().map(|v| v.sqrt()).collect(),
@@ -53,7 +55,14 @@ impl Bridge {
     /// `q_sample_i2sb`: `mu_x0[t] x0 + mu_x1[t] x1 + (1 - abar_t)·h·z`, detached.
     /// `x0` is the clean image (the lifted measurement at inference), `x1` the lifted
     /// measurement, `z` standard normal noise supplied by the caller.
-    pub fn perturbed_interpolation(&self, t: &Tensor, x0: &Tensor, x1: &Tensor, h: f64, z: &Tensor) -> Tensor {
+    pub fn perturbed_interpolation(
+        &self,
+        t: &Tensor,
+        x0: &Tensor,
+        x1: &Tensor,
+        h: f64,
+        z: &Tensor,
+    ) -> Tensor {
         // Accumulated in place (the same arithmetic): one image-sized temporary fewer, which
         // matters for whole photographs (docs/performance.md).
         let mut out = gather(&self.mu_x0, t, x0) * x0;

@@ -25,7 +25,9 @@ impl BetaSchedule {
             if steps == 1 {
                 return vec![a];
             }
-            (0..steps).map(|i| a + (b - a) * i as f64 / (t - 1.0)).collect()
+            (0..steps)
+                .map(|i| a + (b - a) * i as f64 / (t - 1.0))
+                .collect()
         };
         match self {
             BetaSchedule::Linear => linspace(scale * 1e-4, scale * 0.02),
@@ -34,7 +36,11 @@ impl BetaSchedule {
                 .map(|b| b * b)
                 .collect(),
             BetaSchedule::Cosine => {
-                let abar = |u: f64| (((u / t) + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+                let abar = |u: f64| {
+                    (((u / t) + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                        .cos()
+                        .powi(2)
+                };
                 (0..steps)
                     .map(|i| (1.0 - abar(i as f64 + 1.0) / abar(i as f64)).min(0.999))
                     .collect()
@@ -84,7 +90,13 @@ impl Diffusion {
         abar_prev.extend_from_slice(&abar[..n - 1]);
         let map = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
         let post_var = map(&|i| betas[i] * (1.0 - abar_prev[i]) / (1.0 - abar[i]));
-        let post_logvar = map(&|i| if i == 0 && n > 1 { post_var[1].ln() } else { post_var[i].ln() });
+        let post_logvar = map(&|i| {
+            if i == 0 && n > 1 {
+                post_var[1].ln()
+            } else {
+                post_var[i].ln()
+            }
+        });
         Diffusion {
             schedule,
             sqrt_alphas_cumprod: map(&|i| abar[i].sqrt()),
@@ -92,7 +104,9 @@ impl Diffusion {
             sqrt_recip_alphas_cumprod: map(&|i| (1.0 / abar[i]).sqrt()),
             sqrt_recipm1_alphas_cumprod: map(&|i| (1.0 / abar[i] - 1.0).sqrt()),
             posterior_mean_coef1: map(&|i| betas[i] * abar_prev[i].sqrt() / (1.0 - abar[i])),
-            posterior_mean_coef2: map(&|i| (1.0 - abar_prev[i]) * (1.0 - betas[i]).sqrt() / (1.0 - abar[i])),
+            posterior_mean_coef2: map(&|i| {
+                (1.0 - abar_prev[i]) * (1.0 - betas[i]).sqrt() / (1.0 - abar[i])
+            }),
             snr: map(&|i| abar[i].sqrt() / (1.0 - abar[i]).sqrt()),
             posterior_variance: post_var,
             posterior_log_variance_clipped: post_logvar,
@@ -128,7 +142,12 @@ impl Diffusion {
     }
 
     /// Posterior `q(x_{t-1} | x_t, x0)` mean and clipped log-variance.
-    pub fn q_posterior_mean_logvar(&self, x0: &Tensor, x_t: &Tensor, t: &Tensor) -> (Tensor, Tensor) {
+    pub fn q_posterior_mean_logvar(
+        &self,
+        x0: &Tensor,
+        x_t: &Tensor,
+        t: &Tensor,
+    ) -> (Tensor, Tensor) {
         let mean = gather(&self.posterior_mean_coef1, t, x_t) * x0
             + gather(&self.posterior_mean_coef2, t, x_t) * x_t;
         let logvar = gather(&self.posterior_log_variance_clipped, t, x_t).expand_as(x_t);
@@ -144,7 +163,9 @@ pub fn gather(arr: &[f64], t: &Tensor, like: &Tensor) -> Tensor {
 
 fn gather_vec(arr: Vec<f64>, t: &Tensor, like: &Tensor) -> Tensor {
     let table = Tensor::from_slice(&arr).to_device(t.device());
-    let vals = table.index_select(0, &t.to_kind(Kind::Int64)).to_kind(like.kind());
+    let vals = table
+        .index_select(0, &t.to_kind(Kind::Int64))
+        .to_kind(like.kind());
     let mut shape = vec![t.size()[0]];
     shape.extend(std::iter::repeat(1).take(like.dim().saturating_sub(1)));
     vals.reshape(shape.as_slice())
@@ -179,7 +200,11 @@ mod tests {
         ];
         for (t, beta, abar, snr) in rows {
             assert!(close(d.betas[t], beta, 2e-5), "beta[{t}] = {}", d.betas[t]);
-            assert!(close(d.alphas_cumprod[t], abar, 2e-5), "abar[{t}] = {}", d.alphas_cumprod[t]);
+            assert!(
+                close(d.alphas_cumprod[t], abar, 2e-5),
+                "abar[{t}] = {}",
+                d.alphas_cumprod[t]
+            );
             assert!(close(d.snr[t], snr, 2e-5), "snr[{t}] = {}", d.snr[t]);
         }
         let sum: f64 = d.betas.iter().sum();
@@ -189,8 +214,17 @@ mod tests {
     #[test]
     fn linear_matches_reference_column() {
         let d = Diffusion::new(BetaSchedule::Linear, 1000);
-        for (t, abar) in [(99, 0.897018), (399, 0.195146), (749, 3.35055e-3), (999, 4.03583e-5)] {
-            assert!(close(d.alphas_cumprod[t], abar, 2e-5), "linear abar[{t}] = {}", d.alphas_cumprod[t]);
+        for (t, abar) in [
+            (99, 0.897018),
+            (399, 0.195146),
+            (749, 3.35055e-3),
+            (999, 4.03583e-5),
+        ] {
+            assert!(
+                close(d.alphas_cumprod[t], abar, 2e-5),
+                "linear abar[{t}] = {}",
+                d.alphas_cumprod[t]
+            );
         }
         assert!(close(d.betas.iter().sum::<f64>(), 10.05, 1e-9));
     }
@@ -206,7 +240,10 @@ mod tests {
     fn posterior_arrays_are_consistent() {
         let d = Diffusion::davi();
         assert_eq!(d.posterior_variance[0], 0.0);
-        assert_eq!(d.posterior_log_variance_clipped[0], d.posterior_variance[1].ln());
+        assert_eq!(
+            d.posterior_log_variance_clipped[0],
+            d.posterior_variance[1].ln()
+        );
         // coef1 + coef2·√α ... the posterior mean of x0 = x_t = c must be c when abar→ const:
         for t in [1usize, 500, 999] {
             let a = d.alphas_cumprod[t];

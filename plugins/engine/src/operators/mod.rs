@@ -131,7 +131,11 @@ pub fn max_dense_side(spec: &OperatorSpec) -> Option<i64> {
             BlurMode::ZeroPadded => 8192,
             BlurMode::Ddrm => 4096,
         }),
-        OperatorSpec::SuperResolution(s) if s.method == davi_sdk::spec::DownsampleMethod::Bicubic => Some(8192),
+        OperatorSpec::SuperResolution(s)
+            if s.method == davi_sdk::spec::DownsampleMethod::Bicubic =>
+        {
+            Some(8192)
+        }
         _ => None,
     }
 }
@@ -180,9 +184,15 @@ mod tests {
             match max_dense_side(&spec) {
                 Some(limit) => {
                     for (h, w) in [(8, limit + 8), (limit + 8, 8), (8, 65536)] {
-                        let e = build(&spec, 3, h, w, CPU).err().unwrap_or_else(|| panic!("{spec}: {w}x{h} built"));
+                        let e = build(&spec, 3, h, w, CPU)
+                            .err()
+                            .unwrap_or_else(|| panic!("{spec}: {w}x{h} built"));
                         assert!(matches!(e, EngineError::InvalidInput(_)), "{spec}: {e}");
-                        assert!(e.to_string().contains(&format!("at most {limit} pixels a side")), "{e}");
+                        assert!(
+                            e.to_string()
+                                .contains(&format!("at most {limit} pixels a side")),
+                            "{e}"
+                        );
                     }
                 }
                 None => assert!(build(&spec, 3, 8, 65536, CPU).is_ok(), "{spec}"),
@@ -263,7 +273,9 @@ mod tests {
         ));
         // The spec itself refuses a one-tap DDRM blur now; build keeps its own check for
         // specs constructed in code.
-        assert!(OperatorSpec::parse("kind = \"gaussian_blur\"\nsize = 1\nmode = \"ddrm\"").is_err());
+        assert!(
+            OperatorSpec::parse("kind = \"gaussian_blur\"\nsize = 1\nmode = \"ddrm\"").is_err()
+        );
         let one_tap_true = OperatorSpec::parse("kind = \"gaussian_blur\"\nsize = 1").unwrap();
         let op = build(&one_tap_true, 3, 24, 40, CPU).unwrap();
         let x = randn(75, &[1, 3, 24, 40]);

@@ -224,7 +224,10 @@ mod tests {
                 .unwrap()
                 .s;
             let min = s.iter().cloned().fold(f64::INFINITY, f64::min);
-            eprintln!("bicubic factor {f}, n {n}: 1D singular values in [{min:.4}, {:.4}]", s[0]);
+            eprintln!(
+                "bicubic factor {f}, n {n}: 1D singular values in [{min:.4}, {:.4}]",
+                s[0]
+            );
             assert!(min >= 3e-2, "factor {f}, n {n}: smallest singular {min}");
         }
     }

@@ -40,7 +40,13 @@ pub struct GradScaler {
 
 impl Default for GradScaler {
     fn default() -> Self {
-        GradScaler { scale: 65536.0, growth_tracker: 0, growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 }
+        GradScaler {
+            scale: 65536.0,
+            growth_tracker: 0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+        }
     }
 }
 
@@ -88,20 +94,33 @@ mod tests {
 
     #[test]
     fn unscale_divides_and_detects_overflow() {
-        let s = GradScaler { scale: 8.0, ..Default::default() };
+        let s = GradScaler {
+            scale: 8.0,
+            ..Default::default()
+        };
         let p = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        (&p * Tensor::from_slice(&[8.0f32, 16.0, 24.0])).sum(Kind::Float).backward();
+        (&p * Tensor::from_slice(&[8.0f32, 16.0, 24.0]))
+            .sum(Kind::Float)
+            .backward();
         assert!(!s.unscale(std::slice::from_ref(&p)));
-        assert_eq!(Vec::<f32>::try_from(&p.grad()).unwrap(), vec![1.0, 2.0, 3.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(&p.grad()).unwrap(),
+            vec![1.0, 2.0, 3.0]
+        );
         let q = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        (&q * Tensor::from_slice(&[f32::INFINITY, 1.0])).sum(Kind::Float).backward();
+        (&q * Tensor::from_slice(&[f32::INFINITY, 1.0]))
+            .sum(Kind::Float)
+            .backward();
         let untouched = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         assert!(s.unscale(&[p, untouched, q]));
     }
 
     #[test]
     fn scale_backs_off_and_grows() {
-        let mut s = GradScaler { growth_interval: 3, ..Default::default() };
+        let mut s = GradScaler {
+            growth_interval: 3,
+            ..Default::default()
+        };
         s.update(true);
         assert_eq!((s.scale, s.growth_tracker), (32768.0, 0));
         for _ in 0..2 {

@@ -165,7 +165,9 @@ impl DaviConfig {
     /// before the patch is cut out: the radius of a zero-padded blur kernel, else 0.
     pub fn context_margin(&self) -> i64 {
         match &self.operator {
-            OperatorSpec::GaussianBlur(b) if b.mode == davi_sdk::spec::BlurMode::ZeroPadded => (b.size / 2) as i64,
+            OperatorSpec::GaussianBlur(b) if b.mode == davi_sdk::spec::BlurMode::ZeroPadded => {
+                (b.size / 2) as i64
+            }
             _ => 0,
         }
     }
@@ -215,27 +217,87 @@ fn quarter() -> f64 {
 
 /// Presets compiled into the binary: (name, TOML text).
 pub const PRESETS: &[(&str, &str)] = &[
-    ("ffhq256-gaussian", include_str!("../../presets/ffhq256-gaussian.toml")),
-    ("ffhq256-sr4", include_str!("../../presets/ffhq256-sr4.toml")),
-    ("ffhq256-inpainting", include_str!("../../presets/ffhq256-inpainting.toml")),
-    ("ffhq256-denoising", include_str!("../../presets/ffhq256-denoising.toml")),
-    ("ffhq256-colorization", include_str!("../../presets/ffhq256-colorization.toml")),
-    ("imagenet256-gaussian", include_str!("../../presets/imagenet256-gaussian.toml")),
-    ("imagenet256-sr4", include_str!("../../presets/imagenet256-sr4.toml")),
-    ("imagenet256-inpainting", include_str!("../../presets/imagenet256-inpainting.toml")),
-    ("imagenet256-denoising", include_str!("../../presets/imagenet256-denoising.toml")),
-    ("imagenet256-colorization", include_str!("../../presets/imagenet256-colorization.toml")),
-    ("photo-prior", include_str!("../../presets/photo-prior.toml")),
-    ("photo-deblur", include_str!("../../presets/photo-deblur.toml")),
+    (
+        "ffhq256-gaussian",
+        include_str!("../../presets/ffhq256-gaussian.toml"),
+    ),
+    (
+        "ffhq256-sr4",
+        include_str!("../../presets/ffhq256-sr4.toml"),
+    ),
+    (
+        "ffhq256-inpainting",
+        include_str!("../../presets/ffhq256-inpainting.toml"),
+    ),
+    (
+        "ffhq256-denoising",
+        include_str!("../../presets/ffhq256-denoising.toml"),
+    ),
+    (
+        "ffhq256-colorization",
+        include_str!("../../presets/ffhq256-colorization.toml"),
+    ),
+    (
+        "imagenet256-gaussian",
+        include_str!("../../presets/imagenet256-gaussian.toml"),
+    ),
+    (
+        "imagenet256-sr4",
+        include_str!("../../presets/imagenet256-sr4.toml"),
+    ),
+    (
+        "imagenet256-inpainting",
+        include_str!("../../presets/imagenet256-inpainting.toml"),
+    ),
+    (
+        "imagenet256-denoising",
+        include_str!("../../presets/imagenet256-denoising.toml"),
+    ),
+    (
+        "imagenet256-colorization",
+        include_str!("../../presets/imagenet256-colorization.toml"),
+    ),
+    (
+        "photo-prior",
+        include_str!("../../presets/photo-prior.toml"),
+    ),
+    (
+        "photo-deblur",
+        include_str!("../../presets/photo-deblur.toml"),
+    ),
     ("photo-sr4", include_str!("../../presets/photo-sr4.toml")),
-    ("photo-inpaint", include_str!("../../presets/photo-inpaint.toml")),
-    ("photo-denoise", include_str!("../../presets/photo-denoise.toml")),
-    ("photo-colorize", include_str!("../../presets/photo-colorize.toml")),
-    ("photo-deblur-davi", include_str!("../../presets/photo-deblur-davi.toml")),
-    ("photo-sr4-davi", include_str!("../../presets/photo-sr4-davi.toml")),
-    ("photo-inpaint-davi", include_str!("../../presets/photo-inpaint-davi.toml")),
-    ("photo-denoise-davi", include_str!("../../presets/photo-denoise-davi.toml")),
-    ("photo-colorize-davi", include_str!("../../presets/photo-colorize-davi.toml")),
+    (
+        "photo-inpaint",
+        include_str!("../../presets/photo-inpaint.toml"),
+    ),
+    (
+        "photo-denoise",
+        include_str!("../../presets/photo-denoise.toml"),
+    ),
+    (
+        "photo-colorize",
+        include_str!("../../presets/photo-colorize.toml"),
+    ),
+    (
+        "photo-deblur-davi",
+        include_str!("../../presets/photo-deblur-davi.toml"),
+    ),
+    (
+        "photo-sr4-davi",
+        include_str!("../../presets/photo-sr4-davi.toml"),
+    ),
+    (
+        "photo-inpaint-davi",
+        include_str!("../../presets/photo-inpaint-davi.toml"),
+    ),
+    (
+        "photo-denoise-davi",
+        include_str!("../../presets/photo-denoise-davi.toml"),
+    ),
+    (
+        "photo-colorize-davi",
+        include_str!("../../presets/photo-colorize-davi.toml"),
+    ),
     ("tiny-prior", include_str!("../../presets/tiny-prior.toml")),
     ("tiny-davi", include_str!("../../presets/tiny-davi.toml")),
 ];
@@ -243,20 +305,30 @@ pub const PRESETS: &[(&str, &str)] = &[
 impl TrainConfig {
     /// Parse TOML text, apply `key.path=value` overrides, validate.
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut tree: toml::Value = toml::from_str(text).map_err(|e| EngineError::InvalidInput(format!("config: {}", e.message())))?;
+        let mut tree: toml::Value = toml::from_str(text)
+            .map_err(|e| EngineError::InvalidInput(format!("config: {}", e.message())))?;
         for o in overrides {
             apply_override(&mut tree, o)?;
         }
-        let cfg: TrainConfig = tree.try_into().map_err(|e: toml::de::Error| EngineError::InvalidInput(format!("config: {}", e.message())))?;
+        let cfg: TrainConfig = tree.try_into().map_err(|e: toml::de::Error| {
+            EngineError::InvalidInput(format!("config: {}", e.message()))
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn preset(name: &str, overrides: &[String]) -> Result<Self> {
-        let text = PRESETS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).ok_or_else(|| {
-            let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-            EngineError::InvalidInput(format!("unknown preset `{name}` (known: {})", names.join(", ")))
-        })?;
+        let text = PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+                EngineError::InvalidInput(format!(
+                    "unknown preset `{name}` (known: {})",
+                    names.join(", ")
+                ))
+            })?;
         Self::from_toml(text, overrides)
     }
 
@@ -267,7 +339,9 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(EngineError::InvalidInput(format!("config: {m}")));
         match (&self.prior, &self.davi) {
-            (Some(_), Some(_)) | (None, None) => return bad("exactly one of [prior] or [davi] must be present"),
+            (Some(_), Some(_)) | (None, None) => {
+                return bad("exactly one of [prior] or [davi] must be present")
+            }
             _ => {}
         }
         if self.data.size < 8 {
@@ -283,7 +357,8 @@ impl TrainConfig {
             }
         }
         if let Some(d) = &self.davi {
-            d.operator.validate_for_size(self.data.size as usize, self.data.size as usize)?;
+            d.operator
+                .validate_for_size(self.data.size as usize, self.data.size as usize)?;
             if d.t_ikl < 1 || d.t_ikl > 1000 {
                 return bad("davi.t_ikl must be in 1..=1000");
             }
@@ -299,7 +374,9 @@ impl TrainConfig {
             if d.bridge_t.is_some_and(|t| !(0..1000).contains(&t)) {
                 return bad("davi.bridge_t must be in 0..=999");
             }
-            if d.lr_min.is_some_and(|l| !(l.is_finite() && l >= 0.0 && l <= d.lr)) {
+            if d.lr_min
+                .is_some_and(|l| !(l.is_finite() && l >= 0.0 && l <= d.lr))
+            {
                 return bad("davi.lr_min must be in [0, davi.lr]");
             }
             if !(0.0..=1.0).contains(&d.border_prob) {
@@ -316,7 +393,9 @@ impl TrainConfig {
 /// Set `a.b.c=value` in a TOML tree; the value is parsed as TOML (numbers, booleans,
 /// quoted strings) and falls back to a bare string.
 pub fn apply_override(tree: &mut toml::Value, o: &str) -> Result<()> {
-    let (path, raw) = o.split_once('=').ok_or_else(|| EngineError::InvalidInput(format!("override `{o}` is not key=value")))?;
+    let (path, raw) = o
+        .split_once('=')
+        .ok_or_else(|| EngineError::InvalidInput(format!("override `{o}` is not key=value")))?;
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -324,12 +403,16 @@ pub fn apply_override(tree: &mut toml::Value, o: &str) -> Result<()> {
     let mut cur = tree;
     let parts: Vec<&str> = path.trim().split('.').collect();
     for (i, p) in parts.iter().enumerate() {
-        let table = cur.as_table_mut().ok_or_else(|| EngineError::InvalidInput(format!("override `{o}`: `{p}` is not a table")))?;
+        let table = cur.as_table_mut().ok_or_else(|| {
+            EngineError::InvalidInput(format!("override `{o}`: `{p}` is not a table"))
+        })?;
         if i + 1 == parts.len() {
             table.insert(p.to_string(), value);
             return Ok(());
         }
-        cur = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
     }
     Ok(())
 }
@@ -347,7 +430,11 @@ mod tests {
 
     #[test]
     fn overrides_apply_and_typos_fail() {
-        let c = TrainConfig::preset("ffhq256-gaussian", &["davi.t_ikl=123".into(), "run.out_dir=\"x\"".into()]).unwrap();
+        let c = TrainConfig::preset(
+            "ffhq256-gaussian",
+            &["davi.t_ikl=123".into(), "run.out_dir=\"x\"".into()],
+        )
+        .unwrap();
         assert_eq!(c.davi.as_ref().unwrap().t_ikl, 123);
         assert_eq!(c.run.out_dir, PathBuf::from("x"));
         assert!(TrainConfig::preset("ffhq256-gaussian", &["davi.t_ikll=1".into()]).is_err());
@@ -360,10 +447,32 @@ mod tests {
     fn official_rows_match_reference_table() {
         let row = |n: &str| TrainConfig::preset(n, &[]).unwrap().davi.unwrap();
         let g = row("ffhq256-gaussian");
-        assert_eq!((g.t_ikl, g.weight_con, g.reg_coeff, g.perturb_h, g.batch, g.micro_batch), (400, 0.5, 0.25, 0.1, 32, Some(8)));
+        assert_eq!(
+            (
+                g.t_ikl,
+                g.weight_con,
+                g.reg_coeff,
+                g.perturb_h,
+                g.batch,
+                g.micro_batch
+            ),
+            (400, 0.5, 0.25, 0.1, 32, Some(8))
+        );
         let c = row("imagenet256-colorization");
-        assert_eq!((c.perturb_h, c.eval_perturb_h, c.disc_lr, c.batch, c.micro_batch), (0.1, Some(0.01), 1e-3, 48, Some(3)));
+        assert_eq!(
+            (
+                c.perturb_h,
+                c.eval_perturb_h,
+                c.disc_lr,
+                c.batch,
+                c.micro_batch
+            ),
+            (0.1, Some(0.01), 1e-3, 48, Some(3))
+        );
         let i = row("imagenet256-inpainting");
-        assert_eq!((i.t_ikl, i.weight_con, i.reg_coeff, i.perturb_h), (400, 0.01, 0.1, 0.01));
+        assert_eq!(
+            (i.t_ikl, i.weight_con, i.reg_coeff, i.perturb_h),
+            (400, 0.01, 0.1, 0.01)
+        );
     }
 }

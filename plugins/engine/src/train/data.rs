@@ -25,7 +25,9 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
             if p.is_dir() {
                 walk(&p, out)?;
             } else if let Some(ext) = p.extension().and_then(|e| e.to_str()) {
-                if ["png", "jpg", "jpeg", "tif", "tiff"].contains(&ext.to_ascii_lowercase().as_str()) {
+                if ["png", "jpg", "jpeg", "tif", "tiff"]
+                    .contains(&ext.to_ascii_lowercase().as_str())
+                {
                     out.push(p);
                 }
             }
@@ -36,25 +38,39 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     walk(dir, &mut out).map_err(|e| EngineError::io(dir, e))?;
     out.sort();
     if out.is_empty() {
-        return Err(EngineError::InvalidInput(format!("no PNG/JPEG/TIFF images under {}", dir.display())));
+        return Err(EngineError::InvalidInput(format!(
+            "no PNG/JPEG/TIFF images under {}",
+            dir.display()
+        )));
     }
     Ok(out)
 }
 
 /// Decode an image file as a `(3, H, W)` f32 tensor in [0, 1] (gray is replicated).
 pub fn load_rgb(path: &Path) -> Result<Tensor> {
-    let img = image::open(path).map_err(|e| EngineError::InvalidInput(format!("{}: {e}", path.display())))?;
+    let img = image::open(path)
+        .map_err(|e| EngineError::InvalidInput(format!("{}: {e}", path.display())))?;
     let rgb = img.to_rgb32f();
     let (w, h) = (rgb.width() as i64, rgb.height() as i64);
-    Ok(Tensor::from_slice(rgb.as_raw()).view([h, w, 3]).permute([2, 0, 1]).contiguous())
+    Ok(Tensor::from_slice(rgb.as_raw())
+        .view([h, w, 3])
+        .permute([2, 0, 1])
+        .contiguous())
 }
 
 /// Official preprocessing: centre square crop, bilinear resize, [0, 1] (caller maps to [-1, 1]).
 pub fn center_crop_resize(img: &Tensor, size: i64) -> Tensor {
     let (_, h, w) = img.size3().expect("3-D");
     let s = h.min(w);
-    let c = img.narrow(1, (h - s) / 2, s).narrow(2, (w - s) / 2, s).unsqueeze(0);
-    let r = if s == size { c } else { resize_aa(&c, size, size) };
+    let c = img
+        .narrow(1, (h - s) / 2, s)
+        .narrow(2, (w - s) / 2, s)
+        .unsqueeze(0);
+    let r = if s == size {
+        c
+    } else {
+        resize_aa(&c, size, size)
+    };
     r.squeeze_dim(0).clamp(0.0, 1.0)
 }
 
@@ -81,17 +97,37 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    pub fn open(files: Vec<PathBuf>, size: i64, crop: Crop, min_scale: f64, hflip: bool) -> Result<Self> {
+    pub fn open(
+        files: Vec<PathBuf>,
+        size: i64,
+        crop: Crop,
+        min_scale: f64,
+        hflip: bool,
+    ) -> Result<Self> {
         let mut images = Vec::with_capacity(files.len());
         for f in &files {
             let img = load_rgb(f)?;
             let (_, h, w) = img.size3().expect("3-D");
             if crop == Crop::Random && (h < size || w < size) {
-                return Err(EngineError::InvalidInput(format!("{} ({w}x{h}) is smaller than the {size}px patch", f.display())));
+                return Err(EngineError::InvalidInput(format!(
+                    "{} ({w}x{h}) is smaller than the {size}px patch",
+                    f.display()
+                )));
             }
-            images.push(if crop == Crop::Center { center_crop_resize(&img, size) } else { img });
+            images.push(if crop == Crop::Center {
+                center_crop_resize(&img, size)
+            } else {
+                img
+            });
         }
-        Ok(Dataset { files, images, size, crop, min_scale: min_scale.clamp(0.05, 1.0), hflip })
+        Ok(Dataset {
+            files,
+            images,
+            size,
+            crop,
+            min_scale: min_scale.clamp(0.05, 1.0),
+            hflip,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -110,13 +146,17 @@ impl Dataset {
             Crop::Center => img.shallow_clone(),
             Crop::Random => {
                 let (_, h, w) = img.size3().expect("3-D");
-                let min_s = (self.size as f64 / h.min(w) as f64).max(self.min_scale).min(1.0);
+                let min_s = (self.size as f64 / h.min(w) as f64)
+                    .max(self.min_scale)
+                    .min(1.0);
                 let scale = min_s + (1.0 - min_s) * rng.uniform();
                 // crop a window that becomes size×size after rescaling
                 let win = ((self.size as f64 / scale).round() as i64).clamp(self.size, h.min(w));
                 let y0 = (rng.uniform() * (h - win + 1) as f64) as i64;
                 let x0 = (rng.uniform() * (w - win + 1) as f64) as i64;
-                let c = img.narrow(1, y0.min(h - win), win).narrow(2, x0.min(w - win), win);
+                let c = img
+                    .narrow(1, y0.min(h - win), win)
+                    .narrow(2, x0.min(w - win), win);
                 if win == self.size {
                     c.contiguous()
                 } else {
@@ -124,7 +164,11 @@ impl Dataset {
                 }
             }
         };
-        let out = if self.hflip && rng.next() & 1 == 1 { out.flip([2]) } else { out };
+        let out = if self.hflip && rng.next() & 1 == 1 {
+            out.flip([2])
+        } else {
+            out
+        };
         out.clamp(0.0, 1.0) * 2.0 - 1.0
     }
 
@@ -181,7 +225,10 @@ impl Prefetcher {
                 s += 1;
             }
         });
-        Prefetcher { rx, handle: Some(handle) }
+        Prefetcher {
+            rx,
+            handle: Some(handle),
+        }
     }
 
     /// The batch for `step` (steps must be requested in order).
@@ -205,7 +252,14 @@ mod tests {
     #[test]
     fn batches_are_a_function_of_seed_and_step() {
         let img = Tensor::rand([3, 40, 50], (Kind::Float, tch::Device::Cpu));
-        let ds = Dataset { files: vec![], images: vec![img.shallow_clone(), img.flip([1])], size: 16, crop: Crop::Random, min_scale: 0.5, hflip: true };
+        let ds = Dataset {
+            files: vec![],
+            images: vec![img.shallow_clone(), img.flip([1])],
+            size: 16,
+            crop: Crop::Random,
+            min_scale: 0.5,
+            hflip: true,
+        };
         let a = ds.batch(1, 5, 4);
         let b = ds.batch(1, 5, 4);
         let c = ds.batch(1, 6, 4);

@@ -12,10 +12,10 @@
 //! norms at the generator's last decoder conv (clipped to [0.01, 10], quirk Q11).
 //!
 //! The adaptive weight works on one process (the official code crashes there, quirk Q8).
+use super::amp::{GradScaler, Precision};
 use super::data::beta31;
 use super::discriminator::Discriminator;
 use super::losses::hybrid_loss;
-use super::amp::{GradScaler, Precision};
 use super::optim::{add_grads_into, zero_grads, AdamW, AdamWConfig, Ema};
 use super::Terms;
 use crate::diffusion::schedule::gather;
@@ -141,7 +141,9 @@ impl Which {
 
 /// `t_bridge = trunc(1000·u − 0.5)` with `u ~ Beta(3, 1)` (quirk Q26), per sample.
 pub fn bridge_timesteps(rng: &mut SplitMix64, n: i64, steps: i64, device: Device) -> Tensor {
-    let v: Vec<i64> = (0..n).map(|_| ((steps as f64 * beta31(rng) - 0.5) as i64).clamp(0, steps - 1)).collect();
+    let v: Vec<i64> = (0..n)
+        .map(|_| ((steps as f64 * beta31(rng) - 0.5) as i64).clamp(0, steps - 1))
+        .collect();
     Tensor::from_slice(&v).to_device(device)
 }
 
@@ -151,7 +153,11 @@ pub fn random_box_masks(rng: &mut SplitMix64, n: i64, h: i64, w: i64) -> Tensor 
     let mut m = vec![1f32; (n * h * w) as usize];
     for b in 0..n as usize {
         let official = rng.uniform() < 0.2;
-        let boxes = if official || rng.uniform() < 0.7 { 1 } else { 2 };
+        let boxes = if official || rng.uniform() < 0.7 {
+            1
+        } else {
+            2
+        };
         for _ in 0..boxes {
             let (bh, bw, top, left) = if official {
                 (h / 2, w / 2, h / 4, w / 4)
@@ -180,7 +186,10 @@ pub fn border_masks(rng: &mut SplitMix64, n: i64, s: i64, margin: i64, p: f64) -
         let sides: Vec<bool> = (0..4).map(|_| rng.uniform() < p).collect();
         for i in 0..s {
             for j in 0..s {
-                let out = (sides[0] && i < margin) || (sides[1] && i >= s - margin) || (sides[2] && j < margin) || (sides[3] && j >= s - margin);
+                let out = (sides[0] && i < margin)
+                    || (sides[1] && i >= s - margin)
+                    || (sides[2] && j < margin)
+                    || (sides[3] && j >= s - margin);
                 if out {
                     m[b * (s * s) as usize + (i * s + j) as usize] = 0.0;
                 }
@@ -194,7 +203,10 @@ pub fn border_masks(rng: &mut SplitMix64, n: i64, s: i64, margin: i64, p: f64) -
 /// gradient with respect to `x̂` is `snr·(D_fake − D_teacher)/N`, N = B·C·H·W.
 pub fn ikl_surrogate(snr: &Tensor, d_fake: &Tensor, d_teacher: &Tensor, x_hat: &Tensor) -> Tensor {
     let g = (snr * (d_fake - d_teacher)).detach();
-    (g * x_hat).flatten(1, -1).mean_dim(1, false, Kind::Float).mean(Kind::Float)
+    (g * x_hat)
+        .flatten(1, -1)
+        .mean_dim(1, false, Kind::Float)
+        .mean(Kind::Float)
 }
 
 /// `‖∂L_gt/∂W‖ / (‖∂L_G/∂W‖ + 1e-4)`, clamped to [0, 1e4] then clipped to [0.01, 10].
@@ -224,7 +236,17 @@ impl Replica {
         let disc_vs = nn::VarStore::new(device);
         let disc = Discriminator::new(&disc_vs.root(), unet.in_channels, 64, 3);
         let op = operators::build(&cfg.operator, unet.in_channels, size, size, device)?;
-        Ok(Replica { device, teacher, fake_vs, fake, gen_vs, gen, disc_vs, disc, op })
+        Ok(Replica {
+            device,
+            teacher,
+            fake_vs,
+            fake,
+            gen_vs,
+            gen,
+            disc_vs,
+            disc,
+            op,
+        })
     }
 
     /// Clear the gradients of the trainable networks.
@@ -243,7 +265,9 @@ impl Replica {
     }
 
     fn sample_generator(&self, sh: &Shared, net: &UNetModel, c: &Chunk) -> Tensor {
-        let x_q = sh.bridge.perturbed_interpolation(&c.t_bridge, &c.x, &c.y_img, sh.cfg.perturb_h, &c.z);
+        let x_q =
+            sh.bridge
+                .perturbed_interpolation(&c.t_bridge, &c.x, &c.y_img, sh.cfg.perturb_h, &c.z);
         let ch = c.x.size()[1];
         let eps = net.forward(&x_q, &c.t_bridge).narrow(1, 0, ch);
         sh.bridge.generator_output(&c.t_bridge, &x_q, &eps)
@@ -255,8 +279,13 @@ impl Replica {
         let mut out = Vec::new();
         let ikl = sh.cfg.ikl_weight != 0.0;
         let (l_s, l_d) = tch::autocast(sh.autocast, || {
-            let x_hat = tch::no_grad(|| self.sample_generator(sh, &self.gen, c)).to_kind(Kind::Float);
-            let l_s = ikl.then(|| hybrid_loss(sh.diffusion, &self.fake, &x_hat, &c.t, &c.eps).loss.mean(Kind::Float));
+            let x_hat =
+                tch::no_grad(|| self.sample_generator(sh, &self.gen, c)).to_kind(Kind::Float);
+            let l_s = ikl.then(|| {
+                hybrid_loss(sh.diffusion, &self.fake, &x_hat, &c.t, &c.eps)
+                    .loss
+                    .mean(Kind::Float)
+            });
             let l_d = sh.cfg.gan.then(|| self.disc.hinge_loss(&c.x, &x_hat));
             (l_s, l_d)
         });
@@ -281,9 +310,21 @@ impl Replica {
             let l_kl = if sh.cfg.ikl_weight != 0.0 {
                 let (d_t, d_s) = tch::no_grad(|| {
                     let x_t = sh.diffusion.q_sample(&x_hat.detach(), &c.t, &c.eps);
-                    let e_t = self.teacher.net.forward(&x_t, &c.t).narrow(1, 0, ch).to_kind(Kind::Float);
-                    let e_s = self.fake.forward(&x_t, &c.t).narrow(1, 0, ch).to_kind(Kind::Float);
-                    (sh.diffusion.pred_xstart_from_eps(&x_t, &c.t, &e_t), sh.diffusion.pred_xstart_from_eps(&x_t, &c.t, &e_s))
+                    let e_t = self
+                        .teacher
+                        .net
+                        .forward(&x_t, &c.t)
+                        .narrow(1, 0, ch)
+                        .to_kind(Kind::Float);
+                    let e_s = self
+                        .fake
+                        .forward(&x_t, &c.t)
+                        .narrow(1, 0, ch)
+                        .to_kind(Kind::Float);
+                    (
+                        sh.diffusion.pred_xstart_from_eps(&x_t, &c.t, &e_t),
+                        sh.diffusion.pred_xstart_from_eps(&x_t, &c.t, &e_s),
+                    )
                 });
                 let snr = gather(&sh.diffusion.snr, &c.t, &x_hat);
                 ikl_surrogate(&snr, &d_s, &d_t, &x_hat)
@@ -302,15 +343,18 @@ impl Replica {
                         None => Tensor::from(sh.observed * n as f64).to_device(x_hat.device()),
                     };
                     let diff = a(&c.x) - a(&x_hat);
-                    (&c.x - &x_hat).square().mean(Kind::Float) * 0.1 + diff.square().sum(Kind::Float) / observed.clamp_min(1.0)
+                    (&c.x - &x_hat).square().mean(Kind::Float) * 0.1
+                        + diff.square().sum(Kind::Float) / observed.clamp_min(1.0)
                 }
                 _ => (&c.x - &x_hat).square().mean(Kind::Float),
             };
-            let mut loss = &l_kl * sh.cfg.ikl_weight + &l_con * sh.cfg.weight_con + &l_gt * sh.cfg.reg_coeff;
+            let mut loss =
+                &l_kl * sh.cfg.ikl_weight + &l_con * sh.cfg.weight_con + &l_gt * sh.cfg.reg_coeff;
             let mut gan = None;
             if sh.cfg.gan {
                 let l_g = self.disc.generator_loss(&c.x, &x_hat);
-                let w = adaptive_weight(&l_gt, &l_g, self.gen.last_layer_weight()) * sh.cfg.adv_scale;
+                let w =
+                    adaptive_weight(&l_gt, &l_g, self.gen.last_layer_weight()) * sh.cfg.adv_scale;
                 loss = loss + &l_g * w;
                 gan = Some((l_g.double_value(&[]), w));
             }
@@ -346,18 +390,42 @@ impl DaviTrainer {
 
     /// Train on `devices` (data parallel when there are several; the first holds the
     /// optimised weights) at `precision`. `Fp16` needs every device to be CUDA.
-    pub fn with_devices(cfg: &DaviConfig, size: i64, devices: &[Device], precision: Precision) -> Result<Self> {
-        Self::build(cfg, size, devices, precision == Precision::Fp16, (precision == Precision::Fp16).then(GradScaler::default))
+    pub fn with_devices(
+        cfg: &DaviConfig,
+        size: i64,
+        devices: &[Device],
+        precision: Precision,
+    ) -> Result<Self> {
+        Self::build(
+            cfg,
+            size,
+            devices,
+            precision == Precision::Fp16,
+            (precision == Precision::Fp16).then(GradScaler::default),
+        )
     }
 
     /// Float32 compute with dynamic loss scaling: what `Fp16` does, minus autocast. It runs on
     /// any device, which lets the scaling path be checked on a CPU.
-    pub fn with_loss_scaler(cfg: &DaviConfig, size: i64, devices: &[Device], scaler: GradScaler) -> Result<Self> {
+    pub fn with_loss_scaler(
+        cfg: &DaviConfig,
+        size: i64,
+        devices: &[Device],
+        scaler: GradScaler,
+    ) -> Result<Self> {
         Self::build(cfg, size, devices, false, Some(scaler))
     }
 
-    fn build(cfg: &DaviConfig, size: i64, devices: &[Device], autocast: bool, scaler: Option<GradScaler>) -> Result<Self> {
-        let device = *devices.first().ok_or_else(|| EngineError::InvalidInput("no training device".into()))?;
+    fn build(
+        cfg: &DaviConfig,
+        size: i64,
+        devices: &[Device],
+        autocast: bool,
+        scaler: Option<GradScaler>,
+    ) -> Result<Self> {
+        let device = *devices
+            .first()
+            .ok_or_else(|| EngineError::InvalidInput("no training device".into()))?;
         if autocast && devices.iter().any(|d| !d.is_cuda()) {
             return Err(EngineError::Device("precision = \"fp16\" (CUDA autocast with loss scaling) needs CUDA devices; train with fp32 on a CPU".into()));
         }
@@ -372,7 +440,10 @@ impl DaviTrainer {
             Some(path) => {
                 let g = model_file::load(path, device)?;
                 if g.meta.unet != nets[0].teacher.meta.unet {
-                    return Err(EngineError::model(path, "davi.init must have the teacher's U-Net configuration"));
+                    return Err(EngineError::model(
+                        path,
+                        "davi.init must have the teacher's U-Net configuration",
+                    ));
                 }
                 for r in nets.iter_mut() {
                     r.gen_vs.copy(&g.vs)?;
@@ -388,10 +459,31 @@ impl DaviTrainer {
         let ema_net = UNetModel::new(&ema_vs.root(), &unet)?;
         ema_vs.copy(&p.teacher.vs)?;
         ema_vs.freeze();
-        let adam = |lr| AdamWConfig { lr, ..Default::default() };
-        let observed = tch::no_grad(|| p.op.forward(&Tensor::ones([1, unet.in_channels, size, size], (Kind::Float, device))).ne(0.0).sum(Kind::Float).double_value(&[]));
+        let adam = |lr| AdamWConfig {
+            lr,
+            ..Default::default()
+        };
+        let observed = tch::no_grad(|| {
+            p.op.forward(&Tensor::ones(
+                [1, unet.in_channels, size, size],
+                (Kind::Float, device),
+            ))
+            .ne(0.0)
+            .sum(Kind::Float)
+            .double_value(&[])
+        });
         let margin = cfg.context_margin();
-        let op_ctx = if margin > 0 { Some(operators::build(&cfg.operator, unet.in_channels, size + 2 * margin, size + 2 * margin, device)?) } else { None };
+        let op_ctx = if margin > 0 {
+            Some(operators::build(
+                &cfg.operator,
+                unet.in_channels,
+                size + 2 * margin,
+                size + 2 * margin,
+                device,
+            )?)
+        } else {
+            None
+        };
         if let Some(g) = &init {
             ema_vs.copy(&g.vs)?;
         }
@@ -432,13 +524,20 @@ impl DaviTrainer {
 
     /// Simulate the noisy measurement of a clean batch (fresh noise every step).
     pub fn measure(&self, x: &Tensor) -> Tensor {
-        tch::no_grad(|| operators::measure(self.nets[0].op.as_ref(), x, self.cfg.operator.noise_sigma()))
+        tch::no_grad(|| {
+            operators::measure(self.nets[0].op.as_ref(), x, self.cfg.operator.noise_sigma())
+        })
     }
 
     /// Micro-batch size and count: `micro_batch`, else one per device.
     fn micro_chunks(&self, b: i64) -> (i64, i64) {
         let per_device = (b + self.nets.len() as i64 - 1) / self.nets.len() as i64;
-        let m = self.cfg.micro_batch.map(|m| m as i64).unwrap_or(per_device).max(1);
+        let m = self
+            .cfg
+            .micro_batch
+            .map(|m| m as i64)
+            .unwrap_or(per_device)
+            .max(1);
         (m, (b + m - 1) / m)
     }
 
@@ -461,14 +560,27 @@ impl DaviTrainer {
                 let t = Tensor::randint(self.cfg.t_ikl, [n], (Kind::Int64, self.device));
                 let eps = xm.randn_like();
                 let mask = m.mask.as_ref().map(|k| k.narrow(0, i * micro, n));
-                Chunk { x: xm, y_img: y_img.narrow(0, i * micro, n), y: y.narrow(0, i * micro, n), t_bridge, z, t, eps, mask }
+                Chunk {
+                    x: xm,
+                    y_img: y_img.narrow(0, i * micro, n),
+                    y: y.narrow(0, i * micro, n),
+                    t_bridge,
+                    z,
+                    t,
+                    eps,
+                    mask,
+                }
             })
             .collect()
     }
 
     /// Run `phase` on every chunk, chunk `i` on replica `i mod devices`, the replicas in
     /// parallel threads; returns the loss terms averaged over chunks.
-    fn run_phase(&mut self, chunks: Vec<Chunk>, phase: fn(&Replica, &Shared, &Chunk) -> Vec<(&'static str, f64)>) -> Terms {
+    fn run_phase(
+        &mut self,
+        chunks: Vec<Chunk>,
+        phase: fn(&Replica, &Shared, &Chunk) -> Vec<(&'static str, f64)>,
+    ) -> Terms {
         let n_chunks = chunks.len();
         let scale = self.scaler.as_ref().map(|s| s.scale).unwrap_or(1.0);
         let sh = Shared {
@@ -486,7 +598,10 @@ impl DaviTrainer {
             per_dev[r].push(if r == 0 { c } else { c.to(self.nets[r].device) });
         }
         let results: Vec<Vec<(&'static str, f64)>> = if n_dev == 1 {
-            vec![per_dev[0].iter().flat_map(|c| phase(&self.nets[0], &sh, c)).collect()]
+            vec![per_dev[0]
+                .iter()
+                .flat_map(|c| phase(&self.nets[0], &sh, c))
+                .collect()]
         } else {
             let sh = &sh;
             std::thread::scope(|scope| {
@@ -496,10 +611,15 @@ impl DaviTrainer {
                     .zip(per_dev)
                     .map(|(r, cs)| {
                         let r: &mut Replica = r;
-                        scope.spawn(move || cs.iter().flat_map(|c| phase(r, sh, c)).collect::<Vec<_>>())
+                        scope.spawn(move || {
+                            cs.iter().flat_map(|c| phase(r, sh, c)).collect::<Vec<_>>()
+                        })
                     })
                     .collect();
-                handles.into_iter().map(|h| h.join().expect("a training replica panicked")).collect()
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a training replica panicked"))
+                    .collect()
             })
         };
         let mut terms = Terms::new();
@@ -523,7 +643,10 @@ impl DaviTrainer {
                 Which::Disc => &mut self.opt_d,
                 Which::Gen => &mut self.opt_g,
             };
-            let found_inf = self.scaler.as_ref().is_some_and(|s| s.unscale(opt.params()));
+            let found_inf = self
+                .scaler
+                .as_ref()
+                .is_some_and(|s| s.unscale(opt.params()));
             if !found_inf {
                 opt.step();
             }
@@ -536,7 +659,8 @@ impl DaviTrainer {
             r.zero_grads();
         }
         if self.nets.len() > 1 {
-            self.sync_replicas().expect("replicas have the primary's variables");
+            self.sync_replicas()
+                .expect("replicas have the primary's variables");
         }
         overflow
     }
@@ -560,10 +684,20 @@ impl DaviTrainer {
             if let Some(op) = &self.op_ctx {
                 let (n, s, m) = (x.size()[0], self.window(), self.margin);
                 let keep = border_masks(rng, n, s, m, self.cfg.border_prob).to_device(self.device);
-                let y = operators::measure(op.as_ref(), &(x * &keep), sigma).narrow(2, m, self.size).narrow(3, m, self.size);
-                let x = x.narrow(2, m, self.size).narrow(3, m, self.size).contiguous();
+                let y = operators::measure(op.as_ref(), &(x * &keep), sigma)
+                    .narrow(2, m, self.size)
+                    .narrow(3, m, self.size);
+                let x = x
+                    .narrow(2, m, self.size)
+                    .narrow(3, m, self.size)
+                    .contiguous();
                 let y_img = self.nets[0].op.lift(&y);
-                return Measured { x, y, y_img, mask: None };
+                return Measured {
+                    x,
+                    y,
+                    y_img,
+                    mask: None,
+                };
             }
             if self.cfg.random_boxes {
                 let (n, _, h, w) = x.size4().expect("4-D batch");
@@ -571,11 +705,21 @@ impl DaviTrainer {
                 // the restoration pipeline zero-fills the hole of the image it is given.
                 let keep = random_box_masks(rng, n, h, w).to_device(self.device);
                 let y = (x + x.randn_like() * sigma) * &keep;
-                return Measured { x: x.shallow_clone(), y: y.shallow_clone(), y_img: y, mask: Some(keep) };
+                return Measured {
+                    x: x.shallow_clone(),
+                    y: y.shallow_clone(),
+                    y_img: y,
+                    mask: Some(keep),
+                };
             }
             let y = self.measure(x);
             let y_img = self.nets[0].op.lift(&y);
-            Measured { x: x.shallow_clone(), y, y_img, mask: None }
+            Measured {
+                x: x.shallow_clone(),
+                y,
+                y_img,
+                mask: None,
+            }
         })
     }
 
@@ -589,7 +733,13 @@ impl DaviTrainer {
 
         // Phase A: fake score and discriminator (nothing to train when neither the
         // integral-KL term nor the GAN is on).
-        let which_a: Vec<Which> = [(self.cfg.ikl_weight != 0.0, Which::Fake), (self.cfg.gan, Which::Disc)].into_iter().filter_map(|(on, w)| on.then_some(w)).collect();
+        let which_a: Vec<Which> = [
+            (self.cfg.ikl_weight != 0.0, Which::Fake),
+            (self.cfg.gan, Which::Disc),
+        ]
+        .into_iter()
+        .filter_map(|(on, w)| on.then_some(w))
+        .collect();
         let mut terms = Terms::new();
         let mut skipped_a = false;
         if !which_a.is_empty() {
@@ -606,7 +756,10 @@ impl DaviTrainer {
         self.ema.update(&self.ema_vs, &self.nets[0].gen_vs);
         if let Some(s) = &self.scaler {
             terms.insert("amp_scale".into(), s.scale);
-            terms.insert("amp_skipped".into(), (skipped_a as u8 + skipped_b as u8) as f64);
+            terms.insert(
+                "amp_skipped".into(),
+                (skipped_a as u8 + skipped_b as u8) as f64,
+            );
         }
         terms
     }
@@ -614,25 +767,37 @@ impl DaviTrainer {
     /// Restore a clean batch's simulated measurement with the EMA generator, exactly as the
     /// official evaluator (t = 999). Returns (degraded lifted y, restored), both in [-1, 1].
     pub fn evaluate(&self, clean: &Tensor, seed: u64) -> Result<(Tensor, Tensor)> {
-        let (_, c, h, w) = clean.size4().map_err(|_| EngineError::InvalidInput("eval batch must be 4-D".into()))?;
+        let (_, c, h, w) = clean
+            .size4()
+            .map_err(|_| EngineError::InvalidInput("eval batch must be 4-D".into()))?;
         let op = operators::build(&self.cfg.operator, c, h, w, self.device)?;
         let h_eval = self.cfg.eval_perturb_h.unwrap_or(self.cfg.perturb_h);
         tch::no_grad(|| {
             let x = clean.to_device(self.device);
             let y = op.forward(&x);
-            let y = &y + seeded_normal(&y.size(), seed).to_device(self.device) * self.cfg.operator.noise_sigma();
+            let y = &y
+                + seeded_normal(&y.size(), seed).to_device(self.device)
+                    * self.cfg.operator.noise_sigma();
             // Hosts hand over a zero-filled hole (see `synthesise`).
             let y = match op.keep_mask() {
                 Some(k) if self.cfg.random_boxes => y * k,
                 _ => y,
             };
             let y_img = op.lift(&y);
-            let t = crate::diffusion::schedule::timesteps(RESTORE_T.min(self.diffusion.num_steps() as i64 - 1), x.size()[0], self.device);
+            let t = crate::diffusion::schedule::timesteps(
+                RESTORE_T.min(self.diffusion.num_steps() as i64 - 1),
+                x.size()[0],
+                self.device,
+            );
             let z = seeded_normal(&y_img.size(), seed ^ 0x5eed).to_device(self.device);
-            let x_in = self.bridge.perturbed_interpolation(&t, &y_img, &y_img, h_eval, &z);
+            let x_in = self
+                .bridge
+                .perturbed_interpolation(&t, &y_img, &y_img, h_eval, &z);
             let m = self.nets[0].teacher.meta.unet.size_multiple();
             if h % m != 0 || w % m != 0 {
-                return Err(EngineError::InvalidInput(format!("eval crops must be multiples of {m}")));
+                return Err(EngineError::InvalidInput(format!(
+                    "eval crops must be multiples of {m}"
+                )));
             }
             let t_val = t.int64_value(&[0]);
             let one = |tile: &Tensor| {
@@ -644,16 +809,30 @@ impl DaviTrainer {
                 // As a window model restores: per context window at the training side.
                 let mut pass = |thumb: &Tensor| {
                     let z = seeded_normal(&thumb.size(), seed ^ 0x5eed).to_device(self.device);
-                    let tt = crate::diffusion::schedule::timesteps(t_val, thumb.size()[0], self.device);
-                    Ok(one(&self.bridge.perturbed_interpolation(&tt, thumb, thumb, h_eval, &z)))
+                    let tt =
+                        crate::diffusion::schedule::timesteps(t_val, thumb.size()[0], self.device);
+                    Ok(one(&self
+                        .bridge
+                        .perturbed_interpolation(&tt, thumb, thumb, h_eval, &z)))
                 };
-                let x_hat = crate::windows::restore_windowed(op.as_ref(), &y, self.size, m, &mut pass, &mut |_, _| true)?;
+                let x_hat = crate::windows::restore_windowed(
+                    op.as_ref(),
+                    &y,
+                    self.size,
+                    m,
+                    &mut pass,
+                    &mut |_, _| true,
+                )?;
                 return Ok((y_img, x_hat));
             }
             // Tiles of the training size, blended, exactly as `Restorer` does for this model.
-            let tiling = crate::tiling::Tiling { tile: self.size, overlap: self.size / 4 };
+            let tiling = crate::tiling::Tiling {
+                tile: self.size,
+                overlap: self.size / 4,
+            };
             let mut run = |tile: &Tensor| one(tile);
-            let x_hat = crate::tiling::map_tiles(&x_in, tiling, &mut run, &mut |_, _| true).expect("never cancelled");
+            let x_hat = crate::tiling::map_tiles(&x_in, tiling, &mut run, &mut |_, _| true)
+                .expect("never cancelled");
             Ok((y_img, x_hat))
         })
     }

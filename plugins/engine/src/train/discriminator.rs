@@ -14,12 +14,38 @@ pub struct Discriminator {
 impl Discriminator {
     /// `ndf` 64, 3 layers in the official setting.
     pub fn new(vs: &nn::Path, in_channels: i64, ndf: i64, n_layers: usize) -> Self {
-        let init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
         let conv = |p: nn::Path, i: i64, o: i64, stride: i64| {
-            nn::conv2d(p, i, o, 4, nn::ConvConfig { stride, padding: 2, ws_init: init, bs_init: crate::unet::resblock::torch_default(i * 16), ..Default::default() })
+            nn::conv2d(
+                p,
+                i,
+                o,
+                4,
+                nn::ConvConfig {
+                    stride,
+                    padding: 2,
+                    ws_init: init,
+                    bs_init: crate::unet::resblock::torch_default(i * 16),
+                    ..Default::default()
+                },
+            )
         };
         let bn = |p: nn::Path, c: i64| {
-            nn::batch_norm2d(p, c, nn::BatchNormConfig { ws_init: nn::Init::Randn { mean: 1.0, stdev: 0.02 }, bs_init: nn::Init::Const(0.0), ..Default::default() })
+            nn::batch_norm2d(
+                p,
+                c,
+                nn::BatchNormConfig {
+                    ws_init: nn::Init::Randn {
+                        mean: 1.0,
+                        stdev: 0.02,
+                    },
+                    bs_init: nn::Init::Const(0.0),
+                    ..Default::default()
+                },
+            )
         };
         let root = vs / "discriminator_2d";
         let mut convs = vec![conv(&root / "model0" / 0, in_channels, ndf, 2)];
@@ -33,7 +59,12 @@ impl Discriminator {
             convs.push(conv(&p / 0, ndf * prev, ndf * mult, stride));
             norms.push(Some(bn(&p / 1, ndf * mult)));
         }
-        convs.push(conv(&root / format!("model{}", n_layers + 1) / 0, ndf * mult, 1, 1));
+        convs.push(conv(
+            &root / format!("model{}", n_layers + 1) / 0,
+            ndf * mult,
+            1,
+            1,
+        ));
         norms.push(None);
         Discriminator { convs, norms }
     }

@@ -18,7 +18,11 @@ fn approx_std_normal_cdf(x: &Tensor) -> Tensor {
 }
 
 /// Log-likelihood of `x` in [-1, 1] under a Gaussian discretised into 256 bins.
-pub fn discretized_gaussian_log_likelihood(x: &Tensor, mean: &Tensor, log_scale: &Tensor) -> Tensor {
+pub fn discretized_gaussian_log_likelihood(
+    x: &Tensor,
+    mean: &Tensor,
+    log_scale: &Tensor,
+) -> Tensor {
     let centered = x - mean;
     let inv_stdv = (-log_scale).exp();
     let cdf_plus = approx_std_normal_cdf(&(&inv_stdv * (&centered + 1.0 / 255.0)));
@@ -40,13 +44,22 @@ pub struct HybridTerms {
 
 /// `training_losses` with learned sigma and MSE loss type: returns per-sample `mse + vb`.
 /// `x0` clean (or generated) images, `t` timesteps, `eps` the noise.
-pub fn hybrid_loss(diffusion: &Diffusion, model: &UNetModel, x0: &Tensor, t: &Tensor, eps: &Tensor) -> HybridTerms {
+pub fn hybrid_loss(
+    diffusion: &Diffusion,
+    model: &UNetModel,
+    x0: &Tensor,
+    t: &Tensor,
+    eps: &Tensor,
+) -> HybridTerms {
     let x_t = diffusion.q_sample(x0, t, eps);
     let out = model.forward(&x_t, t);
     let c = x0.size()[1];
     let eps_hat = out.narrow(1, 0, c);
     let v = out.narrow(1, c, c);
-    let mse = (eps - &eps_hat).square().flatten(1, -1).mean_dim(1, false, Kind::Float);
+    let mse = (eps - &eps_hat)
+        .square()
+        .flatten(1, -1)
+        .mean_dim(1, false, Kind::Float);
     // VB term: only v gets gradient.
     let eps_d = eps_hat.detach();
     let pred_x0 = diffusion.pred_xstart_from_eps(&x_t, t, &eps_d);
@@ -54,8 +67,14 @@ pub fn hybrid_loss(diffusion: &Diffusion, model: &UNetModel, x0: &Tensor, t: &Te
     let model_logvar = diffusion.learned_range_log_variance(&v, t);
     let (true_mean, true_logvar) = diffusion.q_posterior_mean_logvar(x0, &x_t, t);
     let ln2 = std::f64::consts::LN_2;
-    let kl = normal_kl(&true_mean, &true_logvar, &model_mean, &model_logvar).flatten(1, -1).mean_dim(1, false, Kind::Float) / ln2;
-    let nll = -discretized_gaussian_log_likelihood(x0, &model_mean, &(&model_logvar * 0.5)).flatten(1, -1).mean_dim(1, false, Kind::Float) / ln2;
+    let kl = normal_kl(&true_mean, &true_logvar, &model_mean, &model_logvar)
+        .flatten(1, -1)
+        .mean_dim(1, false, Kind::Float)
+        / ln2;
+    let nll = -discretized_gaussian_log_likelihood(x0, &model_mean, &(&model_logvar * 0.5))
+        .flatten(1, -1)
+        .mean_dim(1, false, Kind::Float)
+        / ln2;
     let vb = nll.where_self(&t.eq(0), &kl);
     let loss = &mse + &vb;
     HybridTerms { mse, vb, loss }

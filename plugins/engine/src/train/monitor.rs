@@ -18,7 +18,13 @@ pub struct Monitor {
 
 impl Monitor {
     pub fn new(dir: &Path, start_step: u64, total: u64) -> Self {
-        Monitor { log_path: dir.join("log.jsonl"), start: Instant::now(), start_step, total, quiet: false }
+        Monitor {
+            log_path: dir.join("log.jsonl"),
+            start: Instant::now(),
+            start_step,
+            total,
+            quiet: false,
+        }
     }
 
     pub fn quiet(mut self, q: bool) -> Self {
@@ -30,8 +36,13 @@ impl Monitor {
     /// half a record).
     pub fn log(&self, record: &serde_json::Value) -> Result<()> {
         let line = format!("{record}\n");
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).map_err(|e| EngineError::io(&self.log_path, e))?;
-        f.write_all(line.as_bytes()).map_err(|e| EngineError::io(&self.log_path, e))
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .map_err(|e| EngineError::io(&self.log_path, e))?;
+        f.write_all(line.as_bytes())
+            .map_err(|e| EngineError::io(&self.log_path, e))
     }
 
     /// Redraw the progress line.
@@ -42,12 +53,21 @@ impl Monitor {
         let done = step.saturating_sub(self.start_step);
         let secs = self.start.elapsed().as_secs_f64().max(1e-9);
         let rate = done as f64 / secs;
-        let eta = if rate > 0.0 { (self.total.saturating_sub(step)) as f64 / rate } else { f64::NAN };
+        let eta = if rate > 0.0 {
+            (self.total.saturating_sub(step)) as f64 / rate
+        } else {
+            f64::NAN
+        };
         let width = 24;
         let filled = ((step as f64 / self.total.max(1) as f64) * width as f64) as usize;
         let bar: String = "#".repeat(filled.min(width)) + &"-".repeat(width - filled.min(width));
         let terms: Vec<String> = terms.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-        eprint!("\r[{bar}] {step}/{} {rate:.2} it/s ETA {} | {}\x1b[K", self.total, fmt_secs(eta), terms.join(" "));
+        eprint!(
+            "\r[{bar}] {step}/{} {rate:.2} it/s ETA {} | {}\x1b[K",
+            self.total,
+            fmt_secs(eta),
+            terms.join(" ")
+        );
         let _ = std::io::stderr().flush();
     }
 
@@ -70,7 +90,9 @@ pub fn truncate_log(path: &Path, step: u64) -> Result<u64> {
     let mut keep = 0usize;
     while let Some(nl) = bytes[keep..].iter().position(|&b| b == b'\n') {
         let line = &bytes[keep..keep + nl];
-        let logged = serde_json::from_slice::<serde_json::Value>(line).ok().and_then(|v| v.get("step").and_then(|s| s.as_u64()));
+        let logged = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
         if logged.is_some_and(|s| s > step) {
             break;
         }
@@ -79,8 +101,13 @@ pub fn truncate_log(path: &Path, step: u64) -> Result<u64> {
     if keep == bytes.len() {
         return Ok(0);
     }
-    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| EngineError::io(path, e))?;
-    f.set_len(keep as u64).and_then(|_| f.sync_all()).map_err(|e| EngineError::io(path, e))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| EngineError::io(path, e))?;
+    f.set_len(keep as u64)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| EngineError::io(path, e))?;
     Ok((bytes.len() - keep) as u64)
 }
 
@@ -100,18 +127,37 @@ pub fn save_grid(path: &Path, columns: &[&Tensor]) -> Result<()> {
     let cols: Vec<Tensor> = columns
         .iter()
         .map(|t| {
-            let t = if t.size()[1] == 1 { t.repeat([1, 3, 1, 1]) } else { t.shallow_clone() };
-            let t = if t.size()[2] != h || t.size()[3] != w { t.upsample_nearest2d([h, w], None, None) } else { t };
+            let t = if t.size()[1] == 1 {
+                t.repeat([1, 3, 1, 1])
+            } else {
+                t.shallow_clone()
+            };
+            let t = if t.size()[2] != h || t.size()[3] != w {
+                t.upsample_nearest2d([h, w], None, None)
+            } else {
+                t
+            };
             ((t.to_kind(Kind::Float).to_device(tch::Device::Cpu) + 1.0) / 2.0).clamp(0.0, 1.0)
         })
         .collect();
-    let rows: Vec<Tensor> = (0..b).map(|i| Tensor::cat(&cols.iter().map(|c| c.get(i)).collect::<Vec<_>>(), 2)).collect();
+    let rows: Vec<Tensor> = (0..b)
+        .map(|i| Tensor::cat(&cols.iter().map(|c| c.get(i)).collect::<Vec<_>>(), 2))
+        .collect();
     let grid = Tensor::cat(&rows, 1); // (3, b*h, n*w)
     let (_, gh, gw) = grid.size3().expect("3-D");
-    let data = Vec::<u8>::try_from((grid * 255.0).round().permute([1, 2, 0]).contiguous().to_kind(Kind::Uint8).flatten(0, -1)).expect("u8");
+    let data = Vec::<u8>::try_from(
+        (grid * 255.0)
+            .round()
+            .permute([1, 2, 0])
+            .contiguous()
+            .to_kind(Kind::Uint8)
+            .flatten(0, -1),
+    )
+    .expect("u8");
     let img = image::RgbImage::from_raw(gw as u32, gh as u32, data).expect("sizes agree");
     let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| EngineError::InvalidInput(format!("png: {e}")))?;
+    img.write_to(&mut buf, image::ImageFormat::Png)
+        .map_err(|e| EngineError::InvalidInput(format!("png: {e}")))?;
     crate::weights::model_file::write_atomic(path, buf.get_ref())
 }
 
@@ -120,8 +166,12 @@ pub fn plot_log(log: &Path, keys: &[&str], out: &Path) -> Result<()> {
     let text = std::fs::read_to_string(log).map_err(|e| EngineError::io(log, e))?;
     let mut series: Vec<Vec<(f64, f64)>> = vec![Vec::new(); keys.len()];
     for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let Some(step) = v.get("step").and_then(|s| s.as_f64()) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(step) = v.get("step").and_then(|s| s.as_f64()) else {
+            continue;
+        };
         for (i, k) in keys.iter().enumerate() {
             if let Some(y) = v.get(*k).and_then(|y| y.as_f64()).filter(|y| y.is_finite()) {
                 series[i].push((step, y));
@@ -129,8 +179,16 @@ pub fn plot_log(log: &Path, keys: &[&str], out: &Path) -> Result<()> {
         }
     }
     let (pw, ph) = (480u32, 200u32);
-    let mut img = image::RgbImage::from_pixel(pw, ph * keys.len() as u32, image::Rgb([255, 255, 255]));
-    let colors = [[31u8, 119, 180], [214, 39, 40], [44, 160, 44], [148, 103, 189], [255, 127, 14], [23, 190, 207]];
+    let mut img =
+        image::RgbImage::from_pixel(pw, ph * keys.len() as u32, image::Rgb([255, 255, 255]));
+    let colors = [
+        [31u8, 119, 180],
+        [214, 39, 40],
+        [44, 160, 44],
+        [148, 103, 189],
+        [255, 127, 14],
+        [23, 190, 207],
+    ];
     for (i, s) in series.iter().enumerate() {
         let y0 = i as u32 * ph;
         for x in 0..pw {
@@ -139,10 +197,17 @@ pub fn plot_log(log: &Path, keys: &[&str], out: &Path) -> Result<()> {
         if s.len() < 2 {
             continue;
         }
-        let (xmin, xmax) = s.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-        let (ymin, ymax) = s.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let (xmin, xmax) = s
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (ymin, ymax) = s
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
         let sx = |x: f64| (8.0 + (x - xmin) / (xmax - xmin).max(1e-12) * (pw as f64 - 16.0)) as i64;
-        let sy = |y: f64| (y0 as f64 + 8.0 + (1.0 - (y - ymin) / (ymax - ymin).max(1e-12)) * (ph as f64 - 16.0)) as i64;
+        let sy = |y: f64| {
+            (y0 as f64 + 8.0 + (1.0 - (y - ymin) / (ymax - ymin).max(1e-12)) * (ph as f64 - 16.0))
+                as i64
+        };
         let c = image::Rgb(colors[i % colors.len()]);
         for w in s.windows(2) {
             let (ax, ay, bx, by) = (sx(w[0].0), sy(w[0].1), sx(w[1].0), sy(w[1].1));
@@ -157,16 +222,22 @@ pub fn plot_log(log: &Path, keys: &[&str], out: &Path) -> Result<()> {
         }
     }
     let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| EngineError::InvalidInput(format!("png: {e}")))?;
+    img.write_to(&mut buf, image::ImageFormat::Png)
+        .map_err(|e| EngineError::InvalidInput(format!("png: {e}")))?;
     crate::weights::model_file::write_atomic(out, buf.get_ref())?;
     // The panel order and value ranges, for the reader of the PNG.
     let legend: Vec<String> = keys
         .iter()
         .zip(&series)
         .map(|(k, s)| {
-            let (lo, hi) = s.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+            let (lo, hi) = s
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
             format!("{k}: {lo:.4} .. {hi:.4} over {} points", s.len())
         })
         .collect();
-    crate::weights::model_file::write_atomic(&out.with_extension("txt"), (legend.join("\n") + "\n").as_bytes())
+    crate::weights::model_file::write_atomic(
+        &out.with_extension("txt"),
+        (legend.join("\n") + "\n").as_bytes(),
+    )
 }

@@ -20,7 +20,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        AdamWConfig {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -60,12 +66,23 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(vs: &nn::VarStore, config: AdamWConfig) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let exp_avg = vars.iter().map(|(_, t)| t.zeros_like()).collect();
         let exp_avg_sq = vars.iter().map(|(_, t)| t.zeros_like()).collect();
         let (names, params) = vars.into_iter().unzip();
-        AdamW { config, names, params, exp_avg, exp_avg_sq, step: 0 }
+        AdamW {
+            config,
+            names,
+            params,
+            exp_avg,
+            exp_avg_sq,
+            step: 0,
+        }
     }
 
     /// The optimised tensors, in the order of `names`.
@@ -100,7 +117,9 @@ impl AdamW {
                 let m = &mut self.exp_avg[i];
                 let _ = m.g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
                 let v = &mut self.exp_avg_sq[i];
-                let _ = v.g_mul_scalar_(c.beta2).g_add_(&(g.square() * (1.0 - c.beta2)));
+                let _ = v
+                    .g_mul_scalar_(c.beta2)
+                    .g_add_(&(g.square() * (1.0 - c.beta2)));
                 let denom = (v.sqrt() / bc2.sqrt()) + c.eps;
                 let upd = (&*m / denom) * (c.lr / bc1);
                 let _ = p.g_sub_(&upd);
@@ -113,18 +132,27 @@ impl AdamW {
         let mut out = Vec::new();
         for (i, n) in self.names.iter().enumerate() {
             out.push((format!("{prefix}.m.{n}"), self.exp_avg[i].shallow_clone()));
-            out.push((format!("{prefix}.v.{n}"), self.exp_avg_sq[i].shallow_clone()));
+            out.push((
+                format!("{prefix}.v.{n}"),
+                self.exp_avg_sq[i].shallow_clone(),
+            ));
         }
         out.push((format!("{prefix}.step"), Tensor::from_slice(&[self.step])));
         out
     }
 
     /// Restore from [`AdamW::state`] entries; every moment must be present.
-    pub fn load_state(&mut self, prefix: &str, get: &dyn Fn(&str) -> Option<Tensor>) -> Result<(), String> {
+    pub fn load_state(
+        &mut self,
+        prefix: &str,
+        get: &dyn Fn(&str) -> Option<Tensor>,
+    ) -> Result<(), String> {
         tch::no_grad(|| {
             for (i, n) in self.names.iter().enumerate() {
-                let m = get(&format!("{prefix}.m.{n}")).ok_or(format!("optimizer state {prefix}.m.{n} missing"))?;
-                let v = get(&format!("{prefix}.v.{n}")).ok_or(format!("optimizer state {prefix}.v.{n} missing"))?;
+                let m = get(&format!("{prefix}.m.{n}"))
+                    .ok_or(format!("optimizer state {prefix}.m.{n} missing"))?;
+                let v = get(&format!("{prefix}.v.{n}"))
+                    .ok_or(format!("optimizer state {prefix}.v.{n} missing"))?;
                 self.exp_avg[i].copy_(&m);
                 self.exp_avg_sq[i].copy_(&v);
             }
@@ -149,7 +177,14 @@ pub struct Ema {
 
 impl Default for Ema {
     fn default() -> Self {
-        Ema { beta: 0.9999, update_every: 5, update_after_step: 100, inv_gamma: 1.0, power: 2.0 / 3.0, calls: 0 }
+        Ema {
+            beta: 0.9999,
+            update_every: 5,
+            update_after_step: 100,
+            inv_gamma: 1.0,
+            power: 2.0 / 3.0,
+            calls: 0,
+        }
     }
 }
 
@@ -176,7 +211,9 @@ impl Ema {
     pub fn update(&mut self, ema: &nn::VarStore, online: &nn::VarStore) {
         let n = self.calls;
         self.calls += 1;
-        let Some(decay) = self.decay_at(n) else { return };
+        let Some(decay) = self.decay_at(n) else {
+            return;
+        };
         let on = online.variables();
         tch::no_grad(|| {
             for (name, mut e) in ema.variables() {
@@ -194,7 +231,15 @@ impl Ema {
 
 /// Global L2 norm of a list of tensors.
 pub fn global_norm(ts: &[Tensor]) -> f64 {
-    ts.iter().map(|t| t.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt()
+    ts.iter()
+        .map(|t| {
+            t.to_kind(Kind::Double)
+                .square()
+                .sum(Kind::Double)
+                .double_value(&[])
+        })
+        .sum::<f64>()
+        .sqrt()
 }
 
 #[cfg(test)]
@@ -223,7 +268,10 @@ mod tests {
         let b = nn::VarStore::new(Device::Cpu);
         let _ = a.root().zeros("w", &[3]);
         let wb = b.root().ones("w", &[3]);
-        let mut e = Ema { update_after_step: 0, ..Default::default() };
+        let mut e = Ema {
+            update_after_step: 0,
+            ..Default::default()
+        };
         e.update(&a, &b); // n = 0 -> hard copy
         assert_eq!(a.variables()["w"].double_value(&[0]), 1.0);
         let _ = tch::no_grad(|| wb.shallow_clone().fill_(3.0));
@@ -240,7 +288,13 @@ mod tests {
     fn adamw_matches_closed_form_first_step() {
         let vs = nn::VarStore::new(Device::Cpu);
         let w = vs.root().ones("w", &[2]);
-        let mut opt = AdamW::new(&vs, AdamWConfig { lr: 0.1, ..Default::default() });
+        let mut opt = AdamW::new(
+            &vs,
+            AdamWConfig {
+                lr: 0.1,
+                ..Default::default()
+            },
+        );
         let loss = (&w * Tensor::from_slice(&[2.0f32, -3.0])).sum(Kind::Float);
         loss.backward();
         opt.step();

@@ -27,8 +27,23 @@ pub struct PriorTrainer {
 }
 
 impl PriorTrainer {
-    pub fn new(unet: &UNetConfig, schedule: BetaSchedule, steps: usize, lr: f64, micro_batch: Option<usize>, device: Device) -> Result<Self> {
-        Self::with_devices(unet, schedule, steps, lr, micro_batch, &[device], Precision::Fp32)
+    pub fn new(
+        unet: &UNetConfig,
+        schedule: BetaSchedule,
+        steps: usize,
+        lr: f64,
+        micro_batch: Option<usize>,
+        device: Device,
+    ) -> Result<Self> {
+        Self::with_devices(
+            unet,
+            schedule,
+            steps,
+            lr,
+            micro_batch,
+            &[device],
+            Precision::Fp32,
+        )
     }
 
     /// Train on `devices` (data parallel when there are several) at `precision`.
@@ -41,7 +56,9 @@ impl PriorTrainer {
         devices: &[Device],
         precision: Precision,
     ) -> Result<Self> {
-        let device = *devices.first().ok_or_else(|| EngineError::InvalidInput("no training device".into()))?;
+        let device = *devices
+            .first()
+            .ok_or_else(|| EngineError::InvalidInput("no training device".into()))?;
         if precision == Precision::Fp16 && devices.iter().any(|d| !d.is_cuda()) {
             return Err(EngineError::Device("precision = \"fp16\" (CUDA autocast with loss scaling) needs CUDA devices; train with fp32 on a CPU".into()));
         }
@@ -58,9 +75,26 @@ impl PriorTrainer {
         let ema_net = UNetModel::new(&ema_vs.root(), unet)?;
         ema_vs.copy(&vs)?;
         ema_vs.freeze();
-        let opt = AdamW::new(&vs, AdamWConfig { lr, ..Default::default() });
+        let opt = AdamW::new(
+            &vs,
+            AdamWConfig {
+                lr,
+                ..Default::default()
+            },
+        );
         let scaler = (precision == Precision::Fp16).then(GradScaler::default);
-        Ok(PriorTrainer { diffusion: Diffusion::new(schedule, steps), vs, net, replicas, ema_vs, ema_net, ema: Ema::default(), opt, micro_batch, scaler })
+        Ok(PriorTrainer {
+            diffusion: Diffusion::new(schedule, steps),
+            vs,
+            net,
+            replicas,
+            ema_vs,
+            ema_net,
+            ema: Ema::default(),
+            opt,
+            micro_batch,
+            scaler,
+        })
     }
 
     /// Copy the optimised weights to the replicas (after an update or a checkpoint load).
@@ -77,7 +111,11 @@ impl PriorTrainer {
     pub fn step(&mut self, x0: &Tensor) -> Terms {
         let b = x0.size()[0];
         let n_dev = 1 + self.replicas.len();
-        let micro = self.micro_batch.map(|m| m as i64).unwrap_or((b + n_dev as i64 - 1) / n_dev as i64).max(1);
+        let micro = self
+            .micro_batch
+            .map(|m| m as i64)
+            .unwrap_or((b + n_dev as i64 - 1) / n_dev as i64)
+            .max(1);
         let chunks = (b + micro - 1) / micro;
         let n = self.diffusion.num_steps() as i64;
         self.opt.zero_grad();
@@ -89,7 +127,11 @@ impl PriorTrainer {
             let t = Tensor::randint(n, [x.size()[0]], (Kind::Int64, x.device()));
             let eps = x.randn_like();
             let r = i as usize % n_dev;
-            let dev = if r == 0 { x.device() } else { self.replicas[r - 1].0.device() };
+            let dev = if r == 0 {
+                x.device()
+            } else {
+                self.replicas[r - 1].0.device()
+            };
             jobs[r].push((x.to_device(dev), t.to_device(dev), eps.to_device(dev)));
         }
         let diffusion = &self.diffusion;
@@ -111,9 +153,17 @@ impl PriorTrainer {
             let work = &work;
             let net = &mut self.net;
             std::thread::scope(|scope| {
-                let handles: Vec<_> = self.replicas.iter_mut().zip(jobs).map(|((_, rnet), js)| scope.spawn(move || work(rnet, js))).collect();
+                let handles: Vec<_> = self
+                    .replicas
+                    .iter_mut()
+                    .zip(jobs)
+                    .map(|((_, rnet), js)| scope.spawn(move || work(rnet, js)))
+                    .collect();
                 let first = work(net, own);
-                handles.into_iter().map(|h| h.join().expect("a training replica panicked")).fold(first, |a, b| (a.0 + b.0, a.1 + b.1))
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a training replica panicked"))
+                    .fold(first, |a, b| (a.0 + b.0, a.1 + b.1))
             })
         };
         // Sum the replicas' gradients into the optimised network's.
@@ -121,7 +171,10 @@ impl PriorTrainer {
             add_grads_into(&self.vs, rvs);
             zero_grads(rvs);
         }
-        let found_inf = self.scaler.as_ref().is_some_and(|s| s.unscale(self.opt.params()));
+        let found_inf = self
+            .scaler
+            .as_ref()
+            .is_some_and(|s| s.unscale(self.opt.params()));
         if !found_inf {
             self.opt.step();
         }
@@ -129,9 +182,14 @@ impl PriorTrainer {
         if let Some(s) = &mut self.scaler {
             s.update(found_inf);
         }
-        self.sync_replicas().expect("replicas have the same variables");
+        self.sync_replicas()
+            .expect("replicas have the same variables");
         self.ema.update(&self.ema_vs, &self.vs);
-        let mut terms = Terms::from([("mse".into(), mse), ("vb".into(), vb), ("loss".into(), mse + vb)]);
+        let mut terms = Terms::from([
+            ("mse".into(), mse),
+            ("vb".into(), vb),
+            ("loss".into(), mse + vb),
+        ]);
         if let Some(s) = &self.scaler {
             terms.insert("amp_scale".into(), s.scale);
             terms.insert("amp_skipped".into(), found_inf as u8 as f64);

@@ -19,6 +19,7 @@
 //! ([`truncate_log`]), so re-run steps are not logged twice. A checkpoint that cannot be
 //! written (full disk, file size limit) stops the run with an error naming the step that
 //! is kept.
+use super::amp::GradScaler;
 use super::config::TrainConfig;
 use super::data::{list_images, Dataset, Prefetcher};
 use super::davi::DaviTrainer;
@@ -26,7 +27,6 @@ use super::monitor::{plot_log, save_grid, truncate_log, Monitor};
 use super::optim::AdamW;
 use super::prior::PriorTrainer;
 use super::{seed_step, Terms};
-use super::amp::GradScaler;
 use crate::device::device_name;
 use crate::error::{EngineError, Result};
 use crate::metrics;
@@ -65,15 +65,26 @@ pub struct RunReport {
 }
 
 fn named(prefix: &str, vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, t)| (format!("{prefix}.{k}"), t)).collect();
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (format!("{prefix}.{k}"), t))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
 
 fn load_named(prefix: &str, vs: &mut nn::VarStore, all: &HashMap<String, Tensor>) -> Result<()> {
     let p = format!("{prefix}.");
-    let sub: Vec<(String, Tensor)> = all.iter().filter_map(|(k, t)| k.strip_prefix(&p).map(|n| (n.to_string(), t.shallow_clone()))).collect();
-    model_file::copy_by_name(vs, sub).map_err(|e| EngineError::Weights(format!("checkpoint section `{prefix}`: {e}")))
+    let sub: Vec<(String, Tensor)> = all
+        .iter()
+        .filter_map(|(k, t)| {
+            k.strip_prefix(&p)
+                .map(|n| (n.to_string(), t.shallow_clone()))
+        })
+        .collect();
+    model_file::copy_by_name(vs, sub)
+        .map_err(|e| EngineError::Weights(format!("checkpoint section `{prefix}`: {e}")))
 }
 
 impl Trainer {
@@ -81,15 +92,29 @@ impl Trainer {
     pub fn new(cfg: &TrainConfig, devices: &[Device]) -> Result<Self> {
         let precision = cfg.run.precision;
         if let Some(p) = &cfg.prior {
-            return Ok(Trainer::Prior(Box::new(PriorTrainer::with_devices(&p.unet, p.schedule, p.diffusion_steps, p.lr, p.micro_batch, devices, precision)?)));
+            return Ok(Trainer::Prior(Box::new(PriorTrainer::with_devices(
+                &p.unet,
+                p.schedule,
+                p.diffusion_steps,
+                p.lr,
+                p.micro_batch,
+                devices,
+                precision,
+            )?)));
         }
         let d = cfg.davi.as_ref().expect("validated: prior or davi");
-        Ok(Trainer::Davi(Box::new(DaviTrainer::with_devices(d, cfg.data.size, devices, precision)?)))
+        Ok(Trainer::Davi(Box::new(DaviTrainer::with_devices(
+            d,
+            cfg.data.size,
+            devices,
+            precision,
+        )?)))
     }
 
     fn state(&self) -> (Vec<(String, Tensor)>, i64) {
         let mut out = Vec::new();
-        let opt = |out: &mut Vec<(String, Tensor)>, name: &str, o: &AdamW| out.extend(o.state(name));
+        let opt =
+            |out: &mut Vec<(String, Tensor)>, name: &str, o: &AdamW| out.extend(o.state(name));
         match self {
             Trainer::Prior(p) => {
                 out.extend(named("net", &p.vs));
@@ -172,7 +197,12 @@ impl Trainer {
     }
 
     /// The EMA network as a model file's metadata and var store.
-    fn export_parts(&self, cfg: &TrainConfig, step: u64, extra: serde_json::Value) -> (ModelMeta, &nn::VarStore) {
+    fn export_parts(
+        &self,
+        cfg: &TrainConfig,
+        step: u64,
+        extra: serde_json::Value,
+    ) -> (ModelMeta, &nn::VarStore) {
         match self {
             Trainer::Prior(p) => {
                 let pc = cfg.prior.as_ref().expect("prior");
@@ -198,7 +228,8 @@ impl Trainer {
                     diffusion_steps: d.primary().teacher.meta.diffusion_steps,
                     operator: Some(dc.operator.clone()),
                     perturb_h: Some(dc.eval_perturb_h.unwrap_or(dc.perturb_h)),
-                    restore_tile: (cfg.data.crop == super::data::Crop::Random && !dc.window).then_some(cfg.data.size),
+                    restore_tile: (cfg.data.crop == super::data::Crop::Random && !dc.window)
+                        .then_some(cfg.data.size),
                     restore_window: dc.window.then_some(cfg.data.size),
                     provenance: provenance(cfg, step, extra),
                 };
@@ -221,7 +252,13 @@ fn provenance(cfg: &TrainConfig, step: u64, extra: serde_json::Value) -> serde_j
 }
 
 /// Write the checkpoint atomically.
-fn save_checkpoint(dir: &Path, cfg: &TrainConfig, trainer: &Trainer, step: u64, wall: f64) -> Result<()> {
+fn save_checkpoint(
+    dir: &Path,
+    cfg: &TrainConfig,
+    trainer: &Trainer,
+    step: u64,
+    wall: f64,
+) -> Result<()> {
     let (tensors, ema_calls) = trainer.state();
     let mut md = HashMap::new();
     md.insert("format".into(), CHECKPOINT_FORMAT.into());
@@ -243,33 +280,65 @@ fn checkpoint_failed(e: EngineError, step: u64, kept: Option<u64>) -> EngineErro
         None => "no checkpoint was written yet".into(),
     };
     match e {
-        EngineError::Io { path, source } => {
-            EngineError::Io { path, source: std::io::Error::new(source.kind(), format!("writing the checkpoint of step {step} failed: {source} ({kept})")) }
-        }
+        EngineError::Io { path, source } => EngineError::Io {
+            path,
+            source: std::io::Error::new(
+                source.kind(),
+                format!("writing the checkpoint of step {step} failed: {source} ({kept})"),
+            ),
+        },
         other => other,
     }
 }
 
 /// Load a checkpoint written by [`save_checkpoint`]: returns (step, wall seconds so far).
 /// A truncated, corrupt or foreign file is refused with a message naming it.
-pub fn load_checkpoint(path: &Path, cfg: &TrainConfig, trainer: &mut Trainer) -> Result<(u64, f64)> {
+pub fn load_checkpoint(
+    path: &Path,
+    cfg: &TrainConfig,
+    trainer: &mut Trainer,
+) -> Result<(u64, f64)> {
     let (all, md) = model_file::read_tensors(path)?;
     if md.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
-        return Err(EngineError::model(path, "not a libdavi training checkpoint"));
+        return Err(EngineError::model(
+            path,
+            "not a libdavi training checkpoint",
+        ));
     }
-    let saved: TrainConfig = md.get("config").and_then(|c| TrainConfig::from_toml(c, &[]).ok()).ok_or_else(|| EngineError::model(path, "checkpoint config unreadable"))?;
+    let saved: TrainConfig = md
+        .get("config")
+        .and_then(|c| TrainConfig::from_toml(c, &[]).ok())
+        .ok_or_else(|| EngineError::model(path, "checkpoint config unreadable"))?;
     if saved.prior.is_some() != cfg.prior.is_some() || saved.data.size != cfg.data.size {
-        return Err(EngineError::model(path, format!("checkpoint is of run `{}`, whose kind or patch size differs from `{}`", saved.name, cfg.name)));
+        return Err(EngineError::model(
+            path,
+            format!(
+                "checkpoint is of run `{}`, whose kind or patch size differs from `{}`",
+                saved.name, cfg.name
+            ),
+        ));
     }
-    let step: u64 = md.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| EngineError::model(path, "step missing"))?;
-    let ema_calls: i64 = md.get("ema_calls").and_then(|s| s.parse().ok()).unwrap_or(step as i64);
-    let wall: f64 = md.get("wall_seconds").and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    trainer.load_state(&all, ema_calls).map_err(|e| EngineError::model(path, e.to_string()))?;
+    let step: u64 = md
+        .get("step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| EngineError::model(path, "step missing"))?;
+    let ema_calls: i64 = md
+        .get("ema_calls")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(step as i64);
+    let wall: f64 = md
+        .get("wall_seconds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    trainer
+        .load_state(&all, ema_calls)
+        .map_err(|e| EngineError::model(path, e.to_string()))?;
     // A run that switches precision on resume starts the loss scale afresh.
     if let (Some(s), Some(scale), Some(tracker)) = (
         trainer.scaler_mut(),
         md.get("amp_scale").and_then(|v| v.parse::<f64>().ok()),
-        md.get("amp_growth_tracker").and_then(|v| v.parse::<i64>().ok()),
+        md.get("amp_growth_tracker")
+            .and_then(|v| v.parse::<i64>().ok()),
     ) {
         s.scale = scale;
         s.growth_tracker = tracker;
@@ -278,10 +347,20 @@ pub fn load_checkpoint(path: &Path, cfg: &TrainConfig, trainer: &mut Trainer) ->
 }
 
 /// Evaluate on held-out crops: returns JSON metrics and writes a grid.
-fn evaluate(trainer: &Trainer, eval: Option<&Tensor>, dir: &Path, step: u64, seed: u64) -> Result<serde_json::Value> {
-    let Some(clean) = eval else { return Ok(serde_json::json!({})) };
+fn evaluate(
+    trainer: &Trainer,
+    eval: Option<&Tensor>,
+    dir: &Path,
+    step: u64,
+    seed: u64,
+) -> Result<serde_json::Value> {
+    let Some(clean) = eval else {
+        return Ok(serde_json::json!({}));
+    };
     match trainer {
-        Trainer::Prior(p) => Ok(serde_json::json!({ "heldout_eps_mse": p.eval_mse(clean, seed as i64) })),
+        Trainer::Prior(p) => {
+            Ok(serde_json::json!({ "heldout_eps_mse": p.eval_mse(clean, seed as i64) }))
+        }
         Trainer::Davi(d) => {
             let (y_img, x_hat) = d.evaluate(clean, seed)?;
             let to01 = |t: &Tensor| ((t.to_device(Device::Cpu) + 1.0) / 2.0).clamp(0.0, 1.0);
@@ -290,15 +369,25 @@ fn evaluate(trainer: &Trainer, eval: Option<&Tensor>, dir: &Path, step: u64, see
             let ssim = metrics::mean(&metrics::ssim(&to01(&x_hat), &c));
             let psnr_y = metrics::mean(&metrics::psnr(&to01(&y_img), &c));
             std::fs::create_dir_all(dir.join("grids")).map_err(|e| EngineError::io(dir, e))?;
-            save_grid(&dir.join("grids").join(format!("step{step:07}.png")), &[&y_img, &x_hat, clean])?;
-            Ok(serde_json::json!({ "heldout_psnr": psnr, "heldout_ssim": ssim, "heldout_psnr_measurement": psnr_y }))
+            save_grid(
+                &dir.join("grids").join(format!("step{step:07}.png")),
+                &[&y_img, &x_hat, clean],
+            )?;
+            Ok(
+                serde_json::json!({ "heldout_psnr": psnr, "heldout_ssim": ssim, "heldout_psnr_measurement": psnr_y }),
+            )
         }
     }
 }
 
 fn eval_set(cfg: &TrainConfig, device: Device) -> Result<Option<Tensor>> {
-    let Some(dir) = &cfg.data.heldout_dir else { return Ok(None) };
-    let images = list_images(dir)?.iter().map(|f| super::data::load_rgb(f)).collect::<Result<Vec<_>>>()?;
+    let Some(dir) = &cfg.data.heldout_dir else {
+        return Ok(None);
+    };
+    let images = list_images(dir)?
+        .iter()
+        .map(|f| super::data::load_rgb(f))
+        .collect::<Result<Vec<_>>>()?;
     let m = match (&cfg.prior, &cfg.davi) {
         (Some(p), _) => p.unet.size_multiple(),
         _ => 32,
@@ -307,19 +396,33 @@ fn eval_set(cfg: &TrainConfig, device: Device) -> Result<Option<Tensor>> {
     // patch, at most 128 px (keeps CPU evaluation cheap). DAVI generators: 256 px, the size
     // their results are reported at (a window model's context and a tile model's blending
     // both show at that size); images smaller than that are left out, unless all are.
-    let want = if cfg.prior.is_some() { (cfg.data.size * 4).min(128) } else { 256 };
+    let want = if cfg.prior.is_some() {
+        (cfg.data.size * 4).min(128)
+    } else {
+        256
+    };
     let short = |i: &Tensor| i.size()[1].min(i.size()[2]);
-    let images: Vec<Tensor> = if images.iter().any(|i| short(i) >= want) { images.into_iter().filter(|i| short(i) >= want).collect() } else { images };
+    let images: Vec<Tensor> = if images.iter().any(|i| short(i) >= want) {
+        images.into_iter().filter(|i| short(i) >= want).collect()
+    } else {
+        images
+    };
     let smallest = images.iter().map(short).min().unwrap_or(0);
     let side = want.min(smallest) / m * m;
     if side < m {
-        return Err(EngineError::InvalidInput(format!("held-out images in {} are too small to evaluate", dir.display())));
+        return Err(EngineError::InvalidInput(format!(
+            "held-out images in {} are too small to evaluate",
+            dir.display()
+        )));
     }
     let crops: Vec<Tensor> = images
         .iter()
         .map(|img| {
             let (_, h, w) = img.size3().expect("3-D");
-            img.narrow(1, (h - side) / 2, side).narrow(2, (w - side) / 2, side) * 2.0 - 1.0
+            img.narrow(1, (h - side) / 2, side)
+                .narrow(2, (w - side) / 2, side)
+                * 2.0
+                - 1.0
         })
         .collect();
     Ok(Some(Tensor::stack(&crops, 0).to_device(device)))
@@ -333,10 +436,19 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunReport> {
 
 /// [`run`] with a progress callback and a cancel flag (libdavi's `davi_training_*` use
 /// [`Session`] directly, on the same code).
-pub fn run_with_hooks(cfg: &TrainConfig, opts: &RunOptions, hooks: &mut Hooks<'_>) -> Result<RunReport> {
+pub fn run_with_hooks(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    hooks: &mut Hooks<'_>,
+) -> Result<RunReport> {
     let mut session = Session::open(cfg, opts.resume, opts.quiet)?;
     session.train(opts.max_steps_now, opts.max_seconds_now, hooks)?;
-    Ok(RunReport { out_dir: session.dir.clone(), step: session.step, finished: session.finished(), last_terms: session.last.clone() })
+    Ok(RunReport {
+        out_dir: session.dir.clone(),
+        step: session.step,
+        finished: session.finished(),
+        last_terms: session.last.clone(),
+    })
 }
 
 /// What [`Hooks::progress`] hears after every step.
@@ -423,17 +535,45 @@ impl Session {
         model_file::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         tch::manual_seed(cfg.run.seed as i64);
         let mut trainer = Trainer::new(cfg, &devices)?;
-        let (step, wall_before) = if resume && ckpt.exists() { load_checkpoint(&ckpt, cfg, &mut trainer)? } else { (0, 0.0) };
+        let (step, wall_before) = if resume && ckpt.exists() {
+            load_checkpoint(&ckpt, cfg, &mut trainer)?
+        } else {
+            (0, 0.0)
+        };
         // Records of steps after the checkpoint were logged by a run that stopped before saving
         // them: those steps run again now.
         truncate_log(&dir.join("log.jsonl"), step)?;
         let files = list_images(&cfg.data.train_dir)?;
-        let batch = cfg.prior.as_ref().map(|p| p.batch).or(cfg.davi.as_ref().map(|d| d.batch)).expect("validated");
-        let ds = Dataset::open(files, trainer.window(cfg.data.size), cfg.data.crop, cfg.data.min_scale, cfg.data.hflip)?;
+        let batch = cfg
+            .prior
+            .as_ref()
+            .map(|p| p.batch)
+            .or(cfg.davi.as_ref().map(|d| d.batch))
+            .expect("validated");
+        let ds = Dataset::open(
+            files,
+            trainer.window(cfg.data.size),
+            cfg.data.crop,
+            cfg.data.min_scale,
+            cfg.data.hflip,
+        )?;
         let eval = eval_set(cfg, device)?;
         let monitor = Monitor::new(&dir, step, cfg.run.total_steps).quiet(quiet);
         let prefetch = Prefetcher::start(ds, cfg.run.seed, step, batch, 2);
-        Ok(Session { cfg: cfg.clone(), dir, device, trainer, step, wall_before, saved_step: (step > 0).then_some(step), prefetch, eval, monitor, last: Terms::new(), quiet })
+        Ok(Session {
+            cfg: cfg.clone(),
+            dir,
+            device,
+            trainer,
+            step,
+            wall_before,
+            saved_step: (step > 0).then_some(step),
+            prefetch,
+            eval,
+            monitor,
+            last: Terms::new(),
+            quiet,
+        })
     }
 
     /// Steps done (in memory; equal to the checkpoint's step between invocations).
@@ -476,7 +616,8 @@ impl Session {
 
     /// Write the checkpoint of the current step, saying on failure which step is kept.
     fn save(&mut self) -> Result<()> {
-        save_checkpoint(&self.dir, &self.cfg, &self.trainer, self.step, self.wall()).map_err(|e| checkpoint_failed(e, self.step, self.saved_step))?;
+        save_checkpoint(&self.dir, &self.cfg, &self.trainer, self.step, self.wall())
+            .map_err(|e| checkpoint_failed(e, self.step, self.saved_step))?;
         self.saved_step = Some(self.step);
         Ok(())
     }
@@ -488,16 +629,24 @@ impl Session {
     /// An error (a non-finite loss, a checkpoint that cannot be written, a failed
     /// evaluation) leaves the last checkpoint on disk as it was; the session must then be
     /// dropped (its weights may be ahead of any checkpoint, or damaged).
-    pub fn train(&mut self, max_steps: Option<u64>, max_seconds: Option<f64>, hooks: &mut Hooks<'_>) -> Result<Stop> {
+    pub fn train(
+        &mut self,
+        max_steps: Option<u64>,
+        max_seconds: Option<f64>,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<Stop> {
         if self.cfg.run.threads > 0 {
             // libtorch keeps this per thread with some builds: set it on the training thread.
             tch::set_num_threads(self.cfg.run.threads);
         }
         // Wall time counts the invocations, not the time a host keeps the session idle.
         self.wall_before += self.monitor.elapsed();
-        self.monitor = Monitor::new(&self.dir, self.step, self.cfg.run.total_steps).quiet(self.quiet);
+        self.monitor =
+            Monitor::new(&self.dir, self.step, self.cfg.run.total_steps).quiet(self.quiet);
         let (total, seed) = (self.cfg.run.total_steps, self.cfg.run.seed);
-        let stop_at = max_steps.map(|n| (self.step + n).min(total)).unwrap_or(total);
+        let stop_at = max_steps
+            .map(|n| (self.step + n).min(total))
+            .unwrap_or(total);
         let cancel = hooks.cancel;
         let cancelled = || cancel.is_some_and(|c| c.load(Ordering::SeqCst));
         let mut stop = None;
@@ -534,8 +683,22 @@ impl Session {
                     rec[k] = v.clone();
                 }
                 self.monitor.log(&rec)?;
-                keep_best(&self.cfg, &self.trainer, &self.dir, step, self.wall(), self.device, &m)?;
-                eval_terms = Some(m.as_object().into_iter().flatten().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect::<Terms>());
+                keep_best(
+                    &self.cfg,
+                    &self.trainer,
+                    &self.dir,
+                    step,
+                    self.wall(),
+                    self.device,
+                    &m,
+                )?;
+                eval_terms = Some(
+                    m.as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                        .collect::<Terms>(),
+                );
             }
             let out_of_time = max_seconds.is_some_and(|s| self.monitor.elapsed() >= s);
             if step % self.cfg.run.checkpoint_every == 0 || step == stop_at || out_of_time {
@@ -566,20 +729,42 @@ impl Session {
         }
         let finished = self.finished();
         if finished {
-            export(&self.cfg, &self.trainer, self.step, self.wall(), self.device, &self.dir.join("model.safetensors"))?;
+            export(
+                &self.cfg,
+                &self.trainer,
+                self.step,
+                self.wall(),
+                self.device,
+                &self.dir.join("model.safetensors"),
+            )?;
         }
-        let keys: &[&str] = if self.cfg.prior.is_some() { &["loss", "mse", "vb", "heldout_eps_mse"] } else { &["loss_g", "ikl", "con", "gt", "fake_score", "heldout_psnr"] };
+        let keys: &[&str] = if self.cfg.prior.is_some() {
+            &["loss", "mse", "vb", "heldout_eps_mse"]
+        } else {
+            &["loss_g", "ikl", "con", "gt", "fake_score", "heldout_psnr"]
+        };
         if self.monitor.log_path.exists() {
             plot_log(&self.monitor.log_path, keys, &self.dir.join("curves.png"))?;
         }
-        Ok(stop.unwrap_or(if finished { Stop::Finished } else { Stop::Paused }))
+        Ok(stop.unwrap_or(if finished {
+            Stop::Finished
+        } else {
+            Stop::Paused
+        }))
     }
 
     /// Write the EMA network of the current step as a model file (what the end of the run
     /// writes as `model.safetensors`): a generator `davi restore` and `libdavi` load, or a
     /// prior a DAVI run takes as its teacher.
     pub fn export(&self, out: &Path) -> Result<()> {
-        export(&self.cfg, &self.trainer, self.step, self.wall(), self.device, out)
+        export(
+            &self.cfg,
+            &self.trainer,
+            self.step,
+            self.wall(),
+            self.device,
+            out,
+        )
     }
 }
 
@@ -590,25 +775,69 @@ const BEST_RECORD: &str = "best.json";
 
 /// Export the EMA generator as [`BEST_MODEL`] when this evaluation's held-out PSNR beats every
 /// earlier one of the run: checkpoints are chosen by validation score, not by the last step.
-fn keep_best(cfg: &TrainConfig, trainer: &Trainer, dir: &Path, step: u64, wall: f64, device: Device, m: &serde_json::Value) -> Result<()> {
-    let Some(psnr) = m.get("heldout_psnr").and_then(|v| v.as_f64()) else { return Ok(()) };
+fn keep_best(
+    cfg: &TrainConfig,
+    trainer: &Trainer,
+    dir: &Path,
+    step: u64,
+    wall: f64,
+    device: Device,
+    m: &serde_json::Value,
+) -> Result<()> {
+    let Some(psnr) = m.get("heldout_psnr").and_then(|v| v.as_f64()) else {
+        return Ok(());
+    };
     let record = dir.join(BEST_RECORD);
-    let best = std::fs::read_to_string(&record).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v.get("heldout_psnr").and_then(|p| p.as_f64()));
+    let best = std::fs::read_to_string(&record)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("heldout_psnr").and_then(|p| p.as_f64()));
     if best.is_some_and(|b| b >= psnr) {
         return Ok(());
     }
     let mut extra = m.clone();
     extra["step"] = serde_json::json!(step);
-    export_scored(cfg, trainer, step, wall, device, &dir.join(BEST_MODEL), m.clone())?;
+    export_scored(
+        cfg,
+        trainer,
+        step,
+        wall,
+        device,
+        &dir.join(BEST_MODEL),
+        m.clone(),
+    )?;
     model_file::write_atomic(&record, extra.to_string().as_bytes())
 }
 
-fn export(cfg: &TrainConfig, trainer: &Trainer, step: u64, wall: f64, device: Device, out: &Path) -> Result<()> {
-    export_scored(cfg, trainer, step, wall, device, out, serde_json::Value::Null)
+fn export(
+    cfg: &TrainConfig,
+    trainer: &Trainer,
+    step: u64,
+    wall: f64,
+    device: Device,
+    out: &Path,
+) -> Result<()> {
+    export_scored(
+        cfg,
+        trainer,
+        step,
+        wall,
+        device,
+        out,
+        serde_json::Value::Null,
+    )
 }
 
 /// [`export`], recording the held-out scores the exported network reached in its provenance.
-fn export_scored(cfg: &TrainConfig, trainer: &Trainer, step: u64, wall: f64, device: Device, out: &Path, scores: serde_json::Value) -> Result<()> {
+fn export_scored(
+    cfg: &TrainConfig,
+    trainer: &Trainer,
+    step: u64,
+    wall: f64,
+    device: Device,
+    out: &Path,
+    scores: serde_json::Value,
+) -> Result<()> {
     let extra = serde_json::json!({ "wall_seconds": wall.round(), "device": device_name(device), "threads": cfg.run.threads, "heldout": scores });
     let (meta, vs) = trainer.export_parts(cfg, step, extra);
     model_file::save(out, &meta, vs)
@@ -616,7 +845,8 @@ fn export_scored(cfg: &TrainConfig, trainer: &Trainer, step: u64, wall: f64, dev
 
 /// Export the EMA network of a run directory's checkpoint as a model file.
 pub fn export_run(dir: &Path, out: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(dir.join("config.toml")).map_err(|e| EngineError::io(dir.join("config.toml"), e))?;
+    let text = std::fs::read_to_string(dir.join("config.toml"))
+        .map_err(|e| EngineError::io(dir.join("config.toml"), e))?;
     let mut cfg = TrainConfig::from_toml(&text, &[])?;
     cfg.run.device = "cpu".into();
     let mut trainer = Trainer::new(&cfg, &[Device::Cpu])?;

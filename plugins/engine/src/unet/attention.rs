@@ -27,11 +27,21 @@ pub fn parameter_shapes(channels: i64) -> Vec<(String, Vec<i64>)> {
 
 impl AttentionBlock {
     pub fn new(vs: &nn::Path, channels: i64, heads: i64, norm_groups: i64) -> Self {
-        let zero = nn::ConvConfig { ws_init: nn::Init::Const(0.0), bs_init: nn::Init::Const(0.0), ..Default::default() };
+        let zero = nn::ConvConfig {
+            ws_init: nn::Init::Const(0.0),
+            bs_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
         AttentionBlock {
             heads,
             norm: group_norm(vs / "norm", norm_groups, channels),
-            qkv: nn::conv1d(vs / "qkv", channels, 3 * channels, 1, conv_cfg(channels, 1, 0)),
+            qkv: nn::conv1d(
+                vs / "qkv",
+                channels,
+                3 * channels,
+                1,
+                conv_cfg(channels, 1, 0),
+            ),
             proj_out: nn::conv1d(vs / "proj_out", channels, channels, 1, zero),
         }
     }
@@ -44,8 +54,21 @@ impl AttentionBlock {
         let ch = c / self.heads;
         // (B, 3C, T) -> (B·heads, 3ch, T) -> q, k, v each (B·heads, ch, T)
         let parts = qkv.reshape([b * self.heads, 3 * ch, t]).split(ch, 1);
-        let (q, k, v) = (parts[0].transpose(1, 2), parts[1].transpose(1, 2), parts[2].transpose(1, 2));
-        let a = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let (q, k, v) = (
+            parts[0].transpose(1, 2),
+            parts[1].transpose(1, 2),
+            parts[2].transpose(1, 2),
+        );
+        let a = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
         let a = a.transpose(1, 2).reshape([b, c, t]);
         (x + self.proj_out.forward(&a)).reshape([b, c, h, w])
     }

@@ -124,7 +124,9 @@ impl UNetConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(EngineError::InvalidInput(format!("unet config: {m}")));
         if self.channel_mult.is_empty() || self.model_channels <= 0 || self.image_size <= 0 {
-            return bad("channel_mult, model_channels and image_size must be non-empty/positive".into());
+            return bad(
+                "channel_mult, model_channels and image_size must be non-empty/positive".into(),
+            );
         }
         if self.model_channels % 2 != 0 {
             return bad("model_channels must be even (timestep embedding)".into());
@@ -135,10 +137,19 @@ impl UNetConfig {
         for m in &self.channel_mult {
             let ch = m * self.model_channels;
             if *m <= 0 || ch % self.norm_groups != 0 {
-                return bad(format!("channels {ch} not divisible by norm_groups {}", self.norm_groups));
+                return bad(format!(
+                    "channels {ch} not divisible by norm_groups {}",
+                    self.norm_groups
+                ));
             }
-            if self.num_head_channels > 0 && !self.attention_resolutions.is_empty() && ch % self.num_head_channels != 0 {
-                return bad(format!("channels {ch} not divisible by num_head_channels {}", self.num_head_channels));
+            if self.num_head_channels > 0
+                && !self.attention_resolutions.is_empty()
+                && ch % self.num_head_channels != 0
+            {
+                return bad(format!(
+                    "channels {ch} not divisible by num_head_channels {}",
+                    self.num_head_channels
+                ));
             }
         }
         // The middle block always attends, whatever `attention_resolutions` says, and with
@@ -161,14 +172,16 @@ impl UNetConfig {
         Ok(())
     }
 
-
     /// The image side must be a multiple of this (one halving per level but the last).
     pub fn size_multiple(&self) -> i64 {
         1 << (self.channel_mult.len() - 1)
     }
 
     fn attention_rates(&self) -> Vec<i64> {
-        self.attention_resolutions.iter().map(|r| self.image_size / r).collect()
+        self.attention_resolutions
+            .iter()
+            .map(|r| self.image_size / r)
+            .collect()
     }
 
     fn heads_for(&self, ch: i64) -> i64 {
@@ -191,11 +204,23 @@ impl UNetConfig {
 #[derive(Clone, Copy, Debug)]
 enum LayerPlan {
     /// The 3×3 input convolution.
-    ConvIn { cin: i64, cout: i64 },
+    ConvIn {
+        cin: i64,
+        cout: i64,
+    },
     Res(ResBlockConfig),
-    Attn { channels: i64, heads: i64 },
-    Down { channels: i64, conv: bool },
-    Up { channels: i64, conv: bool },
+    Attn {
+        channels: i64,
+        heads: i64,
+    },
+    Down {
+        channels: i64,
+        conv: bool,
+    },
+    Up {
+        channels: i64,
+        conv: bool,
+    },
 }
 
 /// The whole network as layer plans, section by section (`input_blocks.i.j`,
@@ -214,17 +239,33 @@ impl Layout {
             .iter()
             .enumerate()
             .map(|(i, b)| (format!("input_blocks.{i}"), b.as_slice()))
-            .chain(std::iter::once(("middle_block".to_string(), self.middle_block.as_slice())))
-            .chain(self.output_blocks.iter().enumerate().map(|(i, b)| (format!("output_blocks.{i}"), b.as_slice())))
+            .chain(std::iter::once((
+                "middle_block".to_string(),
+                self.middle_block.as_slice(),
+            )))
+            .chain(
+                self.output_blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (format!("output_blocks.{i}"), b.as_slice())),
+            )
     }
 }
 
 impl LayerPlan {
     fn build(&self, vs: &nn::Path, norm_groups: i64) -> Layer {
         match *self {
-            LayerPlan::ConvIn { cin, cout } => Layer::Conv(nn::conv2d(vs, cin, cout, 3, resblock::conv_cfg(cin * 9, 1, 1))),
+            LayerPlan::ConvIn { cin, cout } => Layer::Conv(nn::conv2d(
+                vs,
+                cin,
+                cout,
+                3,
+                resblock::conv_cfg(cin * 9, 1, 1),
+            )),
             LayerPlan::Res(cfg) => Layer::Res(ResBlock::new(vs, &cfg)),
-            LayerPlan::Attn { channels, heads } => Layer::Attn(AttentionBlock::new(vs, channels, heads, norm_groups)),
+            LayerPlan::Attn { channels, heads } => {
+                Layer::Attn(AttentionBlock::new(vs, channels, heads, norm_groups))
+            }
             LayerPlan::Down { channels, conv } => Layer::Down(Downsample::new(vs, channels, conv)),
             LayerPlan::Up { channels, conv } => Layer::Up(Upsample::new(vs, channels, conv)),
         }
@@ -257,10 +298,16 @@ impl UNetConfig {
             up: false,
             down: false,
         };
-        let attn = |ch: i64| LayerPlan::Attn { channels: ch, heads: c.heads_for(ch) };
+        let attn = |ch: i64| LayerPlan::Attn {
+            channels: ch,
+            heads: c.heads_for(ch),
+        };
 
         let mut ch = c.channel_mult[0] * mc;
-        let mut input_blocks = vec![vec![LayerPlan::ConvIn { cin: c.in_channels, cout: ch }]];
+        let mut input_blocks = vec![vec![LayerPlan::ConvIn {
+            cin: c.in_channels,
+            cout: ch,
+        }]];
         let mut chans = vec![ch];
         let mut ds = 1;
         for (level, mult) in c.channel_mult.iter().enumerate() {
@@ -276,16 +323,26 @@ impl UNetConfig {
             }
             if level + 1 != c.channel_mult.len() {
                 input_blocks.push(vec![if c.resblock_updown {
-                    LayerPlan::Res(ResBlockConfig { down: true, ..rcfg(ch, ch) })
+                    LayerPlan::Res(ResBlockConfig {
+                        down: true,
+                        ..rcfg(ch, ch)
+                    })
                 } else {
-                    LayerPlan::Down { channels: ch, conv: c.conv_resample }
+                    LayerPlan::Down {
+                        channels: ch,
+                        conv: c.conv_resample,
+                    }
                 }]);
                 chans.push(ch);
                 ds *= 2;
             }
         }
 
-        let middle_block = vec![LayerPlan::Res(rcfg(ch, ch)), attn(ch), LayerPlan::Res(rcfg(ch, ch))];
+        let middle_block = vec![
+            LayerPlan::Res(rcfg(ch, ch)),
+            attn(ch),
+            LayerPlan::Res(rcfg(ch, ch)),
+        ];
 
         let mut output_blocks = Vec::new();
         for (level, mult) in c.channel_mult.iter().enumerate().rev() {
@@ -299,16 +356,27 @@ impl UNetConfig {
                 }
                 if level > 0 && i == c.num_res_blocks {
                     layers.push(if c.resblock_updown {
-                        LayerPlan::Res(ResBlockConfig { up: true, ..rcfg(ch, ch) })
+                        LayerPlan::Res(ResBlockConfig {
+                            up: true,
+                            ..rcfg(ch, ch)
+                        })
                     } else {
-                        LayerPlan::Up { channels: ch, conv: c.conv_resample }
+                        LayerPlan::Up {
+                            channels: ch,
+                            conv: c.conv_resample,
+                        }
                     });
                     ds /= 2;
                 }
                 output_blocks.push(layers);
             }
         }
-        Layout { input_blocks, middle_block, output_blocks, head_channels: ch }
+        Layout {
+            input_blocks,
+            middle_block,
+            output_blocks,
+            head_channels: ch,
+        }
     }
 
     /// Every variable of the network by official name, with its shape, in construction
@@ -322,11 +390,21 @@ impl UNetConfig {
         out.extend(resblock::linear_shapes("time_embed.2.", emb, emb));
         for (block, layers) in layout.blocks() {
             for (j, layer) in layers.iter().enumerate() {
-                out.extend(layer.parameter_shapes().into_iter().map(|(n, s)| (format!("{block}.{j}.{n}"), s)));
+                out.extend(
+                    layer
+                        .parameter_shapes()
+                        .into_iter()
+                        .map(|(n, s)| (format!("{block}.{j}.{n}"), s)),
+                );
             }
         }
         out.extend(resblock::group_norm_shapes("out.0.", layout.head_channels));
-        out.extend(resblock::conv_shapes("out.2.", layout.head_channels, self.out_channels, &[3, 3]));
+        out.extend(resblock::conv_shapes(
+            "out.2.",
+            layout.head_channels,
+            self.out_channels,
+            &[3, 3],
+        ));
         Ok(out)
     }
 
@@ -347,7 +425,9 @@ impl UNetConfig {
         let mc = self.model_channels as f64;
         // Timestep embedding: Linear(mc → emb), Linear(emb → emb).
         let mut flops = 2.0 * mc * emb + 2.0 * emb * emb;
-        let conv = |cin: i64, cout: i64, k: f64, pixels: f64| 2.0 * cin as f64 * cout as f64 * k * k * pixels;
+        let conv = |cin: i64, cout: i64, k: f64, pixels: f64| {
+            2.0 * cin as f64 * cout as f64 * k * k * pixels
+        };
         for (_, layers) in layout.blocks() {
             for layer in layers {
                 match *layer {
@@ -362,7 +442,11 @@ impl UNetConfig {
                             w = (w / 2.0).floor();
                         }
                         let p = h * w;
-                        let emb_out = if c.use_scale_shift_norm { 2 * c.out_channels } else { c.out_channels };
+                        let emb_out = if c.use_scale_shift_norm {
+                            2 * c.out_channels
+                        } else {
+                            c.out_channels
+                        };
                         flops += conv(c.in_channels, c.out_channels, 3.0, p)
                             + 2.0 * c.emb_channels as f64 * emb_out as f64
                             + conv(c.out_channels, c.out_channels, 3.0, p);
@@ -375,14 +459,20 @@ impl UNetConfig {
                         // qkv (C → 3C) and proj_out (C → C) per token; QKᵀ and AV over all heads.
                         flops += 2.0 * c * 3.0 * c * t + 2.0 * c * c * t + 2.0 * 2.0 * t * t * c;
                     }
-                    LayerPlan::Down { channels, conv: with_conv } => {
+                    LayerPlan::Down {
+                        channels,
+                        conv: with_conv,
+                    } => {
                         h = (h / 2.0).floor();
                         w = (w / 2.0).floor();
                         if with_conv {
                             flops += conv(channels, channels, 3.0, h * w);
                         }
                     }
-                    LayerPlan::Up { channels, conv: with_conv } => {
+                    LayerPlan::Up {
+                        channels,
+                        conv: with_conv,
+                    } => {
                         h *= 2.0;
                         w *= 2.0;
                         if with_conv {
@@ -459,17 +549,38 @@ impl UNetModel {
         let time_embed_2 = resblock::linear(&te / 2, emb_dim, emb_dim);
         let layout = config.layout();
         let build = |section: nn::Path, layers: &[LayerPlan]| {
-            TimestepBlock(layers.iter().enumerate().map(|(j, l)| l.build(&(&section / j), config.norm_groups)).collect())
+            TimestepBlock(
+                layers
+                    .iter()
+                    .enumerate()
+                    .map(|(j, l)| l.build(&(&section / j), config.norm_groups))
+                    .collect(),
+            )
         };
         let (ib, ob) = (vs / "input_blocks", vs / "output_blocks");
-        let input_blocks = layout.input_blocks.iter().enumerate().map(|(i, b)| build(&ib / i, b)).collect();
+        let input_blocks = layout
+            .input_blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| build(&ib / i, b))
+            .collect();
         let middle_block = build(vs / "middle_block", &layout.middle_block);
-        let output_blocks = layout.output_blocks.iter().enumerate().map(|(i, b)| build(&ob / i, b)).collect();
+        let output_blocks = layout
+            .output_blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| build(&ob / i, b))
+            .collect();
 
         let out = vs / "out";
         let ch = layout.head_channels;
         let out_norm = resblock::group_norm(&out / 0, config.norm_groups, ch);
-        let zero = nn::ConvConfig { padding: 1, ws_init: nn::Init::Const(0.0), bs_init: nn::Init::Const(0.0), ..Default::default() };
+        let zero = nn::ConvConfig {
+            padding: 1,
+            ws_init: nn::Init::Const(0.0),
+            bs_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
         let out_conv = nn::conv2d(&out / 2, ch, config.out_channels, 3, zero);
         Ok(UNetModel {
             config: config.clone(),
@@ -486,7 +597,9 @@ impl UNetModel {
     /// `x`: `(B, in_channels, H, W)`; `t`: `(B,)` integer timesteps (fed raw, not rescaled).
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Tensor {
         let temb = embedding::timestep_embedding(t, self.config.model_channels).to_kind(x.kind());
-        let emb = self.time_embed_2.forward(&self.time_embed_0.forward(&temb).silu());
+        let emb = self
+            .time_embed_2
+            .forward(&self.time_embed_0.forward(&temb).silu());
         let mut hs = Vec::with_capacity(self.input_blocks.len());
         let mut h = x.shallow_clone();
         for b in &self.input_blocks {
@@ -498,7 +611,8 @@ impl UNetModel {
             let skip = hs.pop().expect("one skip per output block");
             h = b.forward(&Tensor::cat(&[h, skip], 1), &emb);
         }
-        self.out_conv.forward(&resblock::norm_f32(&self.out_norm, &h).silu())
+        self.out_conv
+            .forward(&resblock::norm_f32(&self.out_norm, &h).silu())
     }
 
     /// The weight the adaptive GAN weight differentiates against (docs/algorithm.md §5.5):
@@ -515,7 +629,10 @@ impl UNetModel {
 /// allocated, so even the largest preset is counted instantly).
 pub fn parameter_count(config: &UNetConfig) -> Result<(usize, i64)> {
     let shapes = config.parameter_shapes()?;
-    Ok((shapes.len(), shapes.iter().map(|(_, s)| s.iter().product::<i64>()).sum()))
+    Ok((
+        shapes.len(),
+        shapes.iter().map(|(_, s)| s.iter().product::<i64>()).sum(),
+    ))
 }
 
 #[cfg(test)]

@@ -16,34 +16,66 @@ pub fn torch_default(fan_in: i64) -> nn::Init {
 
 /// A conv config with PyTorch's default initialisation for `fan_in = C_in·k·k`.
 pub fn conv_cfg(fan_in: i64, stride: i64, padding: i64) -> nn::ConvConfig {
-    nn::ConvConfig { stride, padding, ws_init: torch_default(fan_in), bs_init: torch_default(fan_in), ..Default::default() }
+    nn::ConvConfig {
+        stride,
+        padding,
+        ws_init: torch_default(fan_in),
+        bs_init: torch_default(fan_in),
+        ..Default::default()
+    }
 }
 
 /// A linear layer initialised as PyTorch does.
 pub fn linear(vs: nn::Path, i: i64, o: i64) -> nn::Linear {
-    nn::linear(vs, i, o, nn::LinearConfig { ws_init: torch_default(i), bs_init: Some(torch_default(i)), bias: true })
+    nn::linear(
+        vs,
+        i,
+        o,
+        nn::LinearConfig {
+            ws_init: torch_default(i),
+            bs_init: Some(torch_default(i)),
+            bias: true,
+        },
+    )
 }
 
 /// GroupNorm with ADM's settings (eps 1e-5, affine).
 pub fn group_norm(vs: nn::Path, groups: i64, channels: i64) -> nn::GroupNorm {
-    nn::group_norm(vs, groups, channels, nn::GroupNormConfig { eps: 1e-5, ..Default::default() })
+    nn::group_norm(
+        vs,
+        groups,
+        channels,
+        nn::GroupNormConfig {
+            eps: 1e-5,
+            ..Default::default()
+        },
+    )
 }
 
 /// The variables of a conv layer (`weight` `[cout, cin, kernel…]`, `bias` `[cout]`) named
 /// after `prefix`, as `nn::conv1d`/`nn::conv2d` create them.
 pub fn conv_shapes(prefix: &str, cin: i64, cout: i64, kernel: &[i64]) -> Vec<(String, Vec<i64>)> {
     let weight = [&[cout, cin][..], kernel].concat();
-    vec![(format!("{prefix}weight"), weight), (format!("{prefix}bias"), vec![cout])]
+    vec![
+        (format!("{prefix}weight"), weight),
+        (format!("{prefix}bias"), vec![cout]),
+    ]
 }
 
 /// The variables of [`linear`] (`weight` `[o, i]`, `bias` `[o]`).
 pub fn linear_shapes(prefix: &str, i: i64, o: i64) -> Vec<(String, Vec<i64>)> {
-    vec![(format!("{prefix}weight"), vec![o, i]), (format!("{prefix}bias"), vec![o])]
+    vec![
+        (format!("{prefix}weight"), vec![o, i]),
+        (format!("{prefix}bias"), vec![o]),
+    ]
 }
 
 /// The variables of [`group_norm`] (affine `weight` and `bias`, one per channel).
 pub fn group_norm_shapes(prefix: &str, channels: i64) -> Vec<(String, Vec<i64>)> {
-    vec![(format!("{prefix}weight"), vec![channels]), (format!("{prefix}bias"), vec![channels])]
+    vec![
+        (format!("{prefix}weight"), vec![channels]),
+        (format!("{prefix}bias"), vec![channels]),
+    ]
 }
 
 /// ADM's `GroupNorm32`: evaluated in f32, cast back to the input kind (matters in bf16/fp16).
@@ -75,7 +107,11 @@ impl ResBlockConfig {
     /// The variables [`ResBlock::new`] creates, names relative to the block.
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<i64>)> {
         let (cin, cout) = (self.in_channels, self.out_channels);
-        let emb_out = if self.use_scale_shift_norm { 2 * cout } else { cout };
+        let emb_out = if self.use_scale_shift_norm {
+            2 * cout
+        } else {
+            cout
+        };
         let mut v = group_norm_shapes("in_layers.0.", cin);
         v.extend(conv_shapes("in_layers.2.", cin, cout, &[3, 3]));
         v.extend(linear_shapes("emb_layers.1.", self.emb_channels, emb_out));
@@ -121,7 +157,11 @@ impl ResBlock {
         };
         let il = vs / "in_layers";
         let ol = vs / "out_layers";
-        let emb_out = if cfg.use_scale_shift_norm { 2 * cout } else { cout };
+        let emb_out = if cfg.use_scale_shift_norm {
+            2 * cout
+        } else {
+            cout
+        };
         ResBlock {
             cfg: *cfg,
             in_norm: group_norm(&il / 0, cfg.norm_groups, cin),
@@ -129,7 +169,8 @@ impl ResBlock {
             emb_linear: linear(vs / "emb_layers" / 1, cfg.emb_channels, emb_out),
             out_norm: group_norm(&ol / 0, cfg.norm_groups, cout),
             out_conv: nn::conv2d(&ol / 3, cout, cout, 3, zero),
-            skip: (cin != cout).then(|| nn::conv2d(vs / "skip_connection", cin, cout, 1, conv_cfg(cin, 1, 0))),
+            skip: (cin != cout)
+                .then(|| nn::conv2d(vs / "skip_connection", cin, cout, 1, conv_cfg(cin, 1, 0))),
         }
     }
 
@@ -138,7 +179,11 @@ impl ResBlock {
         let h = norm_f32(&self.in_norm, x).silu();
         let h = self.in_conv.forward(&resample(&h, up, down));
         let x = resample(x, up, down);
-        let e = self.emb_linear.forward(&emb.silu()).unsqueeze(-1).unsqueeze(-1);
+        let e = self
+            .emb_linear
+            .forward(&emb.silu())
+            .unsqueeze(-1)
+            .unsqueeze(-1);
         let h = if self.cfg.use_scale_shift_norm {
             let parts = e.chunk(2, 1);
             norm_f32(&self.out_norm, &h) * (&parts[0] + 1.0) + &parts[1]
@@ -169,7 +214,11 @@ impl Downsample {
     }
     /// The variables [`Downsample::new`] creates.
     pub fn parameter_shapes(ch: i64, use_conv: bool) -> Vec<(String, Vec<i64>)> {
-        if use_conv { conv_shapes("op.", ch, ch, &[3, 3]) } else { Vec::new() }
+        if use_conv {
+            conv_shapes("op.", ch, ch, &[3, 3])
+        } else {
+            Vec::new()
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match &self.0 {
@@ -189,7 +238,11 @@ impl Upsample {
     }
     /// The variables [`Upsample::new`] creates.
     pub fn parameter_shapes(ch: i64, use_conv: bool) -> Vec<(String, Vec<i64>)> {
-        if use_conv { conv_shapes("conv.", ch, ch, &[3, 3]) } else { Vec::new() }
+        if use_conv {
+            conv_shapes("conv.", ch, ch, &[3, 3])
+        } else {
+            Vec::new()
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let x = resample(x, true, false);

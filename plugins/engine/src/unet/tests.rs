@@ -4,7 +4,10 @@ use tch::{Device, Kind};
 fn shapes(config: &UNetConfig) -> std::collections::BTreeMap<String, Vec<i64>> {
     let vs = nn::VarStore::new(Device::Cpu);
     tch::no_grad(|| UNetModel::new(&vs.root(), config)).unwrap();
-    vs.variables().into_iter().map(|(k, v)| (k, v.size())).collect()
+    vs.variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.size()))
+        .collect()
 }
 
 #[test]
@@ -26,7 +29,10 @@ fn ffhq_preset_matches_official_counts_and_names() {
         ("output_blocks.1.1.in_layers.2.weight", &[512, 512, 3, 3]),
         ("output_blocks.3.2.out_layers.3.weight", &[512, 512, 3, 3]),
         ("output_blocks.3.1.qkv.bias", &[1536]),
-        ("output_blocks.7.0.skip_connection.weight", &[256, 384, 1, 1]),
+        (
+            "output_blocks.7.0.skip_connection.weight",
+            &[256, 384, 1, 1],
+        ),
         ("output_blocks.11.0.out_layers.3.weight", &[128, 128, 3, 3]),
         ("out.0.weight", &[128]),
         ("out.2.weight", &[6, 128, 3, 3]),
@@ -43,13 +49,26 @@ fn imagenet_preset_matches_official_counts_and_names() {
     let (n, p) = parameter_count(&UNetConfig::imagenet256()).unwrap();
     assert_eq!((n, p), (566, 552_814_086));
     // Listed, not built (2.2 GB of f32); the list equals what is built (test below).
-    let s: std::collections::BTreeMap<_, _> = UNetConfig::imagenet256().parameter_shapes().unwrap().into_iter().collect();
+    let s: std::collections::BTreeMap<_, _> = UNetConfig::imagenet256()
+        .parameter_shapes()
+        .unwrap()
+        .into_iter()
+        .collect();
     for (k, shape) in [
         ("input_blocks.10.1.qkv.weight", vec![1536, 512, 1]),
         ("input_blocks.13.1.qkv.weight", vec![3072, 1024, 1]),
-        ("output_blocks.5.2.in_layers.2.weight", vec![1024, 1024, 3, 3]),
-        ("output_blocks.11.1.in_layers.2.weight", vec![512, 512, 3, 3]),
-        ("output_blocks.17.0.out_layers.3.weight", vec![256, 256, 3, 3]),
+        (
+            "output_blocks.5.2.in_layers.2.weight",
+            vec![1024, 1024, 3, 3],
+        ),
+        (
+            "output_blocks.11.1.in_layers.2.weight",
+            vec![512, 512, 3, 3],
+        ),
+        (
+            "output_blocks.17.0.out_layers.3.weight",
+            vec![256, 256, 3, 3],
+        ),
         ("out.2.weight", vec![6, 256, 3, 3]),
     ] {
         assert_eq!(s.get(k), Some(&shape), "{k}");
@@ -76,8 +95,15 @@ fn parameter_shapes_equal_the_built_variables() {
     let configs = [
         UNetConfig::ffhq256(),
         tiny(),
-        UNetConfig { resblock_updown: false, ..tiny() },
-        UNetConfig { resblock_updown: false, conv_resample: false, ..tiny() },
+        UNetConfig {
+            resblock_updown: false,
+            ..tiny()
+        },
+        UNetConfig {
+            resblock_updown: false,
+            conv_resample: false,
+            ..tiny()
+        },
         UNetConfig {
             in_channels: 1,
             out_channels: 1,
@@ -88,7 +114,11 @@ fn parameter_shapes_equal_the_built_variables() {
             attention_resolutions: vec![32, 16, 8],
             ..tiny()
         },
-        UNetConfig { attention_resolutions: vec![], channel_mult: vec![2], ..tiny() },
+        UNetConfig {
+            attention_resolutions: vec![],
+            channel_mult: vec![2],
+            ..tiny()
+        },
     ];
     for c in configs {
         let listed = c.parameter_shapes().unwrap();
@@ -98,7 +128,10 @@ fn parameter_shapes_equal_the_built_variables() {
     }
     let mut bad = tiny();
     bad.norm_groups = 7;
-    assert!(bad.parameter_shapes().is_err(), "an unbuildable config has no shape list");
+    assert!(
+        bad.parameter_shapes().is_err(),
+        "an unbuildable config has no shape list"
+    );
 }
 
 #[test]
@@ -145,7 +178,11 @@ fn bad_configs_are_refused() {
 /// attention products; 2 per multiply-add).
 #[test]
 fn forward_flops_match_an_independent_count() {
-    let photo = UNetConfig { num_head_channels: 32, norm_groups: 32, ..tiny() };
+    let photo = UNetConfig {
+        num_head_channels: 32,
+        norm_groups: 32,
+        ..tiny()
+    };
     assert_eq!(photo.forward_flops(64, 64), 2_471_174_144.0);
     assert_eq!(photo.forward_flops(96, 96), 11_496_603_648.0 / 2.0);
     assert_eq!(photo.forward_flops(64, 48), 1_840_914_432.0);

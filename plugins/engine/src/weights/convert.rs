@@ -23,7 +23,10 @@ pub enum CheckpointLayout {
 
 /// Decide the layout from the names present.
 pub fn detect_layout(names: &[&str]) -> CheckpointLayout {
-    if names.iter().any(|n| n.starts_with("implicit_func_ema.ema_model.")) {
+    if names
+        .iter()
+        .any(|n| n.starts_with("implicit_func_ema.ema_model."))
+    {
         CheckpointLayout::DaviEma
     } else {
         CheckpointLayout::StateDict
@@ -34,9 +37,13 @@ fn raw_to_tensor(name: &str, raw: &RawTensor) -> Result<Tensor> {
     let shape: Vec<i64> = raw.shape.iter().map(|&d| d as i64).collect();
     let data = raw.to_f32_vec();
     if data.len() != raw.numel() {
-        return Err(EngineError::Weights(format!("{name}: data length does not match its shape")));
+        return Err(EngineError::Weights(format!(
+            "{name}: data length does not match its shape"
+        )));
     }
-    Ok(Tensor::from_slice(&data).reshape(shape.as_slice()).to_kind(Kind::Float))
+    Ok(Tensor::from_slice(&data)
+        .reshape(shape.as_slice())
+        .to_kind(Kind::Float))
 }
 
 /// The U-Net tensors of an official checkpoint, with prefixes stripped.
@@ -46,7 +53,8 @@ pub fn unet_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 
 /// [`unet_tensors`] plus the layout the file had.
 pub fn unet_tensors_and_layout(path: &Path) -> Result<(Vec<(String, Tensor)>, CheckpointLayout)> {
-    let all = torch_pickle::read_pt_tensors(path).map_err(|e| EngineError::model(path, e.to_string()))?;
+    let all =
+        torch_pickle::read_pt_tensors(path).map_err(|e| EngineError::model(path, e.to_string()))?;
     let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
     let layout = detect_layout(&names);
     let prefix = match layout {
@@ -56,7 +64,9 @@ pub fn unet_tensors_and_layout(path: &Path) -> Result<(Vec<(String, Tensor)>, Ch
     let mut out = Vec::new();
     for (name, raw) in &all {
         // DataParallel/DDP wrappers prefix `module.`.
-        let Some(key) = name.strip_prefix(prefix) else { continue };
+        let Some(key) = name.strip_prefix(prefix) else {
+            continue;
+        };
         let key = key.strip_prefix("module.").unwrap_or(key);
         out.push((key.to_string(), raw_to_tensor(name, raw)?));
     }
@@ -74,7 +84,11 @@ pub fn convert(input: &Path, out: &Path, meta: &ModelMeta) -> Result<()> {
 
 /// Like [`convert`], with the metadata decided once the file's layout is known (a DAVI
 /// checkpoint holds a generator, a plain state dict usually a prior).
-pub fn convert_with(input: &Path, out: &Path, make_meta: impl FnOnce(CheckpointLayout) -> ModelMeta) -> Result<()> {
+pub fn convert_with(
+    input: &Path,
+    out: &Path,
+    make_meta: impl FnOnce(CheckpointLayout) -> ModelMeta,
+) -> Result<()> {
     let (tensors, layout) = unet_tensors_and_layout(input)?;
     let meta = &make_meta(layout);
     let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);

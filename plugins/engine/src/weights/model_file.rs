@@ -128,7 +128,9 @@ pub struct LoadedModel {
 
 impl std::fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedModel").field("meta", &self.meta).finish()
+        f.debug_struct("LoadedModel")
+            .field("meta", &self.meta)
+            .finish()
     }
 }
 
@@ -173,19 +175,28 @@ fn tensor_bytes(t: &Tensor) -> Vec<u8> {
 pub fn to_bytes(meta: &ModelMeta, tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let dtype = kind_to_dtype(t.kind())
-            .ok_or_else(|| EngineError::Weights(format!("{name}: unsupported kind {:?}", t.kind())))?;
+        let dtype = kind_to_dtype(t.kind()).ok_or_else(|| {
+            EngineError::Weights(format!("{name}: unsupported kind {:?}", t.kind()))
+        })?;
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
         owned.push((name.clone(), dtype, shape, tensor_bytes(t)));
     }
     let views: Vec<(String, TensorView<'_>)> = owned
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("consistent view")))
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(*d, s.clone(), b).expect("consistent view"),
+            )
+        })
         .collect();
     let mut md = HashMap::new();
     md.insert("format".to_string(), FORMAT.to_string());
     md.insert("format_version".to_string(), FORMAT_VERSION.to_string());
-    md.insert("meta".to_string(), serde_json::to_string(meta).expect("meta serialises"));
+    md.insert(
+        "meta".to_string(),
+        serde_json::to_string(meta).expect("meta serialises"),
+    );
     safetensors::tensor::serialize(views, &Some(md))
         .map_err(|e| EngineError::Weights(format!("serialising: {e:?}")))
 }
@@ -199,8 +210,13 @@ pub fn to_bytes(meta: &ModelMeta, tensors: &[(String, Tensor)]) -> Result<Vec<u8
 /// disk, `EFBIG`) removes the temporary file and leaves `path` untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| EngineError::InvalidInput(format!("{} is not a file path", path.display())))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| {
+        EngineError::InvalidInput(format!("{} is not a file path", path.display()))
+    })?;
     let tmp = dir.join(temporary_name(&name.to_string_lossy(), std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -249,10 +265,17 @@ pub fn remove_stale_temporaries(dir: &Path) -> usize {
 /// processes that no longer run), and no other file: the folder may be the user's (an output
 /// of `davi restore` or `davi batch`), so only temporaries of this very name are touched.
 pub fn remove_stale_temporaries_of(path: &Path) -> usize {
-    let Some(name) = path.file_name() else { return 0 };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Some(name) = path.file_name() else {
+        return 0;
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = name.to_string_lossy();
-    remove_stale_matching(dir, |file| temporary_pid(file).is_some_and(|pid| file == temporary_name(&name, pid)))
+    remove_stale_matching(dir, |file| {
+        temporary_pid(file).is_some_and(|pid| file == temporary_name(&name, pid))
+    })
 }
 
 /// Remove the temporary files in `dir` that `is_candidate` accepts and whose writer is gone.
@@ -260,7 +283,9 @@ fn remove_stale_matching(dir: &Path, is_candidate: impl Fn(&str) -> bool) -> usi
     if !Path::new("/proc/self").exists() {
         return 0;
     }
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     let mut n = 0;
     for e in entries.flatten() {
         let name = e.file_name();
@@ -268,9 +293,14 @@ fn remove_stale_matching(dir: &Path, is_candidate: impl Fn(&str) -> bool) -> usi
         if !is_candidate(&name) {
             continue;
         }
-        let Some(pid) = temporary_pid(&name) else { continue };
+        let Some(pid) = temporary_pid(&name) else {
+            continue;
+        };
         let alive = Path::new(&format!("/proc/{pid}")).exists();
-        if !alive && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok() {
+        if !alive
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(e.path()).is_ok()
+        {
             n += 1;
         }
     }
@@ -294,10 +324,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
         return Err(EngineError::model(path, "is not a regular file"));
     }
     let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(len.len() as usize)
-        .map_err(|_| EngineError::model(path, format!("{} bytes do not fit in memory", len.len())))?;
-    file.read_to_end(&mut bytes).map_err(|e| EngineError::io(path, e))?;
+    bytes.try_reserve_exact(len.len() as usize).map_err(|_| {
+        EngineError::model(path, format!("{} bytes do not fit in memory", len.len()))
+    })?;
+    file.read_to_end(&mut bytes)
+        .map_err(|e| EngineError::io(path, e))?;
     Ok(bytes)
 }
 
@@ -310,7 +341,10 @@ pub fn read_meta(path: &Path) -> Result<ModelMeta> {
 fn meta_from_bytes(bytes: &[u8]) -> std::result::Result<ModelMeta, String> {
     let (_, md) = SafeTensors::read_metadata(bytes)
         .map_err(|e| format!("not a safetensors model file ({e:?})"))?;
-    let map = md.metadata().as_ref().ok_or("no libdavi metadata (was it written by `davi convert`?)")?;
+    let map = md
+        .metadata()
+        .as_ref()
+        .ok_or("no libdavi metadata (was it written by `davi convert`?)")?;
     if map.get("format").map(String::as_str) != Some(FORMAT) {
         return Err("not a libdavi model (metadata `format` missing)".into());
     }
@@ -321,7 +355,8 @@ fn meta_from_bytes(bytes: &[u8]) -> std::result::Result<ModelMeta, String> {
         ));
     }
     let meta = map.get("meta").ok_or("metadata `meta` missing")?;
-    let meta: ModelMeta = serde_json::from_str(meta).map_err(|e| format!("metadata `meta` is invalid: {e}"))?;
+    let meta: ModelMeta =
+        serde_json::from_str(meta).map_err(|e| format!("metadata `meta` is invalid: {e}"))?;
     meta.validate()?;
     Ok(meta)
 }
@@ -334,38 +369,89 @@ impl ModelMeta {
         let u = &self.unet;
         let bad = |field: &str, why: String| Err(format!("metadata `{field}` {why}"));
         if !(1..=4).contains(&u.in_channels) {
-            return bad("unet.in_channels", format!("must be 1 to 4, got {}", u.in_channels));
+            return bad(
+                "unet.in_channels",
+                format!("must be 1 to 4, got {}", u.in_channels),
+            );
         }
         if u.out_channels != u.in_channels && u.out_channels != 2 * u.in_channels {
-            return bad("unet.out_channels", format!("must be in_channels or twice it, got {}", u.out_channels));
+            return bad(
+                "unet.out_channels",
+                format!("must be in_channels or twice it, got {}", u.out_channels),
+            );
         }
         if !(1..=4096).contains(&u.model_channels) {
-            return bad("unet.model_channels", format!("must be 1 to 4096, got {}", u.model_channels));
+            return bad(
+                "unet.model_channels",
+                format!("must be 1 to 4096, got {}", u.model_channels),
+            );
         }
-        if !(1..=8).contains(&u.channel_mult.len()) || u.channel_mult.iter().any(|m| !(1..=16).contains(m)) {
-            return bad("unet.channel_mult", format!("must hold 1 to 8 factors of 1 to 16, got {:?}", u.channel_mult));
+        if !(1..=8).contains(&u.channel_mult.len())
+            || u.channel_mult.iter().any(|m| !(1..=16).contains(m))
+        {
+            return bad(
+                "unet.channel_mult",
+                format!(
+                    "must hold 1 to 8 factors of 1 to 16, got {:?}",
+                    u.channel_mult
+                ),
+            );
         }
         if !(1..=16).contains(&u.num_res_blocks) {
-            return bad("unet.num_res_blocks", format!("must be 1 to 16, got {}", u.num_res_blocks));
+            return bad(
+                "unet.num_res_blocks",
+                format!("must be 1 to 16, got {}", u.num_res_blocks),
+            );
         }
         if !(1..=1024).contains(&u.norm_groups) {
-            return bad("unet.norm_groups", format!("must be 1 to 1024, got {}", u.norm_groups));
+            return bad(
+                "unet.norm_groups",
+                format!("must be 1 to 1024, got {}", u.norm_groups),
+            );
         }
         if !(1..=1 << 16).contains(&u.image_size) {
-            return bad("unet.image_size", format!("must be 1 to 65536, got {}", u.image_size));
+            return bad(
+                "unet.image_size",
+                format!("must be 1 to 65536, got {}", u.image_size),
+            );
         }
-        if u.attention_resolutions.iter().any(|r| *r < 1 || *r > u.image_size) {
-            return bad("unet.attention_resolutions", format!("must lie in 1..=image_size, got {:?}", u.attention_resolutions));
+        if u.attention_resolutions
+            .iter()
+            .any(|r| *r < 1 || *r > u.image_size)
+        {
+            return bad(
+                "unet.attention_resolutions",
+                format!(
+                    "must lie in 1..=image_size, got {:?}",
+                    u.attention_resolutions
+                ),
+            );
         }
-        if u.num_head_channels < -1 || u.num_head_channels == 0 || u.num_heads < -1 || u.num_heads == 0 {
-            return bad("unet.num_head_channels / num_heads", format!("must be positive or -1, got {} / {}", u.num_head_channels, u.num_heads));
+        if u.num_head_channels < -1
+            || u.num_head_channels == 0
+            || u.num_heads < -1
+            || u.num_heads == 0
+        {
+            return bad(
+                "unet.num_head_channels / num_heads",
+                format!(
+                    "must be positive or -1, got {} / {}",
+                    u.num_head_channels, u.num_heads
+                ),
+            );
         }
         if !u.dropout.is_finite() || !(0.0..1.0).contains(&u.dropout) {
-            return bad("unet.dropout", format!("must be in [0, 1), got {}", u.dropout));
+            return bad(
+                "unet.dropout",
+                format!("must be in [0, 1), got {}", u.dropout),
+            );
         }
         u.validate().map_err(|e| e.to_string())?;
         if !(2..=100_000).contains(&self.diffusion_steps) {
-            return bad("diffusion_steps", format!("must be 2 to 100000, got {}", self.diffusion_steps));
+            return bad(
+                "diffusion_steps",
+                format!("must be 2 to 100000, got {}", self.diffusion_steps),
+            );
         }
         if let Some(h) = self.perturb_h {
             if !h.is_finite() || !(0.0..=10.0).contains(&h) {
@@ -373,18 +459,28 @@ impl ModelMeta {
             }
         }
         let m = u.size_multiple();
-        for (field, v) in [("restore_tile", self.restore_tile), ("restore_window", self.restore_window)] {
+        for (field, v) in [
+            ("restore_tile", self.restore_tile),
+            ("restore_window", self.restore_window),
+        ] {
             if let Some(t) = v {
                 if t < m || t % m != 0 || t > 4096 {
-                    return bad(field, format!("must be a multiple of {m} up to 4096, got {t}"));
+                    return bad(
+                        field,
+                        format!("must be a multiple of {m} up to 4096, got {t}"),
+                    );
                 }
             }
         }
         if self.restore_tile.is_some() && self.restore_window.is_some() {
-            return bad("restore_window", "and `restore_tile` exclude each other".into());
+            return bad(
+                "restore_window",
+                "and `restore_tile` exclude each other".into(),
+            );
         }
         if let Some(op) = &self.operator {
-            op.validate().map_err(|e| format!("metadata `operator`: {e}"))?;
+            op.validate()
+                .map_err(|e| format!("metadata `operator`: {e}"))?;
         }
         Ok(())
     }
@@ -407,8 +503,12 @@ pub fn load(path: &Path, device: Device) -> Result<LoadedModel> {
 /// claims, and no tensor is ever cast from an integer or reshaped.
 pub fn load_bytes(bytes: &[u8], device: Device) -> Result<LoadedModel> {
     let meta = meta_from_bytes(bytes).map_err(EngineError::Weights)?;
-    let st = SafeTensors::deserialize(bytes).map_err(|e| EngineError::Weights(format!("corrupt tensor data: {e:?}")))?;
-    let expected = meta.unet.parameter_shapes().map_err(|e| EngineError::Weights(format!("metadata `unet`: {e}")))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| EngineError::Weights(format!("corrupt tensor data: {e:?}")))?;
+    let expected = meta
+        .unet
+        .parameter_shapes()
+        .map_err(|e| EngineError::Weights(format!("metadata `unet`: {e}")))?;
     let kind = check_tensors(&st, &expected).map_err(EngineError::Weights)?;
     let mut vs = nn::VarStore::new(device);
     let net = tch::no_grad(|| UNetModel::new(&vs.root(), &meta.unet))?;
@@ -430,8 +530,14 @@ pub fn load_bytes(bytes: &[u8], device: Device) -> Result<LoadedModel> {
 /// one floating-point dtype (a model file is written from one network; an integer tensor
 /// would otherwise be cast silently into nonsense weights). Returns the file's dtype as a
 /// libtorch kind; the first problem, in name order, is the error, naming the tensor.
-fn check_tensors(st: &SafeTensors, expected: &[(String, Vec<i64>)]) -> std::result::Result<Kind, String> {
-    let expected: HashMap<&str, &[i64]> = expected.iter().map(|(n, s)| (n.as_str(), s.as_slice())).collect();
+fn check_tensors(
+    st: &SafeTensors,
+    expected: &[(String, Vec<i64>)],
+) -> std::result::Result<Kind, String> {
+    let expected: HashMap<&str, &[i64]> = expected
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_slice()))
+        .collect();
     let mut tensors = st.tensors();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut file_dtype: Option<(Dtype, &str)> = None;
@@ -439,7 +545,9 @@ fn check_tensors(st: &SafeTensors, expected: &[(String, Vec<i64>)]) -> std::resu
     for (name, view) in &tensors {
         let dtype = view.dtype();
         if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
-            return Err(format!("tensor `{name}` has dtype {dtype:?}; model weights must be F32, F16, BF16 or F64"));
+            return Err(format!(
+                "tensor `{name}` has dtype {dtype:?}; model weights must be F32, F16, BF16 or F64"
+            ));
         }
         match file_dtype {
             None => file_dtype = Some((dtype, name)),
@@ -454,17 +562,30 @@ fn check_tensors(st: &SafeTensors, expected: &[(String, Vec<i64>)]) -> std::resu
         };
         let got: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         if got != *want {
-            return Err(format!("tensor `{name}` has shape {got:?}, the architecture expects {want:?}"));
+            return Err(format!(
+                "tensor `{name}` has shape {got:?}, the architecture expects {want:?}"
+            ));
         }
     }
     if let Some(first) = extra.first() {
-        return Err(format!("unexpected tensor `{first}` ({} not in the architecture)", extra.len()));
+        return Err(format!(
+            "unexpected tensor `{first}` ({} not in the architecture)",
+            extra.len()
+        ));
     }
-    let present: std::collections::HashSet<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
-    let mut missing: Vec<&str> = expected.keys().copied().filter(|n| !present.contains(n)).collect();
+    let present: std::collections::HashSet<&str> =
+        tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let mut missing: Vec<&str> = expected
+        .keys()
+        .copied()
+        .filter(|n| !present.contains(n))
+        .collect();
     missing.sort();
     if let Some(first) = missing.first() {
-        return Err(format!("missing tensor `{first}` ({} missing in all)", missing.len()));
+        return Err(format!(
+            "missing tensor `{first}` ({} missing in all)",
+            missing.len()
+        ));
     }
     let (dtype, _) = file_dtype.ok_or("the file holds no tensors")?;
     Ok(dtype_to_kind(dtype).expect("float dtypes have a kind"))
@@ -537,16 +658,30 @@ impl LoadedModel {
 }
 
 /// Write arbitrary named tensors with string metadata (used by training checkpoints).
-pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let dtype = kind_to_dtype(t.kind()).ok_or_else(|| EngineError::Weights(format!("{name}: unsupported kind {:?}", t.kind())))?;
+        let dtype = kind_to_dtype(t.kind()).ok_or_else(|| {
+            EngineError::Weights(format!("{name}: unsupported kind {:?}", t.kind()))
+        })?;
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
         owned.push((name.clone(), dtype, shape, tensor_bytes(t)));
     }
-    let views: Vec<(String, TensorView<'_>)> =
-        owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("consistent view"))).collect();
-    let bytes = safetensors::tensor::serialize(views, &Some(metadata)).map_err(|e| EngineError::Weights(format!("serialising: {e:?}")))?;
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(*d, s.clone(), b).expect("consistent view"),
+            )
+        })
+        .collect();
+    let bytes = safetensors::tensor::serialize(views, &Some(metadata))
+        .map_err(|e| EngineError::Weights(format!("serialising: {e:?}")))?;
     write_atomic(path, &bytes)
 }
 
@@ -554,12 +689,15 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMa
 /// are errors naming the file.
 pub fn read_tensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
-    let (_, md) = SafeTensors::read_metadata(&bytes).map_err(|e| EngineError::model(path, format!("corrupt or truncated ({e:?})")))?;
+    let (_, md) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| EngineError::model(path, format!("corrupt or truncated ({e:?})")))?;
     let meta = md.metadata().clone().unwrap_or_default();
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| EngineError::model(path, format!("corrupt or truncated ({e:?})")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| EngineError::model(path, format!("corrupt or truncated ({e:?})")))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
-        let kind = dtype_to_kind(view.dtype()).ok_or_else(|| EngineError::model(path, format!("{name}: unsupported dtype")))?;
+        let kind = dtype_to_kind(view.dtype())
+            .ok_or_else(|| EngineError::model(path, format!("{name}: unsupported dtype")))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         out.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
     }
