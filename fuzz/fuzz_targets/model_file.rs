@@ -17,7 +17,7 @@ use davi::{
     davi_context_free, davi_context_new, davi_context_options_init, davi_context_spec, davi_restore,
     davi_spec_free, davi_spec_new_task, DaviContext, DaviContextOptions, DaviSpec,
 };
-use davi_engine::plugin::Generator;
+use davi_engine::generator::Generator;
 use davi_engine::restore::RestoreOptions;
 use davi_engine::weights::model_file;
 use davi_fuzz::no_panic;

@@ -26,8 +26,9 @@
 //! - [`weights`]: the self-describing safetensors model format and the official `.pt` reader;
 //! - [`defaults`]: where the shipped default model of each task is found;
 //! - [`train`]: diffusion-prior and DAVI training, resumable (§5);
-//! - [`plugin`]: the engine as a libdavi plugin (`davi_plugin_entry`) and the restore path the
-//!   C API shares;
+//! - [`generator`]: [`Generator`], a loaded DAVI generator and the one restore path that
+//!   libdavi's C API and the engine's plugin share;
+//! - [`plugin`]: the engine as a libdavi plugin (`davi_plugin_entry`);
 //! - [`device`]: `auto | cpu | cuda:N` selection;
 //! - [`error`]: [`EngineError`], grouped by who is at fault.
 //!
@@ -38,6 +39,7 @@ pub mod diffusion;
 pub mod dps;
 pub mod error;
 pub mod eval;
+pub mod generator;
 pub mod metrics;
 pub mod operators;
 pub mod pipeline;
@@ -52,3 +54,4 @@ pub mod windows;
 
 pub use device::parse_device;
 pub use error::{EngineError, Result};
+pub use generator::Generator;

@@ -1,7 +1,7 @@
 //! The safe Rust API the C layer adapts: a [`Context`] owns one DAVI generator on a device and
 //! restores interleaved images described by validated views.
 //!
-//! Everything here is safe code over the engine ([`davi_engine::plugin::Generator`], shared
+//! Everything here is safe code over the engine ([`davi_engine::generator::Generator`], shared
 //! with the engine's plugin) and the SDK's image views. The C functions in `capi.rs` only
 //! check pointers, decode C structs and call in.
 //!
@@ -14,7 +14,7 @@
 //! written only on success and may alias the input.
 
 use davi_engine::device::parse_device;
-use davi_engine::plugin::Generator;
+use davi_engine::generator::Generator;
 use davi_engine::restore::{Precision, RestoreOptions};
 use davi_engine::tiling::Tiling;
 use davi_sdk::image::AlphaPlane;

@@ -30,7 +30,7 @@
 //! - [`types`]: the C structs, enums and opaque handles of this API;
 //! - [`context`]: the safe Rust API the adapter calls ([`context::Context`]), and
 //!   [`training`] for training ([`training::Training`]);
-//! - below: `davi_engine::plugin::Generator` (shared with the engine's plugin) and the SDK's
+//! - below: `davi_engine::generator::Generator` (shared with the engine's plugin) and the SDK's
 //!   image views and statuses.
 //!
 //! Anchors: `xiph/rav1e: src/capi.rs` (thin C layer over a safe API), `rustls/rustls-ffi`
