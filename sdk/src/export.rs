@@ -40,12 +40,11 @@
 //! shared libraries, which is the point of the contract; tests register one plugin
 //! in-process (`PluginRegistry::register`), which needs no symbol.
 //!
-//! Panics: a library panic is caught and reported as `DaviStatus::Panic` with its message.
-//! A panic hook, installed once, keeps panics raised inside a boundary off the host's stderr
-//! and forwards every other panic to the hook that was there before. The bookkeeping is one
-//! `Cell<u32>` per thread, which has no destructor (the library must stay unloadable-safe).
+//! Panics: every trampoline runs inside the panic boundary of [`crate::panic_boundary`], so a
+//! library panic is reported as `DaviStatus::Panic` with its message.
 
 use crate::image::PlanarImage;
+use crate::panic_boundary::catch_panics;
 use crate::plugin::{
     spec_output_size, DaviInstanceFreeFn, DaviInstanceNewFn, DaviOutputSizeFn, DaviPluginApi,
     DaviPluginInstance, DaviPluginOptions, DaviProgressFn, DaviRestoreFn, OperatorKind,
@@ -55,9 +54,7 @@ use crate::status::{write_message, DaviError, DaviStatus, DaviStatusCode};
 use crate::OperatorSpec;
 use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::Once;
 
 /// What a plugin says about itself; becomes the static part of its table.
 #[derive(Clone, Copy, Debug)]
@@ -350,70 +347,10 @@ macro_rules! davi_export_plugin {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Panic boundary
+// Status boundary of the trampolines
 
-thread_local! {
-    /// How many boundaries this thread is inside (a plain `Cell`: no TLS destructor).
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
-}
-
-static HOOK: Once = Once::new();
-
-fn install_panic_hook() {
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            // Inside a boundary the panic becomes a status and a message; stay quiet.
-            if DEPTH.with(|d| d.get()) == 0 {
-                previous(info);
-            }
-        }));
-    });
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
-}
-
-/// How many panic boundaries the calling thread is inside (for tests of the boundary).
-#[doc(hidden)]
-pub fn boundary_depth() -> u32 {
-    DEPTH.with(|d| d.get())
-}
-
-/// Run `f` inside the panic boundary: a panic becomes `Err` with [`DaviStatus::Panic`] and
-/// "`who` panicked: <message>", and stays off the host's stderr. Shared by the plugin
-/// trampolines here and by every exported function of `libdavi` (`sdk/capi`).
-pub fn catch_panics<T>(
-    who: &str,
-    f: impl FnOnce() -> Result<T, DaviError>,
-) -> Result<T, DaviError> {
-    install_panic_hook();
-    DEPTH.with(|d| d.set(d.get() + 1));
-    let outcome = catch_unwind(AssertUnwindSafe(f));
-    DEPTH.with(|d| d.set(d.get() - 1));
-    match outcome {
-        Ok(result) => result,
-        Err(payload) => {
-            let msg = panic_message(&*payload);
-            // Dropping a payload can itself panic; never let that escape.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            Err(DaviError::new(
-                DaviStatus::Panic,
-                format!("{who} panicked: {msg}"),
-            ))
-        }
-    }
-}
-
-/// Run `f` inside the panic boundary and turn its outcome into a status code, copying the
-/// message of a failure into `err_buf`.
+/// Run `f` inside the panic boundary ([`catch_panics`]) and turn its outcome into a status
+/// code, copying the message of a failure into `err_buf`.
 ///
 /// # Safety
 /// `err_buf` must be NULL or valid for writes of `err_len` bytes.

@@ -5,6 +5,8 @@
 //! - [`image`]: the C image descriptor, its validated views and the planar `f32` form.
 //! - [`plugin`]: the plugin contract: entry symbol, versioned function table, constants.
 //! - [`export`]: the Rust side of a plugin: [`RestorePlugin`] and [`davi_export_plugin!`].
+//! - [`panic_boundary`]: [`panic_boundary::catch_panics`], the panic boundary of both C
+//!   boundaries (the plugin trampolines and libdavi's exported functions).
 //! - [`loader`] (feature `loader`, default): the host side: scan, check, pick, call.
 //!
 //! Plugins build as `cdylib` + `rlib`: the `cdylib` is what hosts load, the `rlib` lets tests
@@ -13,6 +15,7 @@ pub mod export;
 pub mod image;
 #[cfg(feature = "loader")]
 pub mod loader;
+pub mod panic_boundary;
 pub mod plugin;
 pub mod spec;
 pub mod status;

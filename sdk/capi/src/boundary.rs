@@ -22,7 +22,7 @@ use std::ffi::{c_char, CStr};
 /// Run `f`; a panic becomes `Err` with [`DaviStatus::Panic`] and the panic's message (the
 /// SDK's boundary, shared with the plugin trampolines).
 pub fn guard<T>(f: impl FnOnce() -> Result<T, DaviError>) -> Result<T, DaviError> {
-    davi_sdk::export::catch_panics("libdavi", f)
+    davi_sdk::panic_boundary::catch_panics("libdavi", f)
 }
 
 /// [`guard`] for functions that return a value instead of a status: a panic yields `fallback`.
@@ -104,7 +104,7 @@ mod tests {
         assert_eq!(guard_value(3, || -> i32 { panic!("x") }), 3);
         assert_eq!(guard(|| Ok(5)).unwrap(), 5);
         // The depth counter is balanced after a panic.
-        assert_eq!(davi_sdk::export::boundary_depth(), 0);
+        assert_eq!(davi_sdk::panic_boundary::boundary_depth(), 0);
     }
 
     #[test]

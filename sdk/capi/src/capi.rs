@@ -755,7 +755,7 @@ pub unsafe extern "C" fn davi_restore(
     let r = guard(|| {
         // Inside this call's own boundary the depth is 1; deeper means a progress callback of
         // another restore on this thread called in, and such a restore must not wait.
-        let nested = davi_sdk::export::boundary_depth() > 1;
+        let nested = davi_sdk::panic_boundary::boundary_depth() > 1;
         let ctx = context(ctx)?;
         let r = guard(|| restore(ctx, input, output, spec, options, nested));
         Ok(record(ctx, r))
