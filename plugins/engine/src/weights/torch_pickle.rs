@@ -366,9 +366,9 @@ fn read_zip<R: Read + Seek>(reader: R, input_len: u64) -> Result<Vec<(String, Ra
     let pkl = read_zip_entry(&mut zip, &pkl_name, input_len)?
         .ok_or_else(|| PtError::Zip(format!("cannot open {pkl_name}")))?;
 
-    let mut host = Host::new(0);
-    let (root, _) = run_pickle(&pkl, 0, &pkl_name, &mut host, true)?;
-    let specs = flatten(&host, &root, pkl.len())?;
+    let mut arena = Arena::new(0);
+    let (root, _) = run_pickle(&pkl, 0, &pkl_name, &mut arena, true)?;
+    let specs = flatten(&arena, &root, pkl.len())?;
     materialise_all(
         specs,
         |key| {
@@ -436,7 +436,7 @@ const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 
 const LEGACY_PROTOCOL_VERSION: i64 = 1001;
 
 struct LegacyFile<'a> {
-    host: Host,
+    arena: Arena,
     root: Value,
     /// Storage key -> its raw bytes (in the file's byte order).
     records: HashMap<Rc<str>, &'a [u8]>,
@@ -444,8 +444,8 @@ struct LegacyFile<'a> {
 }
 
 fn parse_legacy(bytes: &[u8], nested: u32) -> Result<LegacyFile<'_>> {
-    let mut host = Host::new(nested);
-    let (magic, pos) = run_pickle(bytes, 0, "legacy header", &mut host, false)
+    let mut arena = Arena::new(nested);
+    let (magic, pos) = run_pickle(bytes, 0, "legacy header", &mut arena, false)
         .map_err(|e| PtError::NotACheckpoint(format!("the leading pickle is unreadable ({e})")))?;
     match &magic {
         Value::BigInt(b) if **b == LEGACY_MAGIC => {}
@@ -455,7 +455,7 @@ fn parse_legacy(bytes: &[u8], nested: u32) -> Result<LegacyFile<'_>> {
             ))
         }
     }
-    let (version, pos) = run_pickle(bytes, pos, "legacy protocol version", &mut host, false)?;
+    let (version, pos) = run_pickle(bytes, pos, "legacy protocol version", &mut arena, false)?;
     match version {
         Value::Int(LEGACY_PROTOCOL_VERSION) => {}
         other => {
@@ -465,10 +465,10 @@ fn parse_legacy(bytes: &[u8], nested: u32) -> Result<LegacyFile<'_>> {
             )))
         }
     }
-    let (sys_info, pos) = run_pickle(bytes, pos, "legacy sys_info", &mut host, false)?;
+    let (sys_info, pos) = run_pickle(bytes, pos, "legacy sys_info", &mut arena, false)?;
     let mut little_endian = true;
     if let Value::Dict(d) = sys_info {
-        for (k, v) in &host.dicts[d].items {
+        for (k, v) in &arena.dicts[d].items {
             if matches!(k, Value::Str(s) if &**s == "little_endian") {
                 if let Value::Bool(b) = v {
                     little_endian = *b;
@@ -476,10 +476,10 @@ fn parse_legacy(bytes: &[u8], nested: u32) -> Result<LegacyFile<'_>> {
             }
         }
     }
-    let (root, pos) = run_pickle(bytes, pos, "legacy object pickle", &mut host, true)?;
-    let (keys, mut pos) = run_pickle(bytes, pos, "legacy storage key list", &mut host, false)?;
+    let (root, pos) = run_pickle(bytes, pos, "legacy object pickle", &mut arena, true)?;
+    let (keys, mut pos) = run_pickle(bytes, pos, "legacy storage key list", &mut arena, false)?;
     let keys: Vec<Value> = match keys {
-        Value::List(i) | Value::Tuple(i) => host.lists[i].clone(),
+        Value::List(i) | Value::Tuple(i) => arena.lists[i].clone(),
         other => {
             return Err(PtError::Malformed {
                 record: "legacy storage key list".into(),
@@ -500,7 +500,7 @@ fn parse_legacy(bytes: &[u8], nested: u32) -> Result<LegacyFile<'_>> {
                 })
             }
         };
-        let dtype = *host.storages.get(&key).ok_or_else(|| PtError::Storage {
+        let dtype = *arena.storages.get(&key).ok_or_else(|| PtError::Storage {
             key: key.to_string(),
             msg: "listed in the storage key list but never referenced by the object pickle".into(),
         })?;
@@ -531,7 +531,7 @@ fn parse_legacy(bytes: &[u8], nested: u32) -> Result<LegacyFile<'_>> {
         pos += nbytes;
     }
     Ok(LegacyFile {
-        host,
+        arena,
         root,
         records,
         little_endian,
@@ -540,7 +540,7 @@ fn parse_legacy(bytes: &[u8], nested: u32) -> Result<LegacyFile<'_>> {
 
 fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, RawTensor)>> {
     let file = parse_legacy(bytes, 0)?;
-    let specs = flatten(&file.host, &file.root, bytes.len())?;
+    let specs = flatten(&file.arena, &file.root, bytes.len())?;
     let records = &file.records;
     materialise_all(
         specs,
@@ -562,7 +562,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, RawTensor)>> {
 // Values and the object arena
 // ---------------------------------------------------------------------------------------------
 
-/// A pickled value. Containers are indices into the [`Host`] arena, so shared references
+/// A pickled value. Containers are indices into the [`Arena`], so shared references
 /// and cycles behave like Python's and dropping never recurses.
 #[derive(Clone, Debug)]
 enum Value {
@@ -675,9 +675,10 @@ impl Dict {
     }
 }
 
-/// Per-file state shared by the pickles of one checkpoint: the container arena and the
-/// element type each storage key was declared with.
-struct Host {
+/// The object arena of one checkpoint, shared by all its pickles: every list, tuple and dict
+/// the pickles build (values refer to them by index), and the element type each storage key
+/// was declared with.
+struct Arena {
     lists: Vec<Vec<Value>>,
     dicts: Vec<Dict>,
     storages: HashMap<Rc<str>, DType>,
@@ -689,9 +690,9 @@ const MAX_NESTED_LOADS: u32 = 2;
 const MAX_CALL_DEPTH: u32 = 8;
 const MAX_NAME_DEPTH: usize = 100;
 
-impl Host {
+impl Arena {
     fn new(nested: u32) -> Self {
-        Host {
+        Arena {
             lists: Vec::new(),
             dicts: Vec::new(),
             storages: HashMap::new(),
@@ -729,7 +730,7 @@ fn run_pickle(
     data: &[u8],
     start: usize,
     record: &str,
-    host: &mut Host,
+    arena: &mut Arena,
     allow_persistent: bool,
 ) -> Result<(Value, usize)> {
     let vm = Vm {
@@ -739,7 +740,7 @@ fn run_pickle(
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
-        host,
+        arena,
         allow_persistent,
         call_depth: 0,
         copy_budget: (data.len() - start.min(data.len()))
@@ -757,7 +758,7 @@ struct Vm<'d, 'h> {
     /// Stack heights at each MARK (Python's metastack).
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
-    host: &'h mut Host,
+    arena: &'h mut Arena,
     allow_persistent: bool,
     call_depth: u32,
     /// How many more values may be copied out of existing containers (call arguments,
@@ -790,8 +791,8 @@ impl<'d> Vm<'d, '_> {
 
     /// The items of list/tuple `i`, charged to the copy budget.
     fn list_items(&mut self, at: usize, i: usize) -> Result<Vec<Value>> {
-        self.charge(at, self.host.lists[i].len())?;
-        Ok(self.host.lists[i].clone())
+        self.charge(at, self.arena.lists[i].len())?;
+        Ok(self.arena.lists[i].clone())
     }
 
     // --- reading the opcode stream ---
@@ -902,12 +903,12 @@ impl<'d> Vm<'d, '_> {
     }
 
     fn push_list(&mut self, items: Vec<Value>) {
-        let i = self.host.new_list(items);
+        let i = self.arena.new_list(items);
         self.stack.push(Value::List(i));
     }
 
     fn push_tuple(&mut self, items: Vec<Value>) {
-        let i = self.host.new_list(items);
+        let i = self.arena.new_list(items);
         self.stack.push(Value::Tuple(i));
     }
 
@@ -931,7 +932,7 @@ impl<'d> Vm<'d, '_> {
         match self.top(at)? {
             Value::List(i) => {
                 let i = *i;
-                self.host.lists[i].extend(items);
+                self.arena.lists[i].extend(items);
                 Ok(())
             }
             // a list-like object we do not model: Python would call its append/extend
@@ -949,7 +950,7 @@ impl<'d> Vm<'d, '_> {
                 let d = *d;
                 let mut it = flat.into_iter();
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    self.host.dicts[d].insert(k, v);
+                    self.arena.dicts[d].insert(k, v);
                 }
                 Ok(())
             }
@@ -1001,7 +1002,7 @@ impl<'d> Vm<'d, '_> {
                 b'(' => self.marks.push(self.stack.len()),
                 // EMPTY_DICT
                 b'}' => {
-                    let d = self.host.new_dict();
+                    let d = self.arena.new_dict();
                     self.stack.push(Value::Dict(d));
                 }
                 // EMPTY_LIST, EMPTY_SET (sets are kept as lists)
@@ -1029,10 +1030,10 @@ impl<'d> Vm<'d, '_> {
                     if items.len() % 2 != 0 {
                         return Err(self.malformed(at, "odd number of items for DICT"));
                     }
-                    let d = self.host.new_dict();
+                    let d = self.arena.new_dict();
                     let mut it = items.into_iter();
                     while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        self.host.dicts[d].insert(k, v);
+                        self.arena.dicts[d].insert(k, v);
                     }
                     self.stack.push(Value::Dict(d));
                 }
@@ -1304,13 +1305,13 @@ impl<'d> Vm<'d, '_> {
                 let key = key_text(&items[2]).ok_or_else(|| {
                     self.malformed(at, format!("storage key is {}", items[2].describe()))
                 })?;
-                self.host.storages.entry(key.clone()).or_insert(dtype);
+                self.arena.storages.entry(key.clone()).or_insert(dtype);
                 let es = dtype.element_size();
                 let (byte_offset, byte_len) = match items.get(5) {
                     None | Some(Value::None) => (0, None),
                     Some(Value::Tuple(i)) | Some(Value::List(i)) => {
                         // legacy storage view: (view_key, offset, size), in elements
-                        let v = &self.host.lists[*i];
+                        let v = &self.arena.lists[*i];
                         let num = |x: Option<&Value>| match x {
                             Some(Value::Int(n)) if *n >= 0 => usize::try_from(*n).ok(),
                             _ => None,
@@ -1399,21 +1400,21 @@ impl<'d> Vm<'d, '_> {
         };
         match (g.module.as_str(), g.name.as_str()) {
             ("collections", "OrderedDict") | ("builtins", "dict") => {
-                let d = self.host.new_dict();
+                let d = self.arena.new_dict();
                 match args.first() {
                     Some(Value::Dict(src)) => {
-                        self.charge(at, self.host.dicts[*src].items.len())?;
-                        let items: Vec<_> = self.host.dicts[*src].items.clone();
+                        self.charge(at, self.arena.dicts[*src].items.len())?;
+                        let items: Vec<_> = self.arena.dicts[*src].items.clone();
                         for (k, v) in items {
-                            self.host.dicts[d].insert(k, v);
+                            self.arena.dicts[d].insert(k, v);
                         }
                     }
                     Some(Value::List(src)) | Some(Value::Tuple(src)) => {
                         for pair in self.list_items(at, *src)? {
                             if let Value::Tuple(p) | Value::List(p) = pair {
-                                if let [k, v] = &self.host.lists[p][..] {
+                                if let [k, v] = &self.arena.lists[p][..] {
                                     let (k, v) = (k.clone(), v.clone());
-                                    self.host.dicts[d].insert(k, v);
+                                    self.arena.dicts[d].insert(k, v);
                                 }
                             }
                         }
@@ -1422,28 +1423,28 @@ impl<'d> Vm<'d, '_> {
                 }
                 Ok(Value::Dict(d))
             }
-            ("collections", "defaultdict") => Ok(Value::Dict(self.host.new_dict())),
+            ("collections", "defaultdict") => Ok(Value::Dict(self.arena.new_dict())),
             ("builtins", "set") | ("builtins", "frozenset") | ("builtins", "list") => {
                 let items = match args.first() {
                     Some(Value::List(i)) | Some(Value::Tuple(i)) => self.list_items(at, *i)?,
                     _ => Vec::new(),
                 };
-                Ok(Value::List(self.host.new_list(items)))
+                Ok(Value::List(self.arena.new_list(items)))
             }
             ("torch", "Size") | ("builtins", "tuple") => {
                 let items = match args.first() {
                     Some(Value::List(i)) | Some(Value::Tuple(i)) => self.list_items(at, *i)?,
                     _ => Vec::new(),
                 };
-                Ok(Value::Tuple(self.host.new_list(items)))
+                Ok(Value::Tuple(self.arena.new_list(items)))
             }
             ("builtins", "bytes") | ("builtins", "bytearray") => match args.as_slice() {
                 [] => Ok(Value::Bytes(Rc::from(Vec::new()))),
                 [Value::Bytes(b)] => Ok(Value::Bytes(b.clone())),
                 [Value::List(i)] => {
-                    self.charge(at, self.host.lists[*i].len())?;
+                    self.charge(at, self.arena.lists[*i].len())?;
                     let mut out = Vec::new();
-                    for v in &self.host.lists[*i] {
+                    for v in &self.arena.lists[*i] {
                         match v {
                             Value::Int(n) if (0..=255).contains(n) => out.push(*n as u8),
                             _ => return Err(self.malformed(at, "bytes() of a non-byte list")),
@@ -1573,7 +1574,7 @@ impl<'d> Vm<'d, '_> {
             _ => None,
         };
         if let Some(Value::Dict(d)) = metadata {
-            for (k, v) in &self.host.dicts[*d].items {
+            for (k, v) in &self.arena.dicts[*d].items {
                 if matches!(v, Value::Bool(true)) {
                     return Err(self.malformed(
                         at,
@@ -1601,10 +1602,10 @@ impl<'d> Vm<'d, '_> {
             _ => return Err(self.malformed(at, "_load_from_bytes needs a bytes argument")),
         };
         self.charge(at, bytes.len())?;
-        if self.host.nested >= MAX_NESTED_LOADS {
+        if self.arena.nested >= MAX_NESTED_LOADS {
             return Err(self.malformed(at, "torch.storage._load_from_bytes nested too deeply"));
         }
-        let inner = parse_legacy(&bytes, self.host.nested + 1)
+        let inner = parse_legacy(&bytes, self.arena.nested + 1)
             .map_err(|e| self.malformed(at, format!("embedded storage (_load_from_bytes): {e}")))?;
         let storage = match &inner.root {
             Value::Storage(s) => s.clone(),
@@ -1693,7 +1694,7 @@ fn swap_bytes(data: &mut [u8], element_size: usize) {
 // ---------------------------------------------------------------------------------------------
 
 struct Flattener<'h> {
-    host: &'h Host,
+    arena: &'h Arena,
     out: Vec<(String, Rc<TensorSpec>)>,
     visits: usize,
     max_visits: usize,
@@ -1701,9 +1702,9 @@ struct Flattener<'h> {
 
 /// Collect `(dotted name, tensor)` pairs in pickle order. The number of visited nodes is
 /// bounded by the pickle size (plus slack), so heavily shared sub-structures cannot blow up.
-fn flatten(host: &Host, root: &Value, pickle_len: usize) -> Result<Vec<(String, Rc<TensorSpec>)>> {
+fn flatten(arena: &Arena, root: &Value, pickle_len: usize) -> Result<Vec<(String, Rc<TensorSpec>)>> {
     let mut f = Flattener {
-        host,
+        arena,
         out: Vec::new(),
         visits: 0,
         max_visits: pickle_len.saturating_mul(4).saturating_add(1024),
@@ -1730,19 +1731,19 @@ impl Flattener<'_> {
                 msg: format!("containers nested deeper than {MAX_NAME_DEPTH} levels at {name:?}"),
             });
         }
-        let host = self.host;
+        let arena = self.arena;
         match v {
             Value::Tensor(t) => self.out.push((name.clone(), t.clone())),
             Value::Dict(d) => {
-                for (k, val) in &host.dicts[*d].items {
+                for (k, val) in &arena.dicts[*d].items {
                     let len = name.len();
-                    push_component(name, &dict_key_name(host, k));
+                    push_component(name, &dict_key_name(arena, k));
                     self.walk(val, name, depth + 1)?;
                     name.truncate(len);
                 }
             }
             Value::List(l) | Value::Tuple(l) => {
-                for (i, val) in host.lists[*l].iter().enumerate() {
+                for (i, val) in arena.lists[*l].iter().enumerate() {
                     let len = name.len();
                     push_component(name, &i.to_string());
                     self.walk(val, name, depth + 1)?;
@@ -1763,7 +1764,7 @@ fn push_component(name: &mut String, part: &str) {
 }
 
 /// Python-ish `str(key)`.
-fn dict_key_name(host: &Host, k: &Value) -> String {
+fn dict_key_name(arena: &Arena, k: &Value) -> String {
     match k {
         Value::Str(s) => s.to_string(),
         Value::Int(i) => i.to_string(),
@@ -1773,11 +1774,11 @@ fn dict_key_name(host: &Host, k: &Value) -> String {
         Value::Float(f) => format!("{f:?}"),
         Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
         Value::Tuple(i) => {
-            let parts: Vec<String> = host.lists[*i]
+            let parts: Vec<String> = arena.lists[*i]
                 .iter()
                 .map(|x| match x {
                     Value::Tuple(_) | Value::List(_) | Value::Dict(_) => x.describe(),
-                    other => dict_key_name(host, other),
+                    other => dict_key_name(arena, other),
                 })
                 .collect();
             format!("({})", parts.join(", "))
@@ -2269,16 +2270,16 @@ mod tests {
         let mut p = vec![0x80, 0x02, 0x8d];
         p.extend_from_slice(&(1u64 << 60).to_le_bytes());
         p.extend_from_slice(b"abc.");
-        let mut host = Host::new(0);
-        let e = run_pickle(&p, 0, "t", &mut host, false).unwrap_err();
+        let mut arena = Arena::new(0);
+        let e = run_pickle(&p, 0, "t", &mut arena, false).unwrap_err();
         assert!(matches!(e, PtError::Truncated { .. }), "{e}");
         // LONG4 announcing 2^31-1 bytes
         let p = [0x80, 0x02, 0x8b, 0xff, 0xff, 0xff, 0x7f, 0x00, b'.'];
-        let e = run_pickle(&p, 0, "t", &mut host, false).unwrap_err();
+        let e = run_pickle(&p, 0, "t", &mut arena, false).unwrap_err();
         assert!(matches!(e, PtError::Truncated { .. }), "{e}");
         // unsupported opcode is reported with its value
         let p = [0x80, 0x02, b'i', b'.'];
-        let e = run_pickle(&p, 0, "t", &mut host, false).unwrap_err();
+        let e = run_pickle(&p, 0, "t", &mut arena, false).unwrap_err();
         assert!(
             e.to_string().contains("unsupported pickle opcode 0x69"),
             "{e}"
@@ -2303,8 +2304,8 @@ mod tests {
     fn tensor_from_an_unknown_rebuild_function_is_an_error() {
         // _rebuild_sparse_tensor is a torch tensor rebuilder we do not support
         let p = b"\x80\x02ctorch._utils\n_rebuild_sparse_tensor\n)R.";
-        let mut host = Host::new(0);
-        let e = run_pickle(p, 0, "t", &mut host, true).unwrap_err();
+        let mut arena = Arena::new(0);
+        let e = run_pickle(p, 0, "t", &mut arena, true).unwrap_err();
         assert!(
             e.to_string()
                 .contains("unsupported global torch._utils._rebuild_sparse_tensor"),
@@ -2312,11 +2313,11 @@ mod tests {
         );
         // while an unknown non-torch class is just opaque
         let p = b"\x80\x02cargparse\nNamespace\n)\x81}b.";
-        let (v, _) = run_pickle(p, 0, "t", &mut host, true).unwrap();
+        let (v, _) = run_pickle(p, 0, "t", &mut arena, true).unwrap();
         assert!(matches!(v, Value::Object(_)));
         // and a tensor whose storage argument is opaque is an error
         let p = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(cfoo\nBar\n)RK\x00K\x01\x85K\x01\x85\x89NtR.";
-        let e = run_pickle(p, 0, "t", &mut host, true).unwrap_err();
+        let e = run_pickle(p, 0, "t", &mut arena, true).unwrap_err();
         assert!(e.to_string().contains("not a storage"), "{e}");
     }
 
@@ -2330,11 +2331,11 @@ mod tests {
             p.extend_from_slice(b"h\x01h\x00\x85R0");
         }
         p.extend_from_slice(b"N.");
-        let mut host = Host::new(0);
-        let e = run_pickle(&p, 0, "t", &mut host, false).unwrap_err();
+        let mut arena = Arena::new(0);
+        let e = run_pickle(&p, 0, "t", &mut arena, false).unwrap_err();
         assert!(e.to_string().contains("copied far more often"), "{e}");
         // the values held are bounded by a small multiple of the input (not 1000 x 100k)
-        let held: usize = host.lists.iter().map(Vec::len).sum();
+        let held: usize = arena.lists.iter().map(Vec::len).sum();
         assert!(
             held <= 16 * p.len() + (1 << 16) + 1000,
             "{held} values held"
@@ -2347,15 +2348,15 @@ mod tests {
         let mut p = vec![0x80, 0x02, b')'];
         p.extend(std::iter::repeat(0x85).take(100_000));
         p.push(b'.');
-        let mut host = Host::new(0);
-        let (v, _) = run_pickle(&p, 0, "t", &mut host, false).unwrap();
-        assert!(flatten(&host, &v, p.len()).is_err());
-        drop(host);
+        let mut arena = Arena::new(0);
+        let (v, _) = run_pickle(&p, 0, "t", &mut arena, false).unwrap();
+        assert!(flatten(&arena, &v, p.len()).is_err());
+        drop(arena);
         // a self-containing list: cycles are fine, flattening stops
         let p = b"\x80\x02]q\x00h\x00a.";
-        let mut host = Host::new(0);
-        let (v, _) = run_pickle(p, 0, "t", &mut host, false).unwrap();
-        assert!(flatten(&host, &v, p.len()).is_err());
+        let mut arena = Arena::new(0);
+        let (v, _) = run_pickle(p, 0, "t", &mut arena, false).unwrap();
+        assert!(flatten(&arena, &v, p.len()).is_err());
     }
 
     #[test]
@@ -2511,9 +2512,9 @@ mod tests {
         outer.push(inner.len() as u8);
         outer.extend_from_slice(&inner);
         outer.extend_from_slice(b"\x85RK\x00K\x02\x85K\x01\x85\x89NtR.");
-        let mut host = Host::new(0);
-        let (v, _) = run_pickle(&outer, 0, "t", &mut host, true).unwrap();
-        let specs = flatten(&host, &v, outer.len()).unwrap();
+        let mut arena = Arena::new(0);
+        let (v, _) = run_pickle(&outer, 0, "t", &mut arena, true).unwrap();
+        let specs = flatten(&arena, &v, outer.len()).unwrap();
         let got = materialise_all(specs, |_| unreachable!(), 1 << 20, false).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, "");
