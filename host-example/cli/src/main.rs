@@ -270,6 +270,9 @@ fn run(cli: Cli) -> Result<()> {
                 if args.precision != "fp32" {
                     bail!("--precision applies to the built-in engine; the plugin table has no precision (plugins run fp32)");
                 }
+                if args.ensemble != 1 {
+                    bail!("--ensemble applies to the built-in engine; the plugin table has no self-ensemble");
+                }
                 return restore_with_plugin(
                     &input,
                     &output,

@@ -53,6 +53,18 @@ pub struct RestoreArgs {
     /// cores); 1 = one batch at a time split across all threads; N = N workers.
     #[arg(long, default_value_t = 0)]
     pub tile_workers: usize,
+    /// Self-ensemble: restore in 1 (default), 2, 4 or 8 orientations of the image (mirrored,
+    /// turned) and average them. Better results at that many times the time: +0.25 dB for
+    /// denoising with 8 (docs/models.md, "Self-ensemble").
+    #[arg(long, default_value_t = 1, value_parser = parse_ensemble)]
+    pub ensemble: usize,
+}
+
+/// `--ensemble`: one of [`davi_engine::ensemble::SIZES`].
+fn parse_ensemble(s: &str) -> std::result::Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    davi_engine::ensemble::check_size(n).map_err(|e| e.to_string())?;
+    Ok(n)
 }
 
 impl RestoreArgs {
@@ -94,6 +106,7 @@ impl Engine {
         let channels = loaded.meta.unet.in_channels;
         let mut restorer = Restorer::new(loaded, device);
         restorer.tile_workers = a.tile_workers;
+        restorer.ensemble = a.ensemble;
         restorer.set_precision(precision)?;
         Ok(Engine {
             restorer,
@@ -213,6 +226,7 @@ impl Engine {
             "threads": tch::get_num_threads(),
             "precision": self.restorer.precision().name(),
             "tile_workers": self.restorer.tile_workers,
+            "ensemble": self.restorer.ensemble,
             "tile": meta.restore_tile,
             "window": meta.restore_window,
             "allocator": crate::runtime::allocator_setting(),

@@ -346,3 +346,45 @@ fn precision_runs_bf16_and_refuses_fp16_on_the_cpu() {
     );
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn ensemble_runs_the_network_once_per_orientation_and_refuses_other_sizes() {
+    let d = tmp("ensemble");
+    let clean = d.join("clean.png");
+    write_rgba16(&clean, 40, 24);
+    let model = tiny_model(&d, "denoise");
+    let (m, input) = (model.to_str().unwrap(), clean.to_str().unwrap());
+    let restore = |n: &str, out: &Path, stats: &Path| {
+        davi(&[
+            "restore",
+            input,
+            "-o",
+            out.to_str().unwrap(),
+            "--model",
+            m,
+            "--device",
+            "cpu",
+            "--ensemble",
+            n,
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ])
+    };
+    let mut pixels = Vec::new();
+    for n in ["1", "8"] {
+        let stats = d.join(format!("e{n}.json"));
+        let o = restore(n, &d.join(format!("e{n}.png")), &stats);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+        assert_eq!(s["ensemble"], n.parse::<u64>().unwrap());
+        pixels.push(s["network"]["pixels"].as_u64().unwrap());
+    }
+    assert_eq!(pixels[1], 8 * pixels[0], "8 orientations, 8 times the network pixels");
+    let bad = d.join("e3.png");
+    let o = restore("3", &bad, &d.join("e3.json"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("1, 2, 4, 8"), "{err}");
+    assert!(!bad.exists());
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -15,6 +15,7 @@
 //! - [`restore`]: one-step restoration exactly as the official evaluator does it (§6.1);
 //! - [`precision`]: the network's precision in a restore (`fp32`, `bf16`, `fp16`);
 //! - [`tiling`]: overlapped, blended tiles, so any image size runs in bounded memory (§6.2);
+//! - [`ensemble`]: the optional self-ensemble over the eight orientations of the image;
 //! - [`windows`]: restoration through low-resolution context windows, for inpainting and
 //!   colorization models (§6.3);
 //! - [`pipeline`]: observations in [0, 1] to measurements in [-1, 1] and back (§4.5);
@@ -37,6 +38,7 @@ pub mod defaults;
 pub mod device;
 pub mod diffusion;
 pub mod dps;
+pub mod ensemble;
 pub mod error;
 pub mod eval;
 pub mod generator;

@@ -11,6 +11,7 @@
 //! Step 3 may run in reduced precision ([`Restorer::set_precision`], [`Precision`]): the
 //! network's weights and its input are bf16 or fp16, everything else stays f32.
 use crate::diffusion::{schedule::timesteps, Bridge, Diffusion};
+use crate::ensemble;
 use crate::error::{EngineError, Result};
 use crate::operators::Operator;
 pub use crate::precision::Precision;
@@ -34,6 +35,10 @@ pub struct Restorer {
     /// See [`crate::tiling::map_tiles_parallel`] and docs/performance.md. CUDA restores and
     /// single-tile images always run one call at a time.
     pub tile_workers: usize,
+    /// Self-ensemble size: 1 (the default) runs the network once per tile; 2, 4 or 8 restore
+    /// the image in that many orientations and average them ([`crate::ensemble`]), for a
+    /// better result at that many times the work. Checked when a restore starts.
+    pub ensemble: usize,
     /// The precision the network runs in ([`Self::set_precision`]); the weights in `model`
     /// are of its kind.
     precision: Precision,
@@ -84,6 +89,7 @@ impl Restorer {
             model,
             device,
             tile_workers: 0,
+            ensemble: 1,
             precision: Precision::Fp32,
             work: WorkCounter::default(),
         }
@@ -178,6 +184,7 @@ impl Restorer {
         if hh < 1 || ww < 1 {
             return Err(EngineError::InvalidInput("empty image".into()));
         }
+        ensemble::check_size(self.ensemble)?;
         let h = self.perturb_h(opts.perturb_h);
         let t_val = RESTORE_T.min(self.model.meta.diffusion_steps as i64 - 1);
         let m = cfg.size_multiple();
@@ -207,10 +214,29 @@ impl Restorer {
             // The workers only read the network (tiling::SharedRead).
             let shared = SharedRead(self);
             let run = |tile: &Tensor| shared.get().denoise_tile(tile, t_val, m);
-            let mut report =
-                |done: usize, total: usize| progress(done as f32 / total.max(1) as f32);
-            map_tiles_parallel(&x_in, tiling, self.workers_for(), &run, &mut report)
-                .ok_or(EngineError::Cancelled)
+            // One pass per orientation of the self-ensemble, each turned back and summed.
+            let turns = ensemble::orientations(self.ensemble);
+            let n = turns.len() as f32;
+            let mut sum: Option<Tensor> = None;
+            for (i, &k) in turns.iter().enumerate() {
+                let mut report = |done: usize, total: usize| {
+                    progress((i as f32 + done as f32 / total.max(1) as f32) / n)
+                };
+                let x_k = ensemble::orient(&x_in, k);
+                let out = map_tiles_parallel(&x_k, tiling, self.workers_for(), &run, &mut report)
+                    .ok_or(EngineError::Cancelled)?;
+                let out = ensemble::unorient(&out, k);
+                sum = Some(match sum {
+                    None => out,
+                    Some(acc) => acc + out,
+                });
+            }
+            let sum = sum.expect("an ensemble has at least one orientation");
+            Ok(if turns.len() == 1 {
+                sum
+            } else {
+                sum / turns.len() as f64
+            })
         })
     }
 

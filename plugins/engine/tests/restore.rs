@@ -333,3 +333,60 @@ fn tile_workers_agree_and_network_work_is_counted() {
     );
     assert_eq!(r.network_work().pixels, 30 * 32);
 }
+
+#[test]
+fn a_self_ensemble_is_the_mean_of_the_turned_back_restores_of_each_orientation() {
+    use davi_engine::ensemble::{orient, orientations, unorient};
+    let mut r = Restorer::new(tiny_model(5), Device::Cpu);
+    // Not square and several tiles: turning swaps the tile grid's rows and columns.
+    let y = davi_engine::restore::seeded_normal(&[1, 3, 32, 48], 11).clamp(-1.0, 1.0);
+    let opts = RestoreOptions {
+        perturb_h: Some(0.0),
+        seed: 0,
+        tiling: Some(Tiling {
+            tile: 16,
+            overlap: 4,
+        }),
+    };
+    let single = restore(&r, &y, &opts);
+    for n in [2, 4, 8] {
+        r.ensemble = 1;
+        let turns = orientations(n);
+        let mut sum = Tensor::zeros_like(&y);
+        for &k in turns {
+            sum += unorient(&restore(&r, &orient(&y, k), &opts), k);
+        }
+        let expect = sum / n as f64;
+        r.ensemble = n;
+        let mut fractions = Vec::new();
+        let got = r
+            .restore_lifted(&y, &opts, &mut |f| {
+                fractions.push(f);
+                true
+            })
+            .unwrap();
+        let diff = (&got - &expect).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "ensemble of {n}: off by {diff}");
+        let change = (&got - &single).abs().max().double_value(&[]);
+        assert!(change > 1e-4, "ensemble of {n} equals the single restore");
+        assert!(
+            fractions.windows(2).all(|w| w[0] <= w[1]) && *fractions.last().unwrap() == 1.0,
+            "progress of an ensemble of {n} must rise to 1: {fractions:?}"
+        );
+    }
+    for bad in [0, 3, 16] {
+        r.ensemble = bad;
+        let e = r.restore_lifted(&y, &opts, &mut |_| true).unwrap_err();
+        assert!(e.to_string().contains("self-ensemble"), "{e}");
+    }
+    // A cancel in a later orientation cancels the whole restore.
+    r.ensemble = 8;
+    let mut calls = 0;
+    let e = r
+        .restore_lifted(&y, &opts, &mut |f| {
+            calls += 1;
+            f < 0.5
+        })
+        .unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("cancel"), "{e}");
+}
