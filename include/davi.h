@@ -21,7 +21,7 @@
 #define DAVI_VERSION_STRING "0.1.0"
 /* C ABI revision: bumped by every append; a library with davi_abi_version() >=
  * DAVI_ABI_VERSION implements everything this header declares. */
-#define DAVI_ABI_VERSION 4
+#define DAVI_ABI_VERSION 5
 
 /**
  * Outcome of a call. `Ok` is zero; every other value is a failure.
@@ -334,9 +334,14 @@ typedef struct DaviRestoreOptions {
      */
     uint32_t overlap;
     /**
-     * Reserved, 0.
+     * Self-ensemble (ABI 5): 0 or 1 = off; 2, 4 or 8 = restore the image in that many of its
+     * orientations (mirrored, turned by quarter turns), turn each result back and average
+     * them: a better restoration (+0.25 dB for the shipped denoising model with 8) at that
+     * many times the time. Other values are `DAVI_STATUS_INVALID_ARGUMENT`. Before ABI 5 this
+     * field was `reserved` and had to be 0, so a caller built against an older header gets
+     * no ensemble.
      */
-    uint32_t reserved;
+    uint32_t ensemble;
     /**
      * DAVI's bridge perturbation `h`; NaN = the model's value (official 0.1 or 0.01). 0 makes
      * the result a deterministic function of the input and the model. In [0, 10].

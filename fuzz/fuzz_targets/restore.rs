@@ -286,7 +286,7 @@ fuzz_target!(|data: &[u8]| {
             options.overlap = inp.u8() as u32 % 33;
         }
         if opt_flags & 8 != 0 {
-            options.reserved = inp.u32();
+            options.ensemble = inp.u32();
         }
         if opt_flags & 16 != 0 {
             options.perturb_h = inp.f64();

@@ -29,6 +29,8 @@ Keyword parameters of ``restore`` (all optional):
     seed        seed of the bridge perturbation noise (equal seeds give equal pixels)
     perturb_h   DAVI's perturbation h (None = the model's; 0 = deterministic)
     tile, overlap   tile edge and blend width in pixels (0 = the model's / automatic)
+    ensemble    1 (default), 2, 4 or 8: restore in that many orientations and average
+                (better, that many times slower; needs libdavi's C ABI 5)
     box         (top, left, height, width) to fill, for inpainting, or a list of boxes
     spec        a full operator spec as TOML/JSON text, instead of the model's operator
                 (e.g. a super-resolution method; the generator itself is trained for one
@@ -84,6 +86,10 @@ _TRAINING_ABI_VERSION = 3
 # before it (davi_context_options_init sets its smaller struct_size), so a precision other
 # than fp32 is refused here rather than silently ignored there.
 _PRECISION_ABI_VERSION = 4
+# DaviRestoreOptions.ensemble (the former `reserved`, which had to be 0) means something from
+# ABI 5: an older library would refuse a non-zero value as a reserved field, so it is refused
+# here with the reason.
+_ENSEMBLE_ABI_VERSION = 5
 _U8, _U16, _F32 = 0, 1, 2
 _LAYOUTS = {1: 0, 2: 1, 3: 2, 4: 3}  # channels -> DaviChannelLayout
 _SAMPLE_BYTES = {_U8: 1, _U16: 2, _F32: 4}
@@ -109,7 +115,7 @@ class _RestoreOptions(ctypes.Structure):
         ("struct_size", ctypes.c_uint32),
         ("tile", ctypes.c_uint32),
         ("overlap", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("ensemble", ctypes.c_uint32),  # ABI 5; `reserved` (0) before
         ("perturb_h", ctypes.c_double),
         ("seed", ctypes.c_uint64),
         ("progress", _ProgressFn),
@@ -440,11 +446,15 @@ class Context:
         return self.restore_sized(pixels, width, height, **params)[0]
 
     def restore_sized(self, pixels, width, height, seed=0, perturb_h=None, tile=0, overlap=0,
-                      box=None, spec=None, progress=None):
+                      box=None, spec=None, progress=None, ensemble=1):
         """Like ``restore``, returning ``(pixels, width, height, channels)`` of the result."""
         if not self._handle:
             raise DaviError("INVALID_ARGUMENT", "the context is closed")
         lib = _library()
+        if int(ensemble) > 1 and lib.davi_abi_version() < _ENSEMBLE_ABI_VERSION:
+            raise DaviError("ABI_MISMATCH", "%s implements C ABI %d; ensemble=%d needs %d"
+                            % (_lib_path, lib.davi_abi_version(), int(ensemble),
+                               _ENSEMBLE_ABI_VERSION))
         width, height = int(width), int(height)
         if width <= 0 or height <= 0:
             raise DaviError("INVALID_ARGUMENT", "width and height must be positive")
@@ -474,6 +484,7 @@ class Context:
                    "restore options")
             opts.seed = int(seed) & 0xFFFFFFFFFFFFFFFF
             opts.tile, opts.overlap = int(tile), int(overlap)
+            opts.ensemble = int(ensemble)
             if perturb_h is not None:
                 opts.perturb_h = float(perturb_h)
             failure = []

@@ -119,6 +119,20 @@ class RestoreTests(unittest.TestCase):
         with self.assertRaises(KeyError):
             davi.restore(px, self.W, self.H, task="denoise", tile=16, progress=boom)
 
+    def test_ensemble_averages_orientations_and_refuses_other_sizes(self):
+        px = picture(self.W, self.H, 3)
+        with davi.Context(task="denoise", device="cpu") as ctx:
+            one = ctx.restore(px, self.W, self.H, perturb_h=0)
+            eight = ctx.restore(px, self.W, self.H, perturb_h=0, ensemble=8)
+            self.assertEqual(len(one), len(eight))
+            self.assertNotEqual(bytes(one), bytes(eight))
+            self.assertEqual(bytes(ctx.restore(px, self.W, self.H, perturb_h=0, ensemble=1)),
+                             bytes(one))
+            with self.assertRaises(davi.DaviError) as e:
+                ctx.restore(px, self.W, self.H, ensemble=3)
+            self.assertEqual(e.exception.status, "INVALID_ARGUMENT")
+            self.assertIn("ensemble", str(e.exception))
+
     def test_bad_input_raises_clear_errors(self):
         with self.assertRaises(davi.DaviError) as e:
             davi.restore(b"\x00" * 7, 4, 4, task="denoise")

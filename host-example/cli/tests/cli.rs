@@ -379,7 +379,11 @@ fn ensemble_runs_the_network_once_per_orientation_and_refuses_other_sizes() {
         assert_eq!(s["ensemble"], n.parse::<u64>().unwrap());
         pixels.push(s["network"]["pixels"].as_u64().unwrap());
     }
-    assert_eq!(pixels[1], 8 * pixels[0], "8 orientations, 8 times the network pixels");
+    assert_eq!(
+        pixels[1],
+        8 * pixels[0],
+        "8 orientations, 8 times the network pixels"
+    );
     let bad = d.join("e3.png");
     let o = restore("3", &bad, &d.join("e3.json"));
     let err = String::from_utf8_lossy(&o.stderr);

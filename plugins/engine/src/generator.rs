@@ -100,6 +100,13 @@ impl Generator {
         Ok(self.restorer.set_precision(precision)?)
     }
 
+    /// Restore in `n` orientations from now on (1 = off, 2, 4 or 8; [`crate::ensemble`]).
+    pub fn set_ensemble(&mut self, n: usize) -> Result<(), DaviError> {
+        crate::ensemble::check_size(n)?;
+        self.restorer.ensemble = n;
+        Ok(())
+    }
+
     /// The precision the network runs in.
     pub fn precision(&self) -> Precision {
         self.restorer.precision()

@@ -680,7 +680,7 @@ pub unsafe extern "C" fn davi_restore_options_init(
             struct_size: RESTORE_OPTIONS_V1 as u32,
             tile: 0,
             overlap: 0,
-            reserved: 0,
+            ensemble: 0,
             perturb_h: f64::NAN,
             seed: 0,
             progress: None,
@@ -783,14 +783,12 @@ unsafe fn restore(
     } else {
         struct_size_at_least(options, RESTORE_OPTIONS_V1, "DaviRestoreOptions")?;
         let o = std::ptr::read(options);
-        if o.reserved != 0 {
-            return Err(DaviError::invalid_argument("options.reserved must be 0"));
-        }
         let params = RestoreParams {
             tile: (o.tile != 0).then_some(o.tile),
             overlap: (o.overlap != 0).then_some(o.overlap),
             perturb_h: (!o.perturb_h.is_nan()).then_some(o.perturb_h),
             seed: o.seed,
+            ensemble: o.ensemble.max(1),
             no_wait: false,
         };
         (params, o.progress, o.user_data)

@@ -54,6 +54,9 @@ pub struct RestoreParams {
     /// Bridge perturbation; `None` = the model's.
     pub perturb_h: Option<f64>,
     pub seed: u64,
+    /// Self-ensemble size: 1 (off), 2, 4 or 8 orientations (`davi_engine::ensemble`); 0 is
+    /// taken as 1.
+    pub ensemble: u32,
     /// Fail with `Busy` instead of waiting when another restore holds the context (set for
     /// restores started inside a progress callback, where waiting could deadlock).
     pub no_wait: bool,
@@ -69,6 +72,13 @@ impl RestoreParams {
                     "perturb_h must be in [0, {MAX_PERTURB_H}] (NaN = the model's value), got {h}"
                 )));
             }
+        }
+        let ensemble = self.ensemble.max(1) as usize;
+        if davi_engine::ensemble::check_size(ensemble).is_err() {
+            return Err(DaviError::invalid_argument(format!(
+                "ensemble must be 0 or 1 (off), 2, 4 or 8, got {}",
+                self.ensemble
+            )));
         }
         if let (None, Some(o)) = (self.tile, self.overlap) {
             return Err(DaviError::invalid_argument(format!(
@@ -206,7 +216,8 @@ impl Context {
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<PlanarImage, DaviError> {
         let options = params.engine_options()?;
-        let generator = self.lock(params.no_wait)?;
+        let mut generator = self.lock(params.no_wait)?;
+        generator.set_ensemble(params.ensemble.max(1) as usize)?;
         if self.threads > 0 {
             tch::set_num_threads(self.threads as i32);
         }

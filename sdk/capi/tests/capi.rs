@@ -78,7 +78,8 @@ fn abi_1_layouts_are_pinned() {
     assert_eq!(size_of::<DaviContextOptions>(), 8 + 6 * p);
     assert_eq!(offset_of!(DaviRestoreOptions, tile), 4);
     assert_eq!(offset_of!(DaviRestoreOptions, overlap), 8);
-    assert_eq!(offset_of!(DaviRestoreOptions, reserved), 12);
+    // ABI 5 gave the padding field `reserved` its meaning: `ensemble`.
+    assert_eq!(offset_of!(DaviRestoreOptions, ensemble), 12);
     assert_eq!(offset_of!(DaviRestoreOptions, perturb_h), 16);
     assert_eq!(offset_of!(DaviRestoreOptions, seed), 24);
     assert_eq!(offset_of!(DaviRestoreOptions, progress), 32);
@@ -345,9 +346,21 @@ fn bad_options_are_refused() {
         "{}",
         ctx.last_error()
     );
-    let mut o = restore_options(16, 4, 0);
-    o.reserved = 1;
-    assert_eq!(run(&o).0, S::InvalidArgument);
+    for bad in [3, 16, u32::MAX] {
+        let mut o = restore_options(16, 4, 0);
+        o.ensemble = bad;
+        assert_eq!(run(&o).0, S::InvalidArgument);
+        assert!(
+            ctx.last_error().contains("ensemble"),
+            "{}",
+            ctx.last_error()
+        );
+    }
+    for good in [0, 1, 2, 4, 8] {
+        let mut o = restore_options(16, 4, 0);
+        o.ensemble = good;
+        assert_eq!(run(&o).0, S::Ok, "ensemble {good}: {}", ctx.last_error());
+    }
     for h in [-0.1, f64::INFINITY] {
         let mut o = restore_options(16, 4, 0);
         o.perturb_h = h;
