@@ -7,7 +7,8 @@
 //! per pixel. So each orientation is an equally valid restoration of the same measurement,
 //! and their mean has a lower error than any one of them. Measured on the held-out crops
 //! (docs/models.md, "Self-ensemble"): +0.25 dB for denoising with 8 orientations, at 8× the
-//! network work. Off by default; hosts expose it as a quality setting.
+//! network work. Off by default; `davi restore --ensemble`, the C API's
+//! `DaviRestoreOptions.ensemble` and the Python module's `ensemble=` turn it on.
 //!
 //! The orders used for 2 and 4 orientations are the most complementary subsets (a mirror
 //! first, then a half turn), so a smaller ensemble keeps most of the gain.
