@@ -1,4 +1,4 @@
-//! PyTorch `.pt` reader (zip and legacy pickles; `plugins/engine/src/weights/torch_pickle.rs`).
+//! PyTorch `.pt` reader (zip and legacy pickles; `plugins/engine/src/weights/torch_pickle/`).
 //!
 //! Input: a file's bytes. Checks: reading never panics (nor allocates beyond its budget: a
 //! run is limited by libFuzzer's -rss_limit_mb); every tensor it returns owns exactly
