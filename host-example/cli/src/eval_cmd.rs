@@ -1,5 +1,5 @@
 //! `davi eval`: score DAVI's one-step restoration against DPS, the classical plugin and the
-//! trivial lift on a folder of clean photographs (issue 5).
+//! trivial lift on a folder of clean photographs.
 //!
 //! ```text
 //! davi eval --images DIR (--task T | --op SPEC) [--model GEN] [--prior PRIOR]

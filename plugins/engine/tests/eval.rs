@@ -1,5 +1,5 @@
 //! DPS (Chung et al., ICLR 2023, as described in docs/algorithm.md §8) and `davi eval`
-//! (issue 5) on tiny random networks: what must hold whatever the weights are — shapes,
+//! on tiny random networks: what must hold whatever the weights are — shapes,
 //! finiteness, the requested NFE, determinism for a seed, cancellation, the guidance pulling
 //! the sample towards the measurement, and an evaluation report with every requested method.
 //! The networks are a few thousand parameters on 16–24 pixel images, so this runs in seconds.
