@@ -382,12 +382,10 @@ fn degrade(input: &Path, output: &Path, op: &OpArgs, seed: u64) -> Result<()> {
         .spec()?
         .ok_or_else(|| anyhow!("say what degradation to simulate: --task or --op"))?;
     let pic = imageio::read(input)?;
-    let (clean, gray) = if pic.channels() == 1 && matches!(spec, OperatorSpec::Colorization(_)) {
+    if pic.channels() == 1 && matches!(spec, OperatorSpec::Colorization(_)) {
         bail!("colorization needs a colour image to degrade");
-    } else {
-        (pic.color.shallow_clone(), pic.channels() == 1)
-    };
-    let _ = gray;
+    }
+    let clean = pic.color.shallow_clone();
     // Super-resolution needs a size divisible by the factor: crop the right/bottom remainder.
     let (clean, alpha_src) = match &spec {
         OperatorSpec::SuperResolution(s) => {
@@ -450,7 +448,6 @@ fn resolve_spec(op: &OpArgs, trained: Option<&OperatorSpec>) -> Result<OperatorS
             if op.noise_sigma.is_some() {
                 s.set_noise_sigma(Some(a.noise_sigma()));
             }
-            let _ = a;
             Ok(s)
         }
         (Some(a), Some(_)) => Ok(a),

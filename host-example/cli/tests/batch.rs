@@ -73,17 +73,16 @@ fn fake_exif() -> Vec<u8> {
     v
 }
 
-fn with_meta<E: ImageEncoder>(mut e: E, img: &image::RgbImage) -> E {
+fn with_meta<E: ImageEncoder>(mut e: E) -> E {
     e.set_icc_profile(fake_icc()).unwrap();
     e.set_exif_metadata(fake_exif()).unwrap();
-    let _ = img;
     e
 }
 
 fn write_png_with_meta(path: &Path, img: &image::RgbImage) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let mut buf = Vec::new();
-    let e = with_meta(image::codecs::png::PngEncoder::new(&mut buf), img);
+    let e = with_meta(image::codecs::png::PngEncoder::new(&mut buf));
     e.write_image(
         img.as_raw(),
         img.width(),
@@ -97,7 +96,7 @@ fn write_png_with_meta(path: &Path, img: &image::RgbImage) {
 fn write_jpeg_with_meta(path: &Path, img: &image::RgbImage) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let mut buf = Vec::new();
-    let e = with_meta(image::codecs::jpeg::JpegEncoder::new(&mut buf), img);
+    let e = with_meta(image::codecs::jpeg::JpegEncoder::new(&mut buf));
     e.write_image(
         img.as_raw(),
         img.width(),
