@@ -929,6 +929,7 @@ mod tests {
 
     #[test]
     fn images_are_cropped_to_the_multiple_and_limit() {
+        let _rng = crate::test_rng::seeded(0);
         let img = Tensor::rand([3, 50, 70], (Kind::Float, Device::Cpu));
         assert_eq!(
             prepare_image(&img, 8, None, Fit::Crop).unwrap().size(),

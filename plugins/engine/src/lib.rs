@@ -33,6 +33,9 @@
 //! - [`device`]: `auto | cpu | cuda:N` selection;
 //! - [`error`]: [`EngineError`], grouped by who is at fault.
 //!
+//! Unit tests only: `test_rng`, the turns unit tests take on libtorch's process-wide random
+//! generator.
+//!
 //! It builds as an rlib (linked by the `davi` CLI and tests) and as a cdylib (the plugin).
 pub mod defaults;
 pub mod device;
@@ -53,6 +56,9 @@ pub mod train;
 pub mod unet;
 pub mod weights;
 pub mod windows;
+
+#[cfg(test)]
+mod test_rng;
 
 pub use device::parse_device;
 pub use error::{EngineError, Result};

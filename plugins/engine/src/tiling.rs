@@ -339,6 +339,7 @@ mod tests {
 
     #[test]
     fn identity_map_is_reproduced_exactly_and_seam_free() {
+        let _rng = crate::test_rng::seeded(0);
         let x = Tensor::rand([2, 3, 70, 90], (Kind::Float, Device::Cpu));
         let (mut calls, mut tiles) = (0, 0);
         let out = map_tiles(
@@ -363,6 +364,7 @@ mod tests {
 
     #[test]
     fn batches_stay_within_the_pixel_budget() {
+        let _rng = crate::test_rng::seeded(0);
         let x = Tensor::rand([1, 1, 300, 600], (Kind::Float, Device::Cpu));
         let mut sizes = Vec::new();
         let out = map_tiles(
@@ -404,6 +406,7 @@ mod tests {
 
     #[test]
     fn parallel_workers_blend_in_tile_order_like_one_call_at_a_time() {
+        let _rng = crate::test_rng::seeded(0);
         // 17 × 17 tiles of a batch of 2, 32 tiles per call: 10 calls.
         let x = Tensor::rand([2, 3, 400, 400], (Kind::Float, Device::Cpu));
         let tiling = Tiling {
@@ -452,6 +455,7 @@ mod tests {
 
     #[test]
     fn cancel_stops() {
+        let _rng = crate::test_rng::seeded(0);
         let x = Tensor::rand([1, 1, 64, 64], (Kind::Float, Device::Cpu));
         let r = map_tiles(
             &x,

@@ -289,7 +289,7 @@ mod tests {
     fn measure_adds_noise_of_the_requested_level() {
         let op = build(&OperatorSpec::for_task("sr4").unwrap(), 3, 64, 64, CPU).unwrap();
         let x = randn(76, &[4, 3, 64, 64]);
-        tch::manual_seed(0);
+        let _rng = crate::test_rng::seeded(0);
         let y = measure(op.as_ref(), &x, 0.2);
         let n = &y - op.forward(&x);
         let std = n.std(true).double_value(&[]);

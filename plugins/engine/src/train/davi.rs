@@ -844,6 +844,7 @@ mod tests {
 
     #[test]
     fn ikl_gradient_is_scaled_score_difference() {
+        let _rng = crate::test_rng::seeded(0);
         let x_hat = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let d_s = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));
         let d_t = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));

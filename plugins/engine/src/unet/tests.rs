@@ -12,6 +12,7 @@ fn shapes(config: &UNetConfig) -> std::collections::BTreeMap<String, Vec<i64>> {
 
 #[test]
 fn ffhq_preset_matches_official_counts_and_names() {
+    let _rng = crate::test_rng::seeded(0);
     let (n, p) = parameter_count(&UNetConfig::ffhq256()).unwrap();
     assert_eq!((n, p), (362, 93_563_910));
     let s = shapes(&UNetConfig::ffhq256());
@@ -92,6 +93,7 @@ pub fn tiny() -> UNetConfig {
 /// the constructor creates, name for name, under every layout switch of the config.
 #[test]
 fn parameter_shapes_equal_the_built_variables() {
+    let _rng = crate::test_rng::seeded(0);
     let configs = [
         UNetConfig::ffhq256(),
         tiny(),
@@ -136,7 +138,7 @@ fn parameter_shapes_equal_the_built_variables() {
 
 #[test]
 fn forward_shape_any_size_and_deterministic() {
-    tch::manual_seed(0);
+    let _rng = crate::test_rng::seeded(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = UNetModel::new(&vs.root(), &tiny()).unwrap();
     // make the zero-initialised layers non-zero so every path contributes
@@ -166,6 +168,7 @@ fn timestep_embedding_is_cos_then_sin() {
 
 #[test]
 fn bad_configs_are_refused() {
+    let _rng = crate::test_rng::seeded(0);
     let mut c = tiny();
     c.norm_groups = 7;
     assert!(UNetModel::new(&nn::VarStore::new(Device::Cpu).root(), &c).is_err());
