@@ -345,7 +345,9 @@ impl OperatorSpec {
     pub fn validate_for_size(&self, height: usize, width: usize) -> Result<(), SpecError> {
         self.validate()?;
         match self {
-            OperatorSpec::SuperResolution(s) if height % s.factor != 0 || width % s.factor != 0 => {
+            OperatorSpec::SuperResolution(s)
+                if !height.is_multiple_of(s.factor) || !width.is_multiple_of(s.factor) =>
+            {
                 Err(SpecError::Invalid(format!(
                     "super_resolution.factor {} does not divide the image size {width}x{height}",
                     s.factor

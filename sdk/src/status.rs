@@ -250,10 +250,7 @@ mod tests {
         assert_eq!(DaviStatus::IoError.code(), 15);
         assert_eq!(DaviStatus::InvalidConfig.code(), 16);
         assert_eq!(DaviStatus::from_code(17), None);
-        assert_eq!(
-            std::mem::size_of::<DaviStatus>(),
-            std::mem::size_of::<std::ffi::c_int>()
-        );
+        assert_eq!(size_of::<DaviStatus>(), size_of::<std::ffi::c_int>());
     }
 
     #[test]

@@ -81,9 +81,12 @@ struct Entry {
     rel: PathBuf,
 }
 
+/// The images found, and the folders that could not be listed with the reason.
+type Listing = (Vec<Entry>, Vec<(String, String)>);
+
 /// The images under `root`, sorted by key, and the folders that could not be listed.
 /// `skip` (the output folder, when it lies inside the input) is not entered.
-fn list_images(root: &Path, skip: Option<&Path>) -> Result<(Vec<Entry>, Vec<(String, String)>)> {
+fn list_images(root: &Path, skip: Option<&Path>) -> Result<Listing> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     let mut stack = vec![PathBuf::new()];

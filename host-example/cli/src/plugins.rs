@@ -103,7 +103,7 @@ pub fn restore(
     .map_err(|e| davi_sdk::DaviError::invalid_argument(e.to_string()))?;
     let input = PlanarImage::from_vec(w as usize, h as usize, c as usize, data)
         .map_err(|e| davi_sdk::DaviError::invalid_argument(e.to_string()))?;
-    let out = inst.restore_spec(spec, &input, |f| progress(f))?;
+    let out = inst.restore_spec(spec, &input, progress)?;
     Ok(Tensor::from_slice(&out.data).view([
         1,
         out.channels as i64,

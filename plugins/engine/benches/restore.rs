@@ -287,17 +287,17 @@ fn make_weights_nontrivial(vs: &nn::VarStore, seed: i64) {
                 || name.ends_with(".norm.bias")
                 || name == "out.0.bias";
             if is_norm {
-                let _ = v.copy_(&(Tensor::randn_like(&v) * 0.1 + 1.0));
+                v.copy_(&(Tensor::randn_like(&v) * 0.1 + 1.0));
             } else if is_norm_bias {
-                let _ = v.copy_(&(Tensor::randn_like(&v) * 0.1));
+                v.copy_(&(Tensor::randn_like(&v) * 0.1));
             } else if name.ends_with(".weight") && v.dim() >= 2 && max_abs(&v) == 0.0 {
                 let fan_in: i64 = v.size()[1..].iter().product();
                 let bound = 1.0 / (fan_in as f64).sqrt();
-                let _ = v.copy_(&((Tensor::rand_like(&v) * 2.0 - 1.0) * bound));
+                v.copy_(&((Tensor::rand_like(&v) * 2.0 - 1.0) * bound));
                 let bias = name.trim_end_matches("weight").to_string() + "bias";
                 if let Some(b) = vars.get(&bias) {
                     let mut b = b.shallow_clone();
-                    let _ = b.copy_(&((Tensor::rand_like(&b) * 2.0 - 1.0) * bound));
+                    b.copy_(&((Tensor::rand_like(&b) * 2.0 - 1.0) * bound));
                 }
             }
         }

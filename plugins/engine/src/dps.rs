@@ -265,6 +265,7 @@ impl Dps {
 
     /// One guided ancestral step at spaced index `k`: returns `x_{k−1}` (detached) and the
     /// residual norm that guided it (a detached scalar tensor).
+    #[allow(clippy::too_many_arguments)] // the sampler's state, spelled out for one step
     fn step(
         &self,
         op: &dyn Operator,

@@ -354,6 +354,8 @@ pub fn seeded_normal(shape: &[i64], seed: u64) -> Tensor {
 /// A tiny, well-mixed 64-bit generator (SplitMix64) for reproducible noise.
 pub struct SplitMix64(pub u64);
 impl SplitMix64 {
+    /// The next 64 random bits (a generator, never exhausted: not an `Iterator`).
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

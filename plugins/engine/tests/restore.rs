@@ -348,7 +348,7 @@ fn tile_workers_agree_and_network_work_is_counted() {
     assert!(d < 1e-4, "one call at a time vs workers: max |d| {d}");
     // Padding to the network's size multiple (2 here) counts as evaluated pixels.
     r.reset_network_work();
-    restore(
+    let _ = restore(
         &r,
         &Tensor::zeros([1, 3, 29, 31], (Kind::Float, Device::Cpu)),
         &opts,

@@ -1156,7 +1156,7 @@ impl CTrainingProgress {
         let eval = |k: &str| r.eval.and_then(|e| e.get(k)).copied().unwrap_or(f64::NAN);
         let loss = r.terms.get("loss_g").or(r.terms.get("loss")).copied();
         let report = DaviTrainingProgress {
-            struct_size: std::mem::size_of::<DaviTrainingProgress>() as u32,
+            struct_size: size_of::<DaviTrainingProgress>() as u32,
             term_count: pointers.len() as u32,
             step: r.step,
             total_steps: r.total_steps,

@@ -301,7 +301,6 @@ impl Shared {
                 .train(max_steps, None, &mut hooks)
                 .map_err(train_error)
         });
-        drop(hooks);
         let step = session.step();
         self.step.store(step, SeqCst);
         self.checkpoint_step

@@ -99,10 +99,7 @@ fn status_strings_are_static_distinct_and_total() {
             .to_str()
             .unwrap();
         assert!(seen.insert(s), "duplicate status string {s}");
-        assert_eq!(
-            Some(s),
-            davi_sdk::DaviStatus::from_code(code).map(|s| s.as_str())
-        );
+        assert_eq!(Some(s), DaviStatus::from_code(code).map(|s| s.as_str()));
     }
     for code in [-1, 17, 9999] {
         assert_eq!(

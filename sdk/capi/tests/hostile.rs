@@ -22,20 +22,19 @@ use std::ptr::null_mut;
 
 /// A hostile model file: the field or tensor it breaks (the refusal must name it; the C
 /// client also uses it as the file name), what the refusal must say besides, and the edit.
-type Hostile = (
-    &'static str,
-    &'static str,
-    Box<dyn Fn(&mut Value, &mut Value)>,
-);
+type Hostile = (&'static str, &'static str, Edit);
+
+/// An edit of a model file's metadata and header tensors.
+type Edit = Box<dyn Fn(&mut Value, &mut Value)>;
 
 /// The hostile model files. Metadata edits are refused by the metadata check (`metadata
 /// `…`), tensor edits by the check of the header's tensors against the architecture, both
 /// before any tensor is built.
 fn hostile_models() -> Vec<Hostile> {
-    fn meta(f: impl Fn(&mut Value) + 'static) -> Box<dyn Fn(&mut Value, &mut Value)> {
+    fn meta(f: impl Fn(&mut Value) + 'static) -> Edit {
         Box::new(move |m, _| f(m))
     }
-    fn tensors(f: impl Fn(&mut Value) + 'static) -> Box<dyn Fn(&mut Value, &mut Value)> {
+    fn tensors(f: impl Fn(&mut Value) + 'static) -> Edit {
         Box::new(move |_, h| f(h))
     }
     const META: &str = "metadata `";

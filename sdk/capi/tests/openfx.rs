@@ -27,7 +27,7 @@ fn openfx_dir() -> PathBuf {
 fn sdk() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let out = run(&mut Command::new("bash").arg(openfx_dir().join("fetch-sdk.sh")));
+        let out = run(Command::new("bash").arg(openfx_dir().join("fetch-sdk.sh")));
         let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
         assert!(
             dir.join("include/ofxImageEffect.h").is_file(),
@@ -90,7 +90,7 @@ fn test_host() -> &'static Path {
 
 /// A centred crop of a held-out photograph (never trained on) as 8-bit RGB.
 fn coffee(width: usize, height: usize) -> Pnm {
-    common::heldout_crop("coffee.png", width, height)
+    heldout_crop("coffee.png", width, height)
 }
 
 /// The frames the test host reads: a 96x64 crop, three noisy versions of it (the denoising

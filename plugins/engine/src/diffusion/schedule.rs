@@ -167,7 +167,7 @@ fn gather_vec(arr: Vec<f64>, t: &Tensor, like: &Tensor) -> Tensor {
         .index_select(0, &t.to_kind(Kind::Int64))
         .to_kind(like.kind());
     let mut shape = vec![t.size()[0]];
-    shape.extend(std::iter::repeat(1).take(like.dim().saturating_sub(1)));
+    shape.extend(std::iter::repeat_n(1, like.dim().saturating_sub(1)));
     vals.reshape(shape.as_slice())
 }
 

@@ -355,7 +355,11 @@ impl Replica {
                 let l_g = self.disc.generator_loss(&c.x, &x_hat);
                 let w =
                     adaptive_weight(&l_gt, &l_g, self.gen.last_layer_weight()) * sh.cfg.adv_scale;
-                loss = loss + &l_g * w;
+                // A new tensor, not `+=` (in place on a tensor autograd still needs).
+                #[allow(clippy::assign_op_pattern)]
+                {
+                    loss = loss + &l_g * w;
+                }
                 gan = Some((l_g.double_value(&[]), w));
             }
             (loss, l_kl, l_con, l_gt, gan)

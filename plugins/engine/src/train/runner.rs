@@ -629,6 +629,9 @@ impl Session {
     /// An error (a non-finite loss, a checkpoint that cannot be written, a failed
     /// evaluation) leaves the last checkpoint on disk as it was; the session must then be
     /// dropped (its weights may be ahead of any checkpoint, or damaged).
+    // `step % every == 0` rather than `is_multiple_of`: the two differ for `every = 0`, and
+    // this cleanup changes no behaviour.
+    #[allow(clippy::manual_is_multiple_of)]
     pub fn train(
         &mut self,
         max_steps: Option<u64>,

@@ -487,6 +487,9 @@ impl UNetConfig {
 }
 
 /// One layer inside an `input_blocks.i` / `middle_block` / `output_blocks.i` sequence.
+// Variants differ in size (a residual block holds many layers); a network has a few dozen
+// of them, built once, so boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Layer {
     Conv(nn::Conv2D),

@@ -153,7 +153,7 @@ pub fn edited_model(good: &[u8], edit: impl FnOnce(&mut Value, &mut Value)) -> V
         body.extend_from_slice(&data[start..end]);
     }
     let mut text = header.to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

@@ -264,8 +264,8 @@ pub(super) fn materialise(
         let mut idx = vec![0usize; outer];
         'copy: loop {
             let mut off = spec.offset;
-            for d in 0..outer {
-                off += idx[d] * spec.stride[d];
+            for (i, stride) in idx.iter().zip(&spec.stride) {
+                off += i * stride;
             }
             data.extend_from_slice(&base[off * es..(off + run) * es]);
             let mut d = outer;

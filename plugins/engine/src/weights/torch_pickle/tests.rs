@@ -240,7 +240,7 @@ fn truncated_files_are_errors() {
         let dir = std::env::temp_dir().join(format!("davi-pt-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.truncated.pt"));
-        std::fs::File::create(&path)
+        File::create(&path)
             .unwrap()
             .write_all(&bytes[..bytes.len() / 2])
             .unwrap();
@@ -350,7 +350,7 @@ fn tensor_from_an_unknown_rebuild_function_is_an_error() {
 fn reusing_a_large_container_is_bounded() {
     // a 1000-item tuple, memoised, then list(t) 100k times: must stop early
     let mut p = vec![0x80, 0x02, b'('];
-    p.extend(std::iter::repeat(b'N').take(1000));
+    p.extend(std::iter::repeat_n(b'N', 1000));
     p.extend_from_slice(b"tq\x00c__builtin__\nlist\nq\x01");
     for _ in 0..100_000 {
         p.extend_from_slice(b"h\x01h\x00\x85R0");
@@ -371,7 +371,7 @@ fn reusing_a_large_container_is_bounded() {
 fn deep_nesting_is_an_error_not_a_crash() {
     // 100k nested 1-tuples: building and dropping must not recurse
     let mut p = vec![0x80, 0x02, b')'];
-    p.extend(std::iter::repeat(0x85).take(100_000));
+    p.extend(std::iter::repeat_n(0x85, 100_000));
     p.push(b'.');
     let mut arena = Arena::new(0);
     let (v, _) = run_pickle(&p, 0, "t", &mut arena, false).unwrap();

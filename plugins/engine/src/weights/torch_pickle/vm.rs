@@ -223,7 +223,7 @@ impl<'d> Vm<'d, '_> {
     }
 
     pub(super) fn set_items(&mut self, at: usize, flat: Vec<Value>) -> Result<()> {
-        if flat.len() % 2 != 0 {
+        if !flat.len().is_multiple_of(2) {
             return Err(self.malformed(at, "odd number of items for SETITEMS"));
         }
         match self.top(at)? {
