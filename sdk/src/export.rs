@@ -13,8 +13,12 @@
 //!         flags: 0,
 //!     };
 //!     fn new(_: &davi_sdk::PluginOptions) -> Result<Self, davi_sdk::DaviError> { Ok(Identity) }
-//!     fn restore(&mut self, spec: &davi_sdk::OperatorSpec, input: &davi_sdk::PlanarImage,
-//!                progress: &mut davi_sdk::Progress<'_>) -> Result<davi_sdk::PlanarImage, davi_sdk::DaviError> {
+//!     fn restore(
+//!         &mut self,
+//!         spec: &davi_sdk::OperatorSpec,
+//!         input: &davi_sdk::PlanarImage,
+//!         progress: &mut davi_sdk::Progress<'_>,
+//!     ) -> Result<davi_sdk::PlanarImage, davi_sdk::DaviError> {
 //!         progress.update(1.0)?;
 //!         Ok(input.clone())
 //!     }

@@ -714,8 +714,8 @@ fn clamp_unit(v: f32) -> f32 {
     }
 }
 
-/// Colour planes of `f32`, channel-major: sample `(c, y, x)` is `data[(c * height + y) * width + x]`.
-/// The form every plugin restores; values are in `[0, 1]`.
+/// Colour planes of `f32`, channel-major: sample `(c, y, x)` is
+/// `data[(c * height + y) * width + x]`. The form every plugin restores; values are in `[0, 1]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlanarImage {
     pub width: usize,

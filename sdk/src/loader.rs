@@ -63,7 +63,10 @@ pub enum LoadError {
     MissingEntry(String),
     #[error("`davi_plugin_entry` returned NULL (the plugin refused ABI major {host_major})")]
     NullTable { host_major: u16 },
-    #[error("wrong ABI: the plugin implements ABI {plugin_major}.{plugin_minor}, this host ABI {host_major}.{host_minor}")]
+    #[error(
+        "wrong ABI: the plugin implements ABI {plugin_major}.{plugin_minor}, this host ABI \
+        {host_major}.{host_minor}"
+    )]
     AbiMismatch {
         plugin_major: u16,
         plugin_minor: u16,

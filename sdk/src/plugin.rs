@@ -92,7 +92,8 @@ pub type DaviProgressFn =
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DaviPluginOptions {
-    /// `sizeof(DaviPluginOptions)` as the host compiled it; at least [`DaviPluginOptions::V1_SIZE`].
+    /// `sizeof(DaviPluginOptions)` as the host compiled it; at least
+    /// [`DaviPluginOptions::V1_SIZE`].
     pub struct_size: u32,
     /// Reserved, set to 0.
     pub reserved: u32,

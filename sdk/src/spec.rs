@@ -317,7 +317,8 @@ impl OperatorSpec {
                     ] {
                         if v > MAX_BOX_COORDINATE {
                             return bad(format!(
-                                "inpainting.boxes[{i}].{key} must be at most {MAX_BOX_COORDINATE}, got {v}"
+                                "inpainting.boxes[{i}].{key} must be at most {MAX_BOX_COORDINATE}, \
+                                    got {v}"
                             ));
                         }
                     }
@@ -331,7 +332,8 @@ impl OperatorSpec {
                 // Bounded so the operator's pseudo-inverse (w / |w|^2) stays finite in f32.
                 if c.weights.iter().any(|w| *w > 100.0) || c.weights.iter().sum::<f64>() < 1e-3 {
                     return bad(format!(
-                        "colorization.weights must each be at most 100 and sum to at least 0.001, got {:?}",
+                        "colorization.weights must each be at most 100 and sum to at least 0.001, \
+                            got {:?}",
                         c.weights
                     ));
                 }
@@ -360,7 +362,8 @@ impl OperatorSpec {
                     };
                     if outside(r.top, r.height, height) || outside(r.left, r.width, width) {
                         return Err(SpecError::Invalid(format!(
-                            "inpainting.boxes[{i}] ({}x{} at row {}, column {}) lies outside the {width}x{height} image",
+                            "inpainting.boxes[{i}] ({}x{} at row {}, column {}) lies outside the \
+                                {width}x{height} image",
                             r.height, r.width, r.top, r.left
                         )));
                     }
@@ -478,7 +481,10 @@ mod tests {
     /// `validate_for_size` overflowed on `top + height`. Coordinates are now bounded to 32 bits.
     #[test]
     fn fuzz_huge_box_sides_are_refused_by_name() {
-        let crash = r#"{"kind":"inpainting","boxes":[{"top":4294967295,"left":0,"height":13223372036854775807,"width":1}]}"#;
+        let crash = concat!(
+            r#"{"kind":"inpainting","boxes":[{"top":4294967295,"left":0,"#,
+            r#""height":13223372036854775807,"width":1}]}"#,
+        );
         let e = OperatorSpec::parse(crash).unwrap_err();
         assert!(
             e.to_string()
@@ -488,7 +494,8 @@ mod tests {
         for key in ["top", "left", "height", "width"] {
             let mut huge = serde_json::json!({"top": 1, "left": 1, "height": 1, "width": 1});
             huge[key] = serde_json::json!(u64::MAX);
-            let text = serde_json::json!({"kind": "inpainting", "boxes": [{"top": 1, "left": 1, "height": 1, "width": 1}, huge]});
+            let one = serde_json::json!({"top": 1, "left": 1, "height": 1, "width": 1});
+            let text = serde_json::json!({"kind": "inpainting", "boxes": [one, huge]});
             let e = OperatorSpec::parse(&text.to_string()).unwrap_err();
             assert!(
                 e.to_string()
@@ -498,7 +505,10 @@ mod tests {
         }
         // The largest allowed box serialises, parses back, and is checked against sizes
         // without overflowing.
-        let edge = r#"{"kind":"inpainting","boxes":[{"top":4294967295,"left":4294967295,"height":4294967295,"width":4294967295}]}"#;
+        let edge = concat!(
+            r#"{"kind":"inpainting","boxes":[{"top":4294967295,"left":4294967295,"#,
+            r#""height":4294967295,"width":4294967295}]}"#,
+        );
         let s = OperatorSpec::parse(edge).unwrap();
         assert_eq!(OperatorSpec::from_toml(&s.to_toml()).unwrap(), s);
         assert!(s.validate_for_size(1 << 32, 1 << 32).is_err());

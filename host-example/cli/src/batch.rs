@@ -236,7 +236,8 @@ pub fn run(a: &BatchArgs) -> Result<()> {
                 0.0
             };
             let line = format!(
-                "[{processed}/{total}] {}% {done} restored, {skipped} skipped, {} failed, eta {}  {}",
+                "[{processed}/{total}] {}% {done} restored, {skipped} skipped, {} failed, eta {}  \
+                    {}",
                 processed * 100 / total.max(1),
                 failed.len(),
                 duration(eta),
@@ -265,7 +266,10 @@ pub fn run(a: &BatchArgs) -> Result<()> {
             "done": done,
             "skipped": skipped,
             "failed": failed.len(),
-            "errors": failed.iter().map(|(f, m)| serde_json::json!({"file": f, "error": m})).collect::<Vec<_>>(),
+            "errors": failed
+                .iter()
+                .map(|(f, m)| serde_json::json!({"file": f, "error": m}))
+                .collect::<Vec<_>>(),
             "seconds": seconds,
             "load_seconds": (t_loaded - t0).as_secs_f64(),
         });

@@ -9,10 +9,10 @@
 //! ```
 //! The evaluation itself lives in the engine (`davi_engine::eval`, DPS in `davi_engine::dps`
 //! after Chung et al., ICLR 2023, as described in docs/algorithm.md §8). This file parses the
-//! command line, loads the models, adapts the classical plugin (`davi-classical`, loaded through the plugin loader
-//! because the engine must not depend on it) to the engine's `ExternalMethod` hook, shows
-//! progress, and writes the JSON and Markdown reports atomically. The Markdown table also goes
-//! to stdout.
+//! command line, loads the models, adapts the classical plugin (`davi-classical`, loaded through
+//! the plugin loader because the engine must not depend on it) to the engine's `ExternalMethod`
+//! hook, shows progress, and writes the JSON and Markdown reports atomically. The Markdown table
+//! also goes to stdout.
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use davi_engine::eval::{

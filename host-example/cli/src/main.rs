@@ -265,13 +265,22 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             if !plugin.is_empty() || plugin_id.is_some() {
                 if stats_json.is_some() {
-                    bail!("--stats-json reports the built-in engine's work; it does not apply to --plugin");
+                    bail!(
+                        "--stats-json reports the built-in engine's work; it does not apply to \
+                        --plugin"
+                    );
                 }
                 if args.precision != "fp32" {
-                    bail!("--precision applies to the built-in engine; the plugin table has no precision (plugins run fp32)");
+                    bail!(
+                        "--precision applies to the built-in engine; the plugin table has no \
+                        precision (plugins run fp32)"
+                    );
                 }
                 if args.ensemble != 1 {
-                    bail!("--ensemble applies to the built-in engine; the plugin table has no self-ensemble");
+                    bail!(
+                        "--ensemble applies to the built-in engine; the plugin table has no \
+                        self-ensemble"
+                    );
                 }
                 return restore_with_plugin(
                     &input,

@@ -1,6 +1,6 @@
 //! `davi restore` with the built-in engine, shared with `davi batch`: the options (model,
-//! operator, device, precision, seed, perturbation, tiling), one model load ([`Engine::load`]) and the
-//! restoration of one file to another ([`Engine::restore_file`]), metadata carried and the
+//! operator, device, precision, seed, perturbation, tiling), one model load ([`Engine::load`]) and
+//! the restoration of one file to another ([`Engine::restore_file`]), metadata carried and the
 //! output written atomically (`imageio::write_with_meta`).
 use crate::{imageio, load_generator, OpArgs};
 use anyhow::{bail, Result};
@@ -240,7 +240,8 @@ impl Engine {
                 "samples": work.samples,
                 "pixels": work.pixels,
                 "flops": work.flops,
-                "flops_per_sample_pixel": if work.pixels > 0 { work.flops / work.pixels as f64 } else { 0.0 },
+                "flops_per_sample_pixel":
+                    if work.pixels > 0 { work.flops / work.pixels as f64 } else { 0.0 },
             },
         })
     }

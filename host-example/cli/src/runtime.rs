@@ -66,7 +66,10 @@ fn choose_and_apply() -> String {
         Ok(v) => match parse_pair(&v) {
             Some(p) => p,
             None => {
-                eprintln!("davi: warning: DAVI_MALLOPT wants `off` or MMAP_BYTES,TRIM_BYTES (got {v:?}); using the defaults");
+                eprintln!(
+                    "davi: warning: DAVI_MALLOPT wants `off` or MMAP_BYTES,TRIM_BYTES (got \
+                    {v:?}); using the defaults"
+                );
                 DEFAULT_MALLOPT
             }
         },

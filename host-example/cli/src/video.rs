@@ -87,7 +87,11 @@ fn read_frame(r: &mut impl Read, buf: &mut [u8], index: usize) -> Result<bool> {
     while filled < buf.len() {
         match r.read(&mut buf[filled..]) {
             Ok(0) if filled == 0 => return Ok(false),
-            Ok(0) => bail!("frame {index} is truncated: {filled} of {} bytes (wrong --width/--height/--pix-fmt?)", buf.len()),
+            Ok(0) => bail!(
+                "frame {index} is truncated: {filled} of {} bytes (wrong \
+                --width/--height/--pix-fmt?)",
+                buf.len()
+            ),
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).context("reading stdin"),

@@ -584,7 +584,10 @@ fn kill_resume_and_compare(tag: &str, wanted: u32, seed: u64) {
         runs += 1;
     }
     std::fs::remove_dir_all(&dir).ok();
-    eprintln!("{tag}: {kills} of {rounds} invocations killed ({mid_write} in the middle of a checkpoint write) over {runs} runs, each equal to the uninterrupted run");
+    eprintln!(
+        "{tag}: {kills} of {rounds} invocations killed ({mid_write} in the middle of a \
+        checkpoint write) over {runs} runs, each equal to the uninterrupted run"
+    );
     assert!(mid_write >= 1, "no kill landed inside a checkpoint write");
 }
 
@@ -1014,6 +1017,10 @@ fn batch_killed_at_random_moments_resumes_to_the_same_outputs() {
         all
     );
     // Reported, not required: see the restore test above.
-    eprintln!("batch: {kills} of {rounds} invocations killed ({mid_write} in the middle of writing an output), {} batches finished", runs + 1);
+    eprintln!(
+        "batch: {kills} of {rounds} invocations killed ({mid_write} in the middle of writing \
+        an output), {} batches finished",
+        runs + 1
+    );
     std::fs::remove_dir_all(&r.dir).ok();
 }

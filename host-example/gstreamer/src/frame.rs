@@ -75,8 +75,8 @@ pub fn is_color(format: VideoFormat) -> bool {
 
 /// Restore `input` into `output` (sizes and formats as negotiated: the output is the
 /// operator's output size; colorization's output is a colour format). `progress` runs
-/// between tiles on this thread; returning `false` cancels with [`davi_sdk::DaviStatus::Cancelled`].
-/// `output` is written only on success.
+/// between tiles on this thread; returning `false` cancels with
+/// [`davi_sdk::DaviStatus::Cancelled`]. `output` is written only on success.
 pub fn restore(
     context: &Context,
     spec: &OperatorSpec,

@@ -2,12 +2,12 @@
 //!
 //! What users compare DAVI against, with no learning and no model file, on the CPU:
 //!
-//! | operator kind      | method                                                     | module |
-//! |--------------------|------------------------------------------------------------|--------|
-//! | `gaussian_blur`    | Richardson–Lucy deconvolution with TV regularisation       | [`deblur`] |
-//! | `super_resolution` | Lanczos-3 up-sampling (+ back-projection when noiseless)   | [`upscale`] |
-//! | `denoising`        | non-local means (Buades–Coll–Morel, IPOL 2011)             | [`denoise`] |
-//! | `inpainting`       | Telea's fast-marching inpainting of the spec's boxes       | [`inpaint`] |
+//! | operator kind      | method                                                   | module      |
+//! |--------------------|----------------------------------------------------------|-------------|
+//! | `gaussian_blur`    | Richardson–Lucy deconvolution with TV regularisation     | [`deblur`]  |
+//! | `super_resolution` | Lanczos-3 up-sampling (+ back-projection when noiseless) | [`upscale`] |
+//! | `denoising`        | non-local means (Buades–Coll–Morel, IPOL 2011)           | [`denoise`] |
+//! | `inpainting`       | Telea's fast-marching inpainting of the spec's boxes     | [`inpaint`] |
 //!
 //! Colorization has no classical solution worth the name, so the plugin does not claim it:
 //! hosts asking for it get `DaviStatus::UnsupportedOperator` (or pick another plugin).
@@ -46,7 +46,8 @@ impl RestorePlugin for Classical {
     const INFO: PluginInfo = PluginInfo {
         id: c"classical",
         version: davi_sdk::cstr!(env!("CARGO_PKG_VERSION")),
-        description: c"Classical baseline: Richardson-Lucy deblurring, Lanczos-3 upscaling, non-local means denoising, Telea inpainting (CPU, no learning)",
+        description: c"Classical baseline: Richardson-Lucy deblurring, Lanczos-3 upscaling, \
+            non-local means denoising, Telea inpainting (CPU, no learning)",
         operator_kinds: DAVI_OPERATOR_GAUSSIAN_BLUR
             | DAVI_OPERATOR_SUPER_RESOLUTION
             | DAVI_OPERATOR_INPAINTING

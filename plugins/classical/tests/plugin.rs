@@ -37,7 +37,8 @@ const SPECS: &[&str] = &[
     "kind = \"gaussian_blur\"\nsigma = 1.5\nsize = 9\nnoise_sigma = 0.05",
     "kind = \"super_resolution\"\nfactor = 2",
     "kind = \"denoising\"\nnoise_sigma = 0.2",
-    "{\"kind\": \"inpainting\", \"boxes\": [{\"top\": 4, \"left\": 6, \"height\": 8, \"width\": 10}]}",
+    "{\"kind\": \"inpainting\", \"boxes\": [{\"top\": 4, \"left\": 6, \"height\": 8, \"width\": \
+        10}]}",
 ];
 
 #[test]

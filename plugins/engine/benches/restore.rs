@@ -33,18 +33,24 @@
 //!
 //! Environment:
 //!
-//! | variable | default | meaning |
-//! |---|---|---|
-//! | `DAVI_BENCH_REPS` | 5 (CPU), 30 (CUDA) | timed repetitions per measurement |
-//! | `DAVI_BENCH_WARMUP` | 1 (CPU), 5 (CUDA) | untimed repetitions first |
-//! | `DAVI_BENCH_THREADS` | libtorch's default | intra-op threads of the main measurement |
-//! | `DAVI_BENCH_EXPERIMENTS` | `threads,channels_last,grad,bf16` | which experiments (CPU); `none` for none |
-//! | `DAVI_BENCH_EXPORT` | unset | folder: writes `model.safetensors`, `input.npy` (x), `forward_tch.npy` (f32 output of (a)), `tch.json` (timings) for `scripts/bench_pytorch.py` |
-//! | `DAVI_BENCH_DEVICE` | `cpu` | `cuda`/`cuda:N`: fp32 (TF32 convolutions, libtorch's cuDNN default) and bf16, batch 1 and 32 |
-//! | `DAVI_BENCH_BATCHES` | `1,32` | batch sizes of the CUDA run |
-//! | `DAVI_BENCH_MATRIX` | unset | `1`: run the CUDA matrix on the CPU (dry run of the GPU script) |
-//! | `DAVI_BENCH_MALLOPT` | the CLI's, `134217728,1073741824` | `MMAP_BYTES,TRIM_BYTES`: glibc `mallopt` thresholds set at start; `off` keeps glibc's defaults (see docs/performance.md) |
-//! | `DAVI_BENCH_SERVE` | unset | `1`: co-process for `bench_pytorch.py --tch-bin` (paired tch/PyTorch timing) |
+//! Variables (default in brackets):
+//! - `DAVI_BENCH_REPS` [5 (CPU), 30 (CUDA)]: timed repetitions per measurement;
+//! - `DAVI_BENCH_WARMUP` [1 (CPU), 5 (CUDA)]: untimed repetitions first;
+//! - `DAVI_BENCH_THREADS` [libtorch's default]: intra-op threads of the main measurement;
+//! - `DAVI_BENCH_EXPERIMENTS` [`threads,channels_last,grad,bf16`]: which experiments (CPU);
+//!   `none` for none;
+//! - `DAVI_BENCH_EXPORT` [unset]: a folder: writes `model.safetensors`, `input.npy` (x),
+//!   `forward_tch.npy` (f32 output of (a)), `tch.json` (timings) for
+//!   `scripts/bench_pytorch.py`;
+//! - `DAVI_BENCH_DEVICE` [`cpu`]: `cuda`/`cuda:N`: fp32 (TF32 convolutions, libtorch's cuDNN
+//!   default) and bf16, batch 1 and 32;
+//! - `DAVI_BENCH_BATCHES` [`1,32`]: batch sizes of the CUDA run;
+//! - `DAVI_BENCH_MATRIX` [unset]: `1`: run the CUDA matrix on the CPU (dry run of the GPU
+//!   script);
+//! - `DAVI_BENCH_MALLOPT` [the CLI's, `134217728,1073741824`]: `MMAP_BYTES,TRIM_BYTES`: glibc
+//!   `mallopt` thresholds set at start; `off` keeps glibc's defaults (see docs/performance.md);
+//! - `DAVI_BENCH_SERVE` [unset]: `1`: co-process for `bench_pytorch.py --tch-bin` (paired
+//!   tch/PyTorch timing).
 use davi_engine::diffusion::schedule::timesteps;
 use davi_engine::restore::{seeded_normal, Precision, RestoreOptions, Restorer};
 use davi_engine::tiling::Tiling;
@@ -105,8 +111,14 @@ impl Stats {
         )
     }
     fn json(&self) -> serde_json::Value {
-        serde_json::json!({ "median_s": self.median(), "min_s": self.min(), "samples_s": self.samples,
-            "cpu_median_s": self.cpu_median(), "cpu_min_s": self.cpu_min(), "cpu_samples_s": self.cpu })
+        serde_json::json!({
+            "median_s": self.median(),
+            "min_s": self.min(),
+            "samples_s": self.samples,
+            "cpu_median_s": self.cpu_median(),
+            "cpu_min_s": self.cpu_min(),
+            "cpu_samples_s": self.cpu,
+        })
     }
 }
 
@@ -338,7 +350,8 @@ fn build_restorer(device: Device) -> Restorer {
         "unet": UNetConfig::ffhq256(),
         "diffusion_steps": 1000,
         "perturb_h": H,
-        "provenance": { "source": "benches/restore.rs: LoadedModel::random(seed 0) + non-zero re-draw (seed 1)" },
+        "provenance": { "source": "benches/restore.rs: LoadedModel::random(seed 0) + non-zero \
+            re-draw (seed 1)" },
     }))
     .expect("bench model metadata");
     let model = LoadedModel::random(meta, device, 0).expect("ffhq256 builds");
@@ -476,9 +489,12 @@ fn run_cpu() {
 
     println!("== davi-engine bench: FFHQ-256 U-Net, 256x256, batch 1, CPU, random weights ==");
     println!(
-        "cpu: {} ({} logical CPUs); libtorch default intra-op threads {default_threads}, using {threads}; interop threads {}",
+        "cpu: {} ({} logical CPUs); libtorch default intra-op threads {default_threads}, using \
+            {threads}; interop threads {}",
         cpu_model_name(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         tch::get_num_interop_threads()
     );
     println!(
@@ -487,7 +503,10 @@ fn run_cpu() {
         tch::utils::has_mkl(),
         tch::utils::has_openmp()
     );
-    println!("reps {reps}, warm-up {warmup}; every comparison is paired: the two sides alternate rep by rep (order flipped each rep), so background load hits both alike");
+    println!(
+        "reps {reps}, warm-up {warmup}; every comparison is paired: the two sides alternate \
+        rep by rep (order flipped each rep), so background load hits both alike"
+    );
 
     let r = build_restorer(device);
     println!(
@@ -507,7 +526,8 @@ fn run_cpu() {
     println!("(b) restore_lifted (h=0.1)      {}", sb.show());
     let ratio = 1.0 / p.speedup();
     println!(
-        "ratio (b)/(a): wall paired median {:.4}, median/median {:.4}, min/min {:.4}; cpu paired median {:.4}, min/min {:.4}  (target <= 1.05)",
+        "ratio (b)/(a): wall paired median {:.4}, median/median {:.4}, min/min {:.4}; cpu paired \
+            median {:.4}, min/min {:.4}  (target <= 1.05)",
         ratio,
         sb.median() / sa.median(),
         sb.min() / sa.min(),
@@ -520,7 +540,10 @@ fn run_cpu() {
         max_abs(&ref_restore)
     );
     let manual_d = max_abs_diff(&one_step_in(&r, &x, Kind::Float), &ref_restore);
-    println!("check: bench-composed one-step (used for bf16) vs restore_lifted, f32: max|d| {manual_d:.2e}");
+    println!(
+        "check: bench-composed one-step (used for bf16) vs restore_lifted, f32: max|d| \
+        {manual_d:.2e}"
+    );
     // The part of a restore outside the network, timed alone (load-insensitive, unlike the
     // ratio of two multi-second measurements).
     let eps = ref_out.narrow(1, 0, 3);
@@ -533,7 +556,8 @@ fn run_cpu() {
         })
     });
     println!(
-        "restore work outside the network (seeded noise, bridge interpolation, tanh): median {:.2} ms, min {:.2} ms = {:.3}% of the forward median",
+        "restore work outside the network (seeded noise, bridge interpolation, tanh): median {:.2} \
+            ms, min {:.2} ms = {:.3}% of the forward median",
         1e3 * so.median(),
         1e3 * so.min(),
         100.0 * so.median() / sa.median()
@@ -577,7 +601,8 @@ fn run_cpu() {
     let mut record = |key: &str, label: &str, p: &Paired, reference: &Tensor| {
         let d = max_abs_diff(&p.var_out, reference);
         println!(
-            "[{label}]\n    baseline {}\n    variant  {}\n    speed-up (baseline/variant): wall paired median x{:.3}, min/min x{:.3}; cpu paired median x{:.3}; max|d| {d:.2e}",
+            "[{label}]\n    baseline {}\n    variant  {}\n    speed-up (baseline/variant): wall \
+                paired median x{:.3}, min/min x{:.3}; cpu paired median x{:.3}; max|d| {d:.2e}",
             p.base.show(),
             p.var.show(),
             p.speedup(),
@@ -634,7 +659,10 @@ fn run_cpu() {
             &ref_out,
         );
     }
-    println!("[inference mode] not measurable in tch: tch 0.24 / torch-sys 0.24 expose no InferenceMode guard (bench_pytorch.py measures it on the PyTorch side)");
+    println!(
+        "[inference mode] not measurable in tch: tch 0.24 / torch-sys 0.24 expose no \
+        InferenceMode guard (bench_pytorch.py measures it on the PyTorch side)"
+    );
     if want("channels_last") || want("bf16") {
         // A second copy of the same weights, modified in place, paired with the untouched one.
         let mut r2 = build_restorer(device);
@@ -753,7 +781,10 @@ fn run_matrix(device: Device) {
     println!("== davi-engine bench: FFHQ-256 U-Net, 256x256, {device:?}, random weights ==");
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
-        println!("reps {reps}, warm-up {warmup}, batches {batches:?}, cudnn benchmark on; fp32 convolutions use TF32 (libtorch's cuDNN default), matmuls full fp32");
+        println!(
+            "reps {reps}, warm-up {warmup}, batches {batches:?}, cudnn benchmark on; fp32 \
+            convolutions use TF32 (libtorch's cuDNN default), matmuls full fp32"
+        );
     } else {
         println!(
             "reps {reps}, warm-up {warmup}, batches {batches:?} (GPU matrix dry run on the CPU)"
@@ -808,7 +839,8 @@ fn run_matrix(device: Device) {
                 )
             };
             println!(
-                "[{name} b={b}] forward {}  ({:.2} ms/img)\n[{name} b={b}] restore {}  ({:.2} ms/img)  ratio {:.3}{diff}",
+                "[{name} b={b}] forward {}  ({:.2} ms/img)\n[{name} b={b}] restore {}  ({:.2} \
+                    ms/img)  ratio {:.3}{diff}",
                 sa.show(),
                 1e3 * sa.median() / b as f64,
                 sb.show(),

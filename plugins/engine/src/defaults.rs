@@ -20,7 +20,8 @@ pub fn file_name(task: &str) -> Result<String> {
         "colorize" | "colorization" => "colorize",
         other => {
             return Err(EngineError::InvalidInput(format!(
-                "no default model for task `{other}` (defaults exist for deblur, sr4, inpaint, denoise, colorize)"
+                "no default model for task `{other}` (defaults exist for deblur, sr4, inpaint, \
+                    denoise, colorize)"
             )))
         }
     };
@@ -60,10 +61,14 @@ pub fn search_dirs() -> Vec<PathBuf> {
 pub fn model_path(task: &str) -> Result<PathBuf> {
     let name = file_name(task)?;
     let dirs = search_dirs();
-    dirs.iter().map(|d| d.join(&name)).find(|p| p.is_file()).ok_or_else(|| {
-        EngineError::InvalidInput(format!(
-            "default model {name} not found (looked in {}); set DAVI_MODEL_DIR or pass a model file",
+    dirs.iter()
+        .map(|d| d.join(&name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            EngineError::InvalidInput(format!(
+            "default model {name} not found (looked in {}); set DAVI_MODEL_DIR or pass a model \
+                file",
             dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
         ))
-    })
+        })
 }

@@ -167,12 +167,15 @@ impl Dps {
         let meta = &model.meta;
         if meta.role != ModelRole::Prior {
             return Err(EngineError::InvalidInput(
-                "DPS needs a diffusion prior (a model file with role `prior`), not a one-step generator".into(),
+                "DPS needs a diffusion prior (a model file with role `prior`), not a one-step \
+                    generator"
+                    .into(),
             ));
         }
         if meta.unet.out_channels != 2 * meta.unet.in_channels {
             return Err(EngineError::InvalidInput(format!(
-                "DPS needs a prior with learned-range variance ({} output channels for {} input channels), this one has {}",
+                "DPS needs a prior with learned-range variance ({} output channels for {} input \
+                    channels), this one has {}",
                 2 * meta.unet.in_channels,
                 meta.unet.in_channels,
                 meta.unet.out_channels
@@ -223,7 +226,8 @@ impl Dps {
         let (mc, mh, mw) = op.measurement_shape(c, height, width);
         if dims.len() != 4 || dims[0] < 1 || dims[1..] != [mc, mh, mw] {
             return Err(EngineError::InvalidInput(format!(
-                "the measurement has shape {dims:?}, the operator makes (B, {mc}, {mh}, {mw}) from {c}x{height}x{width} images"
+                "the measurement has shape {dims:?}, the operator makes (B, {mc}, {mh}, {mw}) from \
+                    {c}x{height}x{width} images"
             )));
         }
         let spaced = respace(&self.diffusion, opts.nfe)?;

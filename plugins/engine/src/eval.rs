@@ -360,7 +360,8 @@ pub fn prepare_image(
     let (nh, nw) = (h - h % multiple, w - w % multiple);
     if nh == 0 || nw == 0 {
         return Err(EngineError::InvalidInput(format!(
-            "a {w}x{h} image is smaller than the {multiple}-pixel multiple the networks and operator need"
+            "a {w}x{h} image is smaller than the {multiple}-pixel multiple the networks and \
+                operator need"
         )));
     }
     Ok(x.narrow(1, (h - nh) / 2, nh)

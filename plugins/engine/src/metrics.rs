@@ -54,10 +54,10 @@ pub fn ssim(a: &Tensor, b: &Tensor) -> Vec<f64> {
 /// organised on a lattice of period `period` pixels anchored at the top-left corner — the
 /// lattice that tiles of stride `period` leave (a phantom hole in every tile, a colour per
 /// tile, seams). The error energy (summed over channels) is averaged into a column profile and
-/// a row profile, smoothed over 8 pixels; each profile is folded modulo the period, and the fold's contrast (standard
-/// deviation over mean) is compared with the median contrast of nearby periods that no tile
-/// grid shares. Returns the larger of the two axes' ratios: about 1 when the error has no
-/// preference for the lattice, several times that when tiles show.
+/// a row profile, smoothed over 8 pixels; each profile is folded modulo the period, and the fold's
+/// contrast (standard deviation over mean) is compared with the median contrast of nearby periods
+/// that no tile grid shares. Returns the larger of the two axes' ratios: about 1 when the error has
+/// no preference for the lattice, several times that when tiles show.
 pub fn lattice_score(restored: &Tensor, reference: &Tensor, period: i64) -> f64 {
     let e = (restored.to_kind(Kind::Double) - reference.to_kind(Kind::Double))
         .square()

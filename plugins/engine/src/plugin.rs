@@ -81,7 +81,8 @@ impl RestorePlugin for DaviPlugin {
     const INFO: PluginInfo = PluginInfo {
         id: c"davi",
         version: davi_sdk::cstr!(env!("CARGO_PKG_VERSION")),
-        description: c"DAVI one-step diffusion-prior restoration (ECCV 2024): deblurring, super-resolution, inpainting, denoising, colorization",
+        description: c"DAVI one-step diffusion-prior restoration (ECCV 2024): deblurring, \
+            super-resolution, inpainting, denoising, colorization",
         operator_kinds: DAVI_OPERATOR_GAUSSIAN_BLUR
             | DAVI_OPERATOR_SUPER_RESOLUTION
             | DAVI_OPERATOR_INPAINTING

@@ -9,10 +9,10 @@
 //! operators and the measurement-space steps of window models. Inside the network, GroupNorm
 //! runs in f32 and is cast back (`unet::resblock::norm_f32`, ADM's `GroupNorm32`); the
 //! attention softmax is libtorch's `scaled_dot_product_attention`, whose CPU kernel
-//! accumulates bf16/fp16 in f32 (`pytorch/pytorch: aten/src/ATen/native/cpu/FlashAttentionKernel.cpp`,
-//! `accum_t = at::opmath_type<scalar_t>`); convolutions and matrix products accumulate in f32
-//! inside oneDNN/cuDNN and round their outputs to the reduced type. Measured cost and speed:
-//! docs/performance.md, "Reduced precision".
+//! accumulates bf16/fp16 in f32 (`pytorch/pytorch`,
+//! `aten/src/ATen/native/cpu/FlashAttentionKernel.cpp`, `accum_t = at::opmath_type<scalar_t>`);
+//! convolutions and matrix products accumulate in f32 inside oneDNN/cuDNN and round their outputs
+//! to the reduced type. Measured cost and speed: docs/performance.md, "Reduced precision".
 //!
 //! bf16 on a CPU without bf16 instructions (x86: AVX512_BF16; Arm: BF16) is refused rather
 //! than emulated: libtorch would convert every value to f32 and back around f32 arithmetic,

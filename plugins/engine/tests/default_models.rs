@@ -2,8 +2,8 @@
 //! held-out photograph crop; where the short-trained models clearly help (deblurring,
 //! denoising, inpainting: +1.4 to +3 dB on this crop when they were committed) the result
 //! must beat the degraded input's PSNR. The 4x SR and colorization models are about even
-//! with their input here (docs/results.md); for them only shape and finiteness are checked. Needs `scripts/fetch-photos.sh` (the test
-//! script runs it).
+//! with their input here (docs/results.md); for them only shape and finiteness are checked. Needs
+//! `scripts/fetch-photos.sh` (the test script runs it).
 use davi_engine::restore::{RestoreOptions, Restorer};
 use davi_engine::{defaults, metrics, pipeline, train::data::load_rgb, weights::model_file};
 use davi_sdk::OperatorSpec;

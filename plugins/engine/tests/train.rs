@@ -351,7 +351,10 @@ fn resume_helpers_cut_the_log_and_remove_only_dead_writers_temporaries() {
     // line without a readable step is kept; cutting twice changes nothing.
     let log = dir.join("log.jsonl");
     assert_eq!(truncate_log(&log, 3).unwrap(), 0, "no log yet");
-    let kept = "{\"step\":1,\"loss\":0.5}\n{\"step\":2,\"loss\":0.4}\n{\"eval\":true,\"step\":2}\nnot json\n{\"step\":3,\"loss\":0.3}\n";
+    let kept = concat!(
+        "{\"step\":1,\"loss\":0.5}\n{\"step\":2,\"loss\":0.4}\n{\"eval\":true,\"step\":2}\n",
+        "not json\n{\"step\":3,\"loss\":0.3}\n",
+    );
     let cut = "{\"eval\":true,\"step\":4}\n{\"step\":5,\"lo";
     std::fs::write(&log, format!("{kept}{cut}")).unwrap();
     assert_eq!(truncate_log(&log, 3).unwrap(), cut.len() as u64);

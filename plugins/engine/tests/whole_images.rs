@@ -200,7 +200,10 @@ fn inpaint_boxes() -> (f64, f64, f64) {
         hole_mse(&(obs.shallow_clone() * &keep + &hole * 0.5)),
         hole_mse(&flat),
     );
-    eprintln!("inpaint boxes: hole MSE restored {got:.5}, flat ring-mean fill {flat:.5}, gray fill {zero:.5}");
+    eprintln!(
+        "inpaint boxes: hole MSE restored {got:.5}, flat ring-mean fill {flat:.5}, gray fill \
+        {zero:.5}"
+    );
     (got, flat, zero)
 }
 

@@ -85,7 +85,8 @@ pub unsafe fn struct_size_at_least<T>(
     let size = std::ptr::read_unaligned(p.cast::<u32>()) as usize;
     if size < v1_size {
         return Err(DaviError::invalid_argument(format!(
-            "{name}.struct_size is {size}, the ABI 1 struct has {v1_size} bytes (set it to sizeof({name}))"
+            "{name}.struct_size is {size}, the ABI 1 struct has {v1_size} bytes (set it to \
+                sizeof({name}))"
         )));
     }
     Ok(())

@@ -166,7 +166,8 @@ pub unsafe extern "C" fn davi_context_options_init(
         let options = arg_mut(options, "options")?;
         if options_size < CONTEXT_OPTIONS_V1 {
             return Err(DaviError::invalid_argument(format!(
-                "options_size {options_size} is smaller than DaviContextOptions ({CONTEXT_OPTIONS_V1} bytes)"
+                "options_size {options_size} is smaller than DaviContextOptions \
+                    ({CONTEXT_OPTIONS_V1} bytes)"
             )));
         }
         // A caller compiled against an ABI 1-3 header has a struct that ends before
@@ -673,7 +674,8 @@ pub unsafe extern "C" fn davi_restore_options_init(
         let options = arg_mut(options, "options")?;
         if options_size < RESTORE_OPTIONS_V1 {
             return Err(DaviError::invalid_argument(format!(
-                "options_size {options_size} is smaller than DaviRestoreOptions ({RESTORE_OPTIONS_V1} bytes)"
+                "options_size {options_size} is smaller than DaviRestoreOptions \
+                    ({RESTORE_OPTIONS_V1} bytes)"
             )));
         }
         options.write(DaviRestoreOptions {
@@ -871,7 +873,8 @@ pub unsafe extern "C" fn davi_training_options_init(
         let options = arg_mut(options, "options")?;
         if options_size < TRAINING_OPTIONS_V1 {
             return Err(DaviError::invalid_argument(format!(
-                "options_size {options_size} is smaller than DaviTrainingOptions ({TRAINING_OPTIONS_V1} bytes)"
+                "options_size {options_size} is smaller than DaviTrainingOptions \
+                    ({TRAINING_OPTIONS_V1} bytes)"
             )));
         }
         options.write(DaviTrainingOptions {
@@ -1116,7 +1119,8 @@ pub unsafe extern "C" fn davi_training_run_options_init(
         let options = arg_mut(options, "options")?;
         if options_size < TRAINING_RUN_OPTIONS_V1 {
             return Err(DaviError::invalid_argument(format!(
-                "options_size {options_size} is smaller than DaviTrainingRunOptions ({TRAINING_RUN_OPTIONS_V1} bytes)"
+                "options_size {options_size} is smaller than DaviTrainingRunOptions \
+                    ({TRAINING_RUN_OPTIONS_V1} bytes)"
             )));
         }
         options.write(DaviTrainingRunOptions {

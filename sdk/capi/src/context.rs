@@ -225,7 +225,8 @@ impl Context {
         if let Some(Tiling { tile, overlap }) = options.tiling {
             if tile % m != 0 || overlap >= tile {
                 return Err(DaviError::invalid_argument(format!(
-                    "tile {tile} must be a multiple of {m} (the model's down-sampling factor) and larger than the overlap {overlap}"
+                    "tile {tile} must be a multiple of {m} (the model's down-sampling factor) and \
+                        larger than the overlap {overlap}"
                 )));
             }
         }

@@ -1,5 +1,5 @@
-//! The registry of live opaque handles: every `DaviContext`, `DaviSpec` and `DaviTraining` this library has
-//! handed out and not yet freed, by address and kind.
+//! The registry of live opaque handles: every `DaviContext`, `DaviSpec` and `DaviTraining` this
+//! library has handed out and not yet freed, by address and kind.
 //!
 //! Why: a C host can pass any pointer where a handle is expected: a handle of another kind
 //! (a spec where a context belongs), one it already freed, or garbage. A tag stored inside

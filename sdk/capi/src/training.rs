@@ -200,7 +200,8 @@ fn check_data(cfg: &TrainConfig) -> Result<(), DaviError> {
             return Err(DaviError::new(
                 DaviStatus::NotFound,
                 format!(
-                    "davi.teacher: {} is not a file (train a prior first and name its model.safetensors)",
+                    "davi.teacher: {} is not a file (train a prior first and name its \
+                        model.safetensors)",
                     d.teacher.display()
                 ),
             ));

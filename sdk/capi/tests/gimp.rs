@@ -163,7 +163,8 @@ fn gimp_denoises_a_photo_like_the_library_at_8_bit_16_bit_and_float_precision_ke
         let diff = max_abs_diff(&got, &reference);
         assert!(
             diff <= tolerance,
-            "{name}: differs from the library's restore by up to {diff} levels (allowed {tolerance})"
+            "{name}: differs from the library's restore by up to {diff} levels (allowed \
+                {tolerance})"
         );
     }
     let rgba = image::open(dir.join("out-rgba.png")).unwrap().to_rgba8();

@@ -289,7 +289,9 @@ fn pc_flags(pc: &str) -> String {
 
 #[test]
 fn pc_fields_expand_like_pkg_config() {
-    let pc = "prefix=/p\nlibdir=${prefix}/lib\nName: davi\nCflags: -I${prefix}/include/davi\nLibs: -L${libdir} -ldavi\n";
+    let pc =
+        "prefix=/p\nlibdir=${prefix}/lib\nName: davi\nCflags: -I${prefix}/include/davi\nLibs: \
+        -L${libdir} -ldavi\n";
     assert_eq!(pc_flags(pc).trim(), "-I/p/include/davi -L/p/lib -ldavi");
 }
 

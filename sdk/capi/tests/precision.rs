@@ -158,7 +158,10 @@ fn bf16_costs_little_psnr_on_a_real_photo() {
         .map(|(a, b)| a.abs_diff(*b))
         .max()
         .unwrap();
-    eprintln!("denoise model, 96x64 photo: PSNR fp32 {p32:.3} dB, bf16 {p16:.3} dB, {levels} levels apart at most");
+    eprintln!(
+        "denoise model, 96x64 photo: PSNR fp32 {p32:.3} dB, bf16 {p16:.3} dB, {levels} \
+        levels apart at most"
+    );
     assert!(
         p32 > psnr(&noisy.data, &clean.data) + 3.0,
         "fp32 restore: {p32:.2} dB"

@@ -15,7 +15,8 @@
 //! forward map and its adjoint.
 //!
 //! The operator the official code actually applies differs (dropped last tap, thresholded and
-//! mis-tiled singular values); it lives in [`super::blur_ddrm`] behind [`davi_sdk::spec::BlurMode::Ddrm`].
+//! mis-tiled singular values); it lives in [`super::blur_ddrm`] behind
+//! [`davi_sdk::spec::BlurMode::Ddrm`].
 use super::linalg::{expect_shape, to_device_f32, Frozen, HostMat, SeparablePinv};
 use super::Operator;
 use crate::error::Result;

@@ -275,7 +275,8 @@ mod tests {
         // Unsorted input exercises the permutation: s2 = [1, 3, 2, 6], perm = [3, 1, 2, 0],
         // sorted = [6, 3, 2, 1]; C = 2: (p, c) → sorted[(2p + c) mod 4].
         let g = tiled_gain(&[1.0, 2.0], &[1.0, 3.0], 2);
-        // channel 0: p=0 (q=3) → 6, p=1 (q=1) → sorted[2]=2, p=2 (q=2) → sorted[0]=6, p=3 (q=0) → sorted[2]=2
+        // channel 0: p=0 (q=3) → 6, p=1 (q=1) → sorted[2]=2, p=2 (q=2) → sorted[0]=6, p=3 (q=0) →
+        // sorted[2]=2
         assert_eq!(&g[0..4], &[2.0, 2.0, 6.0, 6.0]);
         // channel 1: p=0 (q=3) → 3, p=1 (q=1) → 1, p=2 (q=2) → 3, p=3 (q=0) → 1
         assert_eq!(&g[4..8], &[1.0, 1.0, 3.0, 3.0]);

@@ -65,12 +65,12 @@ pub trait Operator: Send + Sync {
 /// The spec is validated against the size first.
 ///
 /// Errors: [`EngineError::Spec`](crate::error::EngineError::Spec) when the spec does not fit
-/// the size (or is out of range), [`EngineError::InvalidInput`](crate::error::EngineError::InvalidInput)
-/// for non-positive dimensions, colorization of non-RGB images, or a one-tap
-/// [`BlurMode::Ddrm`] blur (the official matrix drops its only tap), and
-/// [`EngineError::Torch`](crate::error::EngineError::Torch) when the device cannot hold the
-/// operator's constants. Operators built from dense per-side matrices refuse sides above
-/// their limit ([`max_dense_side`]) as `InvalidInput`.
+/// the size (or is out of range),
+/// [`EngineError::InvalidInput`](crate::error::EngineError::InvalidInput) for non-positive
+/// dimensions, colorization of non-RGB images, or a one-tap [`BlurMode::Ddrm`] blur (the official
+/// matrix drops its only tap), and [`EngineError::Torch`](crate::error::EngineError::Torch) when
+/// the device cannot hold the operator's constants. Operators built from dense per-side matrices
+/// refuse sides above their limit ([`max_dense_side`]) as `InvalidInput`.
 pub fn build(
     spec: &OperatorSpec,
     channels: i64,

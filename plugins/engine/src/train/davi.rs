@@ -223,7 +223,11 @@ impl Replica {
         let teacher = model_file::load(&cfg.teacher, device)?;
         let unet = teacher.meta.unet.clone();
         if unet.out_channels != 2 * unet.in_channels {
-            return Err(EngineError::model(&cfg.teacher, "the teacher must predict ε and a learned variance (out_channels = 2 × in_channels)"));
+            return Err(EngineError::model(
+                &cfg.teacher,
+                "the teacher must predict ε and a learned \
+                variance (out_channels = 2 × in_channels)",
+            ));
         }
         let mk = || -> Result<(nn::VarStore, UNetModel)> {
             let mut vs = nn::VarStore::new(device);
@@ -431,7 +435,11 @@ impl DaviTrainer {
             .first()
             .ok_or_else(|| EngineError::InvalidInput("no training device".into()))?;
         if autocast && devices.iter().any(|d| !d.is_cuda()) {
-            return Err(EngineError::Device("precision = \"fp16\" (CUDA autocast with loss scaling) needs CUDA devices; train with fp32 on a CPU".into()));
+            return Err(EngineError::Device(
+                "precision = \"fp16\" (CUDA autocast with loss scaling) \
+                needs CUDA devices; train with fp32 on a CPU"
+                    .into(),
+            ));
         }
         let mut nets = vec![Replica::new(cfg, size, device)?];
         for &d in &devices[1..] {

@@ -60,7 +60,11 @@ impl PriorTrainer {
             .first()
             .ok_or_else(|| EngineError::InvalidInput("no training device".into()))?;
         if precision == Precision::Fp16 && devices.iter().any(|d| !d.is_cuda()) {
-            return Err(EngineError::Device("precision = \"fp16\" (CUDA autocast with loss scaling) needs CUDA devices; train with fp32 on a CPU".into()));
+            return Err(EngineError::Device(
+                "precision = \"fp16\" (CUDA autocast with loss scaling) \
+                needs CUDA devices; train with fp32 on a CPU"
+                    .into(),
+            ));
         }
         let vs = nn::VarStore::new(device);
         let net = UNetModel::new(&vs.root(), unet)?;

@@ -373,9 +373,11 @@ fn evaluate(
                 &dir.join("grids").join(format!("step{step:07}.png")),
                 &[&y_img, &x_hat, clean],
             )?;
-            Ok(
-                serde_json::json!({ "heldout_psnr": psnr, "heldout_ssim": ssim, "heldout_psnr_measurement": psnr_y }),
-            )
+            Ok(serde_json::json!({
+                "heldout_psnr": psnr,
+                "heldout_ssim": ssim,
+                "heldout_psnr_measurement": psnr_y,
+            }))
         }
     }
 }
@@ -530,7 +532,11 @@ impl Session {
         model_file::remove_stale_temporaries(&dir.join("grids"));
         let ckpt = dir.join(CHECKPOINT);
         if ckpt.exists() && !resume {
-            return Err(EngineError::InvalidInput(format!("{} already holds a run: pass --resume to continue it, or choose another run.out_dir", dir.display())));
+            return Err(EngineError::InvalidInput(format!(
+                "{} already holds a run: pass --resume to \
+                continue it, or choose another run.out_dir",
+                dir.display()
+            )));
         }
         model_file::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         tch::manual_seed(cfg.run.seed as i64);
@@ -664,7 +670,8 @@ impl Session {
                 // The weights are already updated from a non-finite loss: do not save them; the
                 // last checkpoint on disk stays the last good state.
                 return Err(EngineError::InvalidInput(format!(
-                    "loss became non-finite at step {}: {:?} (the last checkpoint is kept; lower the learning rate and --resume)",
+                    "loss became non-finite at step {}: {:?} (the last checkpoint is kept; lower \
+                        the learning rate and --resume)",
                     self.step, self.last
                 )));
             }
@@ -841,7 +848,12 @@ fn export_scored(
     out: &Path,
     scores: serde_json::Value,
 ) -> Result<()> {
-    let extra = serde_json::json!({ "wall_seconds": wall.round(), "device": device_name(device), "threads": cfg.run.threads, "heldout": scores });
+    let extra = serde_json::json!({
+        "wall_seconds": wall.round(),
+        "device": device_name(device),
+        "threads": cfg.run.threads,
+        "heldout": scores,
+    });
     let (meta, vs) = trainer.export_parts(cfg, step, extra);
     model_file::save(out, &meta, vs)
 }

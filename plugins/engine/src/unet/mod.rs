@@ -433,7 +433,8 @@ impl UNetConfig {
                 match *layer {
                     LayerPlan::ConvIn { cin, cout } => flops += conv(cin, cout, 3.0, h * w),
                     LayerPlan::Res(c) => {
-                        // The input is resampled before in_layers' convolution (docs/algorithm.md §2).
+                        // The input is resampled before in_layers' convolution
+                        // (docs/algorithm.md §2).
                         if c.up {
                             h *= 2.0;
                             w *= 2.0;

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `format` | `libdavi-model` |
 //! | `format_version` | `1` |
-//! | `meta` | JSON of [`ModelMeta`]: U-Net config, schedule, role, operator spec, perturb_h, provenance |
+//! | `meta` | JSON of [`ModelMeta`]: U-Net, schedule, role, operator, perturb_h, provenance |
 //!
 //! Loading checks the whole file before building anything: every metadata field's range, then
 //! every tensor by name against the shape list the metadata's architecture implies: a
@@ -552,7 +552,10 @@ fn check_tensors(
         match file_dtype {
             None => file_dtype = Some((dtype, name)),
             Some((first, first_name)) if first != dtype => {
-                return Err(format!("tensor `{name}` has dtype {dtype:?} but `{first_name}` has {first:?}; a model file holds one dtype"));
+                return Err(format!(
+                    "tensor `{name}` has dtype {dtype:?} but `{first_name}` has \
+                    {first:?}; a model file holds one dtype"
+                ));
             }
             Some(_) => {}
         }
