@@ -45,17 +45,21 @@ if [ ! -f "$work/peers.json" ]; then
 fi
 for t in sr4 deblur denoise inpaint colorize; do
   # Results of an earlier run in a reused PEERS folder must not be scored as this run's.
-  rm -f "$work"/deg/*/"${t}"_{davi,p1,p2}.png
+  rm -f "$work"/deg/*/"${t}"_{davi,p1,p2,e8}.png
   models=("davi=models/photo-$t.safetensors")
   # A phase's best export is scored separately only when it is not the shipped file itself.
   for ph in "p1=$RUNS/photo-$t" "p2=$RUNS/photo-$t-davi"; do
     f="${ph#*=}/best.safetensors"
     if [ -f "$f" ] && ! cmp -s "$f" "models/photo-$t.safetensors"; then models+=("${ph%%=*}=$f"); fi
   done
+  # Denoising also with the 8-orientation self-ensemble (docs/models.md, "Self-ensemble"); the
+  # tasks that fill in content get worse with it, so they are not scored with it here.
+  if [ "$t" = denoise ]; then models+=("e8=models/photo-$t.safetensors"); fi
   for m in "${models[@]}"; do
-    tag="${m%%=*}" file="${m#*=}"
+    tag="${m%%=*}" file="${m#*=}" extra=()
+    if [ "$tag" = e8 ]; then extra=(--ensemble 8); fi
     for d in "$work"/deg/*/; do
-      "$davi" restore "$d/$t.npy" -o "$d/${t}_$tag.png" --model "$file" --device cpu 2>/dev/null
+      "$davi" restore "$d/$t.npy" -o "$d/${t}_$tag.png" --model "$file" --device cpu "${extra[@]}" 2>/dev/null
     done
   done
 done
@@ -69,10 +73,11 @@ window) as \`plugins/engine/src/metrics.rs\` computes them, means over crops; pe
 are in \`docs/results/<task>.json\`. \"libdavi (shipped)\" is \`models/photo-<task>.safetensors\`;
 \"phase 1\" and \"phase 2\" are the best exports of the supervised phase and of the DAVI polish
 of its training runs (\`docs/models.md\`), listed where those runs were present and differ from
-the shipped file. Wiener's balance is
+the shipped file; \"--ensemble 8\" is the shipped model with the 8-orientation self-ensemble. Wiener's balance is
 tuned per crop against the reference: an upper bound for Wiener, not a method a user can run."
 .venv-eval/bin/python scripts/score_restored.py --peers "$work/peers.json" --degraded "$work/deg" \
   --variant "libdavi (shipped)=davi" --variant "libdavi phase 1 (supervised)=p1" \
-  --variant "libdavi phase 2 (DAVI polish)=p2" --header "$header" \
+  --variant "libdavi phase 2 (DAVI polish)=p2" \
+  --variant "libdavi (shipped, --ensemble 8)=e8" --header "$header" \
   --footer docs/results-discussion.md --json-dir docs/results --markdown docs/results.md >/dev/null
 echo "wrote docs/results.md"
