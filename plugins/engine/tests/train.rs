@@ -375,14 +375,17 @@ fn resume_helpers_cut_the_log_and_remove_only_dead_writers_temporaries() {
     );
 
     // Temporary files of `write_atomic`: only those of processes that no longer run go.
-    assert_eq!(
-        model_file::temporary_name("checkpoint.safetensors", 42),
-        ".checkpoint.safetensors.tmp42"
-    );
+    let ours = model_file::temporary_name("checkpoint.safetensors", 42);
+    assert!(ours.starts_with(".checkpoint.safetensors.tmp42."), "{ours}");
+    assert_eq!(model_file::temporary_pid(&ours), Some(42));
+    // Earlier versions' names (no host) still count as this machine's.
     assert_eq!(
         model_file::temporary_pid(".checkpoint.safetensors.tmp42"),
         Some(42)
     );
+    // Another machine's temporary is never this machine's to judge.
+    let foreign = ".checkpoint.safetensors.tmp42.another-machine-that-is-not-this-one";
+    assert_eq!(model_file::temporary_pid(foreign), None);
     for not_temp in [
         "checkpoint.safetensors",
         ".tmp42",
@@ -397,7 +400,8 @@ fn resume_helpers_cut_the_log_and_remove_only_dead_writers_temporaries() {
     let dead = dir.join(model_file::temporary_name("a.png", u32::MAX - 1));
     let dead_other = dir.join(model_file::temporary_name("b.png", u32::MAX - 1));
     let lookalike = dir.join(".a.png.tmp.x.tmp4294967294");
-    for p in [&live, &dead, &dead_other, &lookalike] {
+    let foreign = dir.join(".a.png.tmp4294967294.another-machine-that-is-not-this-one");
+    for p in [&live, &dead, &dead_other, &lookalike, &foreign] {
         std::fs::write(p, b"partial").unwrap();
     }
     model_file::write_atomic(&dir.join("a.png"), b"whole").unwrap();
@@ -420,6 +424,10 @@ fn resume_helpers_cut_the_log_and_remove_only_dead_writers_temporaries() {
         "the folder sweep takes every dead writer's temporary"
     );
     assert!(live.exists() && !dead_other.exists() && !lookalike.exists() && log.exists());
+    assert!(
+        foreign.exists(),
+        "another machine's temporary stays: its writer may still run there"
+    );
     assert_eq!(std::fs::read(dir.join("a.png")).unwrap(), b"whole");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -201,7 +201,7 @@ pub fn to_bytes(meta: &ModelMeta, tensors: &[(String, Tensor)]) -> Result<Vec<u8
         .map_err(|e| EngineError::Weights(format!("serialising: {e:?}")))
 }
 
-/// Write bytes to `path` atomically: a temporary sibling (`.NAME.tmp<pid>`, see
+/// Write bytes to `path` atomically: a temporary sibling (`.NAME.tmp<pid>.<host>`, see
 /// [`temporary_name`]), fsync, rename over `path`, then fsync the directory so the rename
 /// itself is durable. A crash (SIGKILL, power loss) at any moment leaves either the old file
 /// or the new one under `path`, never a mix; at worst the temporary file stays behind until
@@ -238,14 +238,50 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The name [`write_atomic`] gives the temporary file of `name` written by process `pid`.
+/// The name [`write_atomic`] gives the temporary file of `name` written by process `pid` on
+/// this machine: `.NAME.tmp<pid>.<host>`. The host part matters on folders several machines
+/// share (sharded `davi batch` jobs on NFS, containers that all run as pid 1): a process id
+/// means nothing on another machine, so neither equal pids nor the stale-file sweep may
+/// confuse two machines' temporaries.
 pub fn temporary_name(name: &str, pid: u32) -> String {
-    format!(".{name}.tmp{pid}")
+    format!(".{name}.tmp{pid}.{}", host_tag())
 }
 
-/// The writer's pid, when `name` is a temporary file name of [`write_atomic`].
+/// This machine's host name as temporary names carry it: lower-case ASCII letters, digits and
+/// `-` (anything else, dots included, becomes `-`), at most 63 characters; `host` when the
+/// name cannot be read.
+fn host_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_default();
+        let tag: String = raw
+            .trim()
+            .chars()
+            .take(63)
+            .map(|c| match c {
+                'a'..='z' | '0'..='9' | '-' => c,
+                'A'..='Z' => c.to_ascii_lowercase(),
+                _ => '-',
+            })
+            .collect();
+        if tag.is_empty() {
+            "host".into()
+        } else {
+            tag
+        }
+    })
+}
+
+/// The writer's pid, when `name` is a temporary file name [`write_atomic`] gave on this
+/// machine (`.NAME.tmp<pid>.<host>`, or `.NAME.tmp<pid>` as earlier versions wrote). Another
+/// machine's temporaries give `None`: whether their writer still runs cannot be told here.
 pub fn temporary_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix('.')?;
+    let own = format!(".{}", host_tag());
+    let rest = rest.strip_suffix(own.as_str()).unwrap_or(rest);
     let (base, pid) = rest.rsplit_once(".tmp")?;
     if base.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -261,9 +297,10 @@ pub fn remove_stale_temporaries(dir: &Path) -> usize {
     remove_stale_matching(dir, |_| true)
 }
 
-/// Remove the temporary files a killed writer of `path` left beside it (`.NAME.tmp<pid>` of
-/// processes that no longer run), and no other file: the folder may be the user's (an output
-/// of `davi restore` or `davi batch`), so only temporaries of this very name are touched.
+/// Remove the temporary files a killed writer of `path` left beside it (this machine's
+/// `.NAME.tmp<pid>.<host>` of processes that no longer run), and no other file: the folder may
+/// be the user's (an output of `davi restore` or `davi batch`), so only temporaries of this
+/// very name are touched.
 pub fn remove_stale_temporaries_of(path: &Path) -> usize {
     let Some(name) = path.file_name() else {
         return 0;
