@@ -1,4 +1,4 @@
-//! Crash safety of `davi train`, `davi restore` and `davi batch` (issue 14, item 4), end to
+//! Crash safety of `davi train`, `davi restore` and `davi batch`, end to
 //! end on the real binary: SIGKILL at seeded random moments (and during checkpoint and output
 //! writes), and writes that fail because the file size limit (`ulimit -f`, `EFBIG`, what a
 //! full disk looks like to the writer) is too small.
@@ -501,7 +501,7 @@ fn train_killed_at_random_moments_resumes_to_the_same_run() {
     kill_resume_and_compare("killed", 6, 0xDA71_2024);
 }
 
-/// The acceptance check of issue 14: at least 20 kills. About a minute on a loaded 2-core
+/// The soak: at least 20 kills. About a minute on a loaded 2-core
 /// machine (every invocation pays libtorch's start-up), so it is opt-in:
 /// `cargo test -p davi-cli --test crash_safety -- --ignored`.
 #[test]

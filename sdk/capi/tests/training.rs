@@ -1,4 +1,4 @@
-//! Training through the C ABI (issue 16): the `davi_training_*` functions in-process, and
+//! Training through the C ABI: the `davi_training_*` functions in-process, and
 //! `tests/c/training.c`, a C client written only against `include/davi.h`, under
 //! AddressSanitizer and UBSan.
 //!
