@@ -790,7 +790,7 @@ unsafe fn restore(
             overlap: (o.overlap != 0).then_some(o.overlap),
             perturb_h: (!o.perturb_h.is_nan()).then_some(o.perturb_h),
             seed: o.seed,
-            ensemble: o.ensemble.max(1),
+            ensemble: o.ensemble,
             no_wait: false,
         };
         (params, o.progress, o.user_data)

@@ -63,6 +63,11 @@ pub struct RestoreParams {
 }
 
 impl RestoreParams {
+    /// The self-ensemble size the engine takes: `ensemble`, with 0 meaning 1.
+    fn ensemble_size(&self) -> usize {
+        self.ensemble.max(1) as usize
+    }
+
     /// The engine's options; refuses a `perturb_h` outside `[0, MAX_PERTURB_H]` and an
     /// overlap without a tile.
     fn engine_options(&self) -> Result<RestoreOptions, DaviError> {
@@ -73,8 +78,7 @@ impl RestoreParams {
                 )));
             }
         }
-        let ensemble = self.ensemble.max(1) as usize;
-        if davi_engine::ensemble::check_size(ensemble).is_err() {
+        if davi_engine::ensemble::check_size(self.ensemble_size()).is_err() {
             return Err(DaviError::invalid_argument(format!(
                 "ensemble must be 0 or 1 (off), 2, 4 or 8, got {}",
                 self.ensemble
@@ -217,7 +221,7 @@ impl Context {
     ) -> Result<PlanarImage, DaviError> {
         let options = params.engine_options()?;
         let mut generator = self.lock(params.no_wait)?;
-        generator.set_ensemble(params.ensemble.max(1) as usize)?;
+        generator.set_ensemble(params.ensemble_size())?;
         if self.threads > 0 {
             tch::set_num_threads(self.threads as i32);
         }

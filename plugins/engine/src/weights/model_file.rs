@@ -280,8 +280,10 @@ fn host_tag() -> &'static str {
 /// machine's temporaries give `None`: whether their writer still runs cannot be told here.
 pub fn temporary_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix('.')?;
-    let own = format!(".{}", host_tag());
-    let rest = rest.strip_suffix(own.as_str()).unwrap_or(rest);
+    let rest = rest
+        .strip_suffix(host_tag())
+        .and_then(|r| r.strip_suffix('.'))
+        .unwrap_or(rest);
     let (base, pid) = rest.rsplit_once(".tmp")?;
     if base.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
         return None;
