@@ -4,6 +4,8 @@
 #   ./scripts/train-defaults.sh                  # both queues in parallel, until done
 #   QUEUES="sr4 denoise|deblur" ./scripts/train-defaults.sh
 #   CHUNK_MIN=20 ./scripts/train-defaults.sh     # minutes per turn of a task (default 15)
+#   POLISH_ONLY="deblur" ./scripts/train-defaults.sh   # no phase 1 for these tasks: polish
+#                                                     # the committed model (see below)
 #
 # Runs live in $DAVI_RUNS (default ${XDG_CACHE_HOME:-~/.cache}/libdavi/runs), outside the
 # checkout, so they survive from one day to the next. Each task has two runs:
@@ -24,6 +26,7 @@ root="$PWD"
 RUNS="${DAVI_RUNS:-${XDG_CACHE_HOME:-$HOME/.cache}/libdavi/runs}"
 QUEUES="${QUEUES:-sr4 deblur|colorize inpaint denoise}"
 CHUNK_MIN="${CHUNK_MIN:-15}"
+POLISH_ONLY=" ${POLISH_ONLY:-} "
 DAVI="${DAVI:-target/release/davi}"
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 if [ ! -x "$DAVI" ]; then
@@ -35,6 +38,17 @@ mkdir -p "$RUNS"
 
 # Best held-out PSNR of a run (empty when it has none yet).
 best_psnr() { [ -f "$1/best.json" ] && python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["heldout_psnr"])' "$1/best.json" || true; }
+# The held-out PSNR a model file's provenance records (empty when it has none).
+model_psnr() { python3 - "$1" <<'PY' || true
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    meta = json.loads(json.loads(f.read(n))["__metadata__"]["meta"])
+print(meta["provenance"]["run"]["heldout"]["heldout_psnr"])
+PY
+}
+# Whether a task polishes its committed model instead of running phase 1.
+polish_only() { case "$POLISH_ONLY" in *" $1 "*) [ ! -f "$RUNS/photo-$1/config.toml" ] ;; *) false ;; esac; }
 # The step a run's checkpoint is at, and the steps its config asks for.
 run_step() { [ -f "$1/log.jsonl" ] && python3 -c 'import json,sys; print(max([json.loads(l).get("step",0) for l in open(sys.argv[1])] or [0]))' "$1/log.jsonl" || echo 0; }
 total_steps() { python3 -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1],"rb"))["run"]["total_steps"])' "$1/config.toml"; }
@@ -57,6 +71,9 @@ ship() {
   local s1 s2
   s1="$(best_psnr "$p1")"; s2="$(best_psnr "$p2")"
   [ -n "$s1" ] && pick="$p1"
+  if polish_only "$t" && [ -z "$pick" ]; then
+    s1="$(model_psnr "models/photo-$t.safetensors")"; pick=""
+  fi
   if [ -n "$s2" ] && { [ -z "$s1" ] || python3 -c "import sys; sys.exit(0 if $s2 >= $s1 - 0.1 else 1)"; }; then pick="$p2"; fi
   [ -n "$pick" ] || return 0
   if ! cmp -s "$pick/best.safetensors" "models/photo-$t.safetensors"; then
@@ -75,13 +92,15 @@ worker() {
     for t in $1; do
       case "$failed" in *" $t "*) continue ;; esac
       local p1="$RUNS/photo-$t" p2="$RUNS/photo-$t-davi" ok=1
-      if [ ! -f "$p1/config.toml" ] || [ "$(run_step "$p1")" -lt "$(total_steps "$p1")" ]; then
+      local init2="$p1/best.safetensors"
+      polish_only "$t" && init2="$root/models/photo-$t.safetensors"
+      if ! polish_only "$t" && { [ ! -f "$p1/config.toml" ] || [ "$(run_step "$p1")" -lt "$(total_steps "$p1")" ]; }; then
         echo "$(date -u +%FT%TZ) photo-$t: phase 1 from step $(run_step "$p1")" >&2
         turn "$p1" "photo-$t" --set "davi.init=\"$root/models/photo-$t.safetensors\"" || ok=0
         busy=1
       elif [ ! -f "$p2/config.toml" ] || [ "$(run_step "$p2")" -lt "$(total_steps "$p2")" ]; then
         echo "$(date -u +%FT%TZ) photo-$t: phase 2 from step $(run_step "$p2")" >&2
-        turn "$p2" "photo-$t-davi" --set "davi.init=\"$p1/best.safetensors\"" || ok=0
+        turn "$p2" "photo-$t-davi" --set "davi.init=\"$init2\"" || ok=0
         busy=1
       fi
       if [ "$ok" = 0 ]; then
