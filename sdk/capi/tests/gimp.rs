@@ -213,12 +213,73 @@ fn gimp_super_resolution_opens_a_new_image_four_times_larger() {
         5,
         "{rc}"
     );
+    // Each task also has its -ex procedure (the knobs as parameters), with no menu entry.
     for t in ["deblur", "denoise", "sr4", "inpaint", "colorize"] {
-        assert!(
-            rc.contains(&format!("\"plug-in-davi-{t}\"")),
-            "plug-in-davi-{t} is not registered"
-        );
+        for name in [format!("plug-in-davi-{t}"), format!("plug-in-davi-{t}-ex")] {
+            assert!(
+                rc.contains(&format!("\"{name}\"")),
+                "{name} is not registered"
+            );
+        }
     }
+}
+
+#[test]
+fn gimp_ex_procedure_takes_threads_device_precision_and_ensemble() {
+    let dir = scratch("gimp-ex");
+    let clean = photo(64, 48);
+    let noisy = degrade(&clean, &default_model("denoise"), 3);
+    let input = dir.join("noisy.ppm");
+    write_pnm(&input, &noisy);
+    let restore = |proc_call: &str, out: &str| {
+        format!(
+            "(let* ((img (car (gimp-file-load RUN-NONINTERACTIVE {i} {i}))) \
+                    (l (car (gimp-image-get-active-drawable img)))) \
+               {proc_call} \
+               (gimp-file-save RUN-NONINTERACTIVE img l \"{out}\" \"{out}\") \
+               (gimp-image-delete img))",
+            i = scm_str(&input)
+        )
+    };
+    // One thread on the CPU in fp32, a self-ensemble of two orientations, called directly
+    // and through davi-batch.scm's optional knobs; and the menu procedure, whose parameter
+    // list is unchanged, with its defaults (no ensemble).
+    let batch = vec![
+        restore(
+            "(plug-in-davi-denoise-ex RUN-NONINTERACTIVE img l 0 -1 0 1 \"cpu\" \"fp32\" 2)",
+            "out-ex.png",
+        ),
+        format!(
+            "(begin (load {}) \
+               (davi-restore-file \"denoise\" {} \"out-ex-batch.png\" 0 1 \"cpu\" \"fp32\" 2))",
+            scm_str(&root().join("host-example/gimp/davi-batch.scm")),
+            scm_str(&input)
+        ),
+        restore(
+            "(plug-in-davi-denoise RUN-NONINTERACTIVE img l 0 -1 0)",
+            "out-plain.png",
+        ),
+    ];
+    let log = gimp(&dir, &batch);
+    assert_all_succeeded(&log, batch.len());
+
+    let ex = load_rgb(&dir.join("out-ex.png"));
+    let plain = load_rgb(&dir.join("out-plain.png"));
+    assert_eq!(
+        max_abs_diff(&ex, &load_rgb(&dir.join("out-ex-batch.png"))),
+        0,
+        "davi-restore-file with the same knobs gave other pixels"
+    );
+    assert!(
+        max_abs_diff(&ex, &plain) > 0,
+        "the ensemble of 2 gave the pixels of no ensemble: the knob did not reach libdavi"
+    );
+    let (before, after) = (psnr(&noisy.data, &clean.data), psnr(&ex.data, &clean.data));
+    eprintln!("GIMP denoise-ex (ensemble 2): PSNR noisy {before:.2} dB, restored {after:.2} dB");
+    assert!(
+        after > before + 0.5,
+        "restored {after:.2} dB vs noisy {before:.2} dB"
+    );
 }
 
 #[test]
@@ -234,21 +295,34 @@ fn gimp_reports_failures_as_pdb_execution_errors_with_the_message() {
             i = scm_str(&input)
         )
     };
-    // Inpainting with nothing selected, and a tile size the library refuses (its message).
+    // Inpainting with nothing selected, and a tile size the library refuses (its message);
+    // an -ex call with a precision that does not exist (a calling error the plug-in names),
+    // and one with fp16 on the CPU, which libdavi refuses (its message).
     let batch = vec![
         call("(plug-in-davi-inpaint RUN-NONINTERACTIVE img l 0 -1 0)"),
         call("(plug-in-davi-denoise RUN-NONINTERACTIVE img l 0 -1 7)"),
+        call("(plug-in-davi-denoise-ex RUN-NONINTERACTIVE img l 0 -1 0 0 \"auto\" \"fp64\" 1)"),
+        call("(plug-in-davi-denoise-ex RUN-NONINTERACTIVE img l 0 -1 0 0 \"cpu\" \"fp16\" 1)"),
     ];
     let log = gimp(&dir, &batch);
     assert_eq!(
         log.matches("batch command experienced an execution error")
             .count(),
-        2,
+        batch.len(),
         "{log}"
     );
     assert!(log.contains("select the region to fill first"), "{log}");
     assert!(
         log.contains("DAVI Restore: restore: an argument is out of range: tile 7 must be"),
+        "{log}"
+    );
+    assert!(
+        log.contains("DAVI Restore: precision \"fp64\" is not one of \"fp32\", \"bf16\", \"fp16\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("the denoise model cannot run on device \"cpu\" in precision \"fp16\"")
+            && log.contains("precision fp16 runs on CUDA devices only"),
         "{log}"
     );
 }
