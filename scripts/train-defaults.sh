@@ -39,14 +39,7 @@ mkdir -p "$RUNS"
 # Best held-out PSNR of a run (empty when it has none yet).
 best_psnr() { [ -f "$1/best.json" ] && python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["heldout_psnr"])' "$1/best.json" || true; }
 # The held-out PSNR a model file's provenance records (empty when it has none).
-model_psnr() { python3 - "$1" <<'PY' || true
-import json, struct, sys
-with open(sys.argv[1], "rb") as f:
-    n = struct.unpack("<Q", f.read(8))[0]
-    meta = json.loads(json.loads(f.read(n))["__metadata__"]["meta"])
-print(meta["provenance"]["run"]["heldout"]["heldout_psnr"])
-PY
-}
+model_psnr() { "$DAVI" info "$1" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["provenance"]["run"]["heldout"]["heldout_psnr"])' || true; }
 # Whether a task polishes its committed model instead of running phase 1.
 polish_only() { case "$POLISH_ONLY" in *" $1 "*) [ ! -f "$RUNS/photo-$1/config.toml" ] ;; *) false ;; esac; }
 # The step a run's checkpoint is at, and the steps its config asks for.
@@ -71,9 +64,7 @@ ship() {
   local s1 s2
   s1="$(best_psnr "$p1")"; s2="$(best_psnr "$p2")"
   [ -n "$s1" ] && pick="$p1"
-  if polish_only "$t" && [ -z "$pick" ]; then
-    s1="$(model_psnr "models/photo-$t.safetensors")"; pick=""
-  fi
+  if [ -z "$pick" ] && polish_only "$t"; then s1="$(model_psnr "models/photo-$t.safetensors")"; fi
   if [ -n "$s2" ] && { [ -z "$s1" ] || python3 -c "import sys; sys.exit(0 if $s2 >= $s1 - 0.1 else 1)"; }; then pick="$p2"; fi
   [ -n "$pick" ] || return 0
   if ! cmp -s "$pick/best.safetensors" "models/photo-$t.safetensors"; then
@@ -92,9 +83,9 @@ worker() {
     for t in $1; do
       case "$failed" in *" $t "*) continue ;; esac
       local p1="$RUNS/photo-$t" p2="$RUNS/photo-$t-davi" ok=1
-      local init2="$p1/best.safetensors"
-      polish_only "$t" && init2="$root/models/photo-$t.safetensors"
-      if ! polish_only "$t" && { [ ! -f "$p1/config.toml" ] || [ "$(run_step "$p1")" -lt "$(total_steps "$p1")" ]; }; then
+      local phase1=1 init2="$p1/best.safetensors"
+      if polish_only "$t"; then phase1=0 init2="$root/models/photo-$t.safetensors"; fi
+      if [ "$phase1" = 1 ] && { [ ! -f "$p1/config.toml" ] || [ "$(run_step "$p1")" -lt "$(total_steps "$p1")" ]; }; then
         echo "$(date -u +%FT%TZ) photo-$t: phase 1 from step $(run_step "$p1")" >&2
         turn "$p1" "photo-$t" --set "davi.init=\"$root/models/photo-$t.safetensors\"" || ok=0
         busy=1
