@@ -13,6 +13,9 @@
 #                      from the committed models/photo-<task>.safetensors;
 #   photo-<task>-davi  phase 2, the DAVI polish (preset photo-<task>-davi), started from
 #                      phase 1's best export once phase 1 has finished.
+# Tasks: sr4, deblur, denoise, inpaint, colorize, and denoise-low, the measurement denoiser
+# of the two window models (inpaint, colorize): each of their shipped files holds it
+# (`davi attach-denoiser`), re-attached whenever either side ships anew.
 # Every run evaluates on the held-out photographs every 250 steps and keeps its best
 # evaluation as best.safetensors. After every turn the better of the two phases' best exports
 # (phase 2 only if it is within 0.1 dB of phase 1) is copied into models/ — commit it at
@@ -24,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
 RUNS="${DAVI_RUNS:-${XDG_CACHE_HOME:-$HOME/.cache}/libdavi/runs}"
-QUEUES="${QUEUES:-sr4 deblur|colorize inpaint denoise}"
+QUEUES="${QUEUES:-sr4 deblur denoise-low|colorize inpaint denoise}"
 CHUNK_MIN="${CHUNK_MIN:-15}"
 POLISH_ONLY=" ${POLISH_ONLY:-} "
 DAVI="${DAVI:-target/release/davi}"
@@ -58,18 +61,63 @@ turn() {
   nice -n 19 "$DAVI" train "${src[@]}" --quiet --minutes "$CHUNK_MIN"
 }
 
-# Ship the better phase's best export into models/.
-ship() {
+# The window models, whose shipped files carry the measurement denoiser.
+WINDOW_TASKS="inpaint colorize"
+is_window() { case " $WINDOW_TASKS " in *" $1 "*) true ;; *) false ;; esac; }
+
+# The better phase's best export of a task (empty when neither has one yet): phase 2 only if
+# it is within 0.1 dB of phase 1 (or, polishing a committed model, of that model's score).
+pick_export() {
   local t="$1" p1="$RUNS/photo-$1" p2="$RUNS/photo-$1-davi" pick=""
   local s1 s2
   s1="$(best_psnr "$p1")"; s2="$(best_psnr "$p2")"
   [ -n "$s1" ] && pick="$p1"
   if [ -z "$pick" ] && polish_only "$t"; then s1="$(model_psnr "models/photo-$t.safetensors")"; fi
   if [ -n "$s2" ] && { [ -z "$s1" ] || python3 -c "import sys; sys.exit(0 if $s2 >= $s1 - 0.1 else 1)"; }; then pick="$p2"; fi
-  [ -n "$pick" ] || return 0
+  [ -n "$pick" ] && echo "$pick/best.safetensors"
+  return 0
+}
+
+# Ship window model $1 made of window network $2 (an export, or the shipped file itself) and
+# the shipped measurement denoiser; skipped when neither input changed since the last time.
+ship_window() {
+  local t="$1" src="$2" den="models/photo-denoise-low.safetensors" stamp="$RUNS/.shipped-$1"
+  local key
+  if [ ! -f "$den" ]; then  # no measurement denoiser shipped yet: the window network alone
+    cmp -s "$src" "models/photo-$t.safetensors" || { cp "$src" "models/.photo-$t.tmp" && mv "models/.photo-$t.tmp" "models/photo-$t.safetensors"; }
+    return 0
+  fi
+  key="$(cat "$src" "$den" | sha256sum | cut -c1-64)"
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ] && return 0
+  "$DAVI" attach-denoiser "$src" --denoiser "$den" -o "models/photo-$t.safetensors"
+  # The key of what models/ now holds, so re-attaching to the shipped file is not repeated.
+  if [ "$src" = "models/photo-$t.safetensors" ]; then
+    key="$(cat "$src" "$den" | sha256sum | cut -c1-64)"
+  fi
+  echo "$key" > "$stamp"
+  echo "$(date -u +%FT%TZ) shipped $src with the measurement denoiser as models/photo-$t.safetensors" >&2
+}
+
+# Ship the better phase's best export into models/.
+ship() {
+  local t="$1" export pick
+  export="$(pick_export "$t")"
+  [ -n "$export" ] || return 0
+  pick="$(dirname "$export")"
+  if is_window "$t"; then
+    ship_window "$t" "$export"
+    return 0
+  fi
   if ! cmp -s "$pick/best.safetensors" "models/photo-$t.safetensors"; then
     cp "$pick/best.safetensors" "models/.photo-$t.tmp" && mv "models/.photo-$t.tmp" "models/photo-$t.safetensors"
     echo "$(date -u +%FT%TZ) shipped $(basename "$pick") best ($(best_psnr "$pick") dB) as models/photo-$t.safetensors" >&2
+    if [ "$t" = denoise-low ]; then
+      for w in $WINDOW_TASKS; do
+        local src
+        src="$(pick_export "$w")"
+        ship_window "$w" "${src:-models/photo-$w.safetensors}"
+      done
+    fi
   fi
 }
 

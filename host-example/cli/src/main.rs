@@ -156,6 +156,18 @@ enum Cmd {
         #[arg(long)]
         height: Option<u32>,
     },
+    /// Store a denoising generator in a window model (inpainting, colorization) as its
+    /// measurement denoiser, so the measured part of its answer is denoised instead of kept
+    /// with the measurement's noise (docs/models.md, "Measurement denoiser").
+    AttachDenoiser {
+        /// The window model.
+        model: PathBuf,
+        /// A denoising tile generator trained at the window model's measurement noise.
+        #[arg(long)]
+        denoiser: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Print a model's or a preset's configuration and exact parameter count.
     Info {
         model: Option<PathBuf>,
@@ -347,6 +359,7 @@ fn run(cli: Cli) -> Result<()> {
                     perturb_h,
                     seed,
                     tiling: None,
+                    measurement_noise: Some(spec.noise_sigma()),
                 },
                 progress_json,
             };
@@ -375,6 +388,17 @@ fn run(cli: Cli) -> Result<()> {
             perturb_h,
         } => convert_cmd(&input, &output, &preset, role.as_deref(), &op, perturb_h),
         Cmd::Info { model, preset } => info(model.as_deref(), preset.as_deref()),
+        Cmd::AttachDenoiser {
+            model,
+            denoiser,
+            output,
+        } => {
+            let mut window = model_file::load(&model, tch::Device::Cpu)?;
+            window.attach_denoiser(model_file::load(&denoiser, tch::Device::Cpu)?)?;
+            window.save(&output)?;
+            eprintln!("wrote {}", output.display());
+            Ok(())
+        }
         Cmd::Eval(a) => eval_cmd::run(&a),
         Cmd::TrainPrior(a) => train(&a, true),
         Cmd::Train(a) => train(&a, false),
@@ -605,6 +629,7 @@ fn convert_cmd(
             operator: operator.clone(),
             perturb_h: perturb_h.or((role == ModelRole::Generator).then_some(0.1)),
             restore_tile: None,
+            measurement_denoiser: None,
             restore_window: None,
             provenance: serde_json::json!({
                 "converted_from": input.file_name().map(|n| n.to_string_lossy().to_string()),
@@ -664,15 +689,22 @@ fn info(model: Option<&Path>, preset: Option<&str>) -> Result<()> {
     let (meta_json, cfg) = match (model, preset) {
         (Some(m), None) => {
             let meta = model_file::read_meta(m)?;
-            (serde_json::to_value(&meta)?, meta.unet)
+            (serde_json::to_value(&meta)?, meta)
         }
         (None, Some(p)) => {
             let cfg = UNetConfig::preset(p)?;
-            (serde_json::json!({ "preset": p, "unet": cfg }), cfg)
+            let meta = ModelMeta {
+                unet: cfg.clone(),
+                ..ModelMeta::tiny_generator(None)
+            };
+            (serde_json::json!({ "preset": p, "unet": cfg }), meta)
         }
         _ => bail!("give either a model file or --preset NAME"),
     };
-    let (tensors, params) = parameter_count(&cfg)?;
+    // A measurement denoiser is a second network of the same architecture in the file.
+    let networks = 1 + i64::from(cfg.measurement_denoiser.is_some());
+    let (tensors, params) = parameter_count(&cfg.unet)?;
+    let (tensors, params) = (tensors * networks as usize, params * networks);
     let mut v = meta_json;
     v["tensors"] = serde_json::json!(tensors);
     v["parameters"] = serde_json::json!(params);

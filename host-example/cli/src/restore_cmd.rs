@@ -77,6 +77,7 @@ impl RestoreArgs {
             perturb_h: self.perturb_h,
             seed: self.seed,
             tiling,
+            measurement_noise: None,
         }
     }
 }
@@ -108,12 +109,17 @@ impl Engine {
         restorer.tile_workers = a.tile_workers;
         restorer.ensemble = a.ensemble;
         restorer.set_precision(precision)?;
+        // The measurement noise the observation has (the model's, or `--noise-sigma`).
+        let opts = RestoreOptions {
+            measurement_noise: Some(spec.noise_sigma()),
+            ..a.options()
+        };
         Ok(Engine {
             restorer,
             spec,
             channels,
             device,
-            opts: a.options(),
+            opts,
         })
     }
 

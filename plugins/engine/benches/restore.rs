@@ -374,6 +374,7 @@ fn restore_opts() -> RestoreOptions {
             tile: SIZE,
             overlap: 32,
         }),
+        measurement_noise: None,
     }
 }
 

@@ -568,6 +568,7 @@ pub fn evaluate(
                         perturb_h: cfg.perturb_h,
                         seed: image_seed(cfg.seed, &name, 2),
                         tiling: None,
+                        measurement_noise: Some(spec.noise_sigma()),
                     };
                     if index == 0 {
                         let _ = davi_once(restorer, spec, &obs, cfg.device, &opts, &mut |_| true)?;

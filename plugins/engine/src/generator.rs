@@ -177,6 +177,11 @@ impl Generator {
             )));
         }
         let device = self.restorer.device;
+        // The measurement noise is the spec's unless the caller said otherwise.
+        let options = &RestoreOptions {
+            measurement_noise: options.measurement_noise.or(Some(spec.noise_sigma())),
+            ..*options
+        };
         let obs = Tensor::from_slice(&input.data).view([1, c as i64, h as i64, w as i64]);
         let problem = problem_from_observation(spec, &obs, self.colour_channels(), device)?;
         let x_hat = self

@@ -43,6 +43,10 @@ pub struct Restorer {
     /// are of its kind.
     precision: Precision,
     work: WorkCounter,
+    /// A window model's measurement denoiser ([`crate::weights::LoadedModel::denoiser`]): a
+    /// tile generator run on the window model's answer, whose measured part it cleans
+    /// ([`crate::windows::clean_measured_part`]).
+    denoiser: Option<Box<Restorer>>,
 }
 
 /// Network work a [`Restorer`] has done since it was made (or since
@@ -82,8 +86,12 @@ impl WorkCounter {
 }
 
 impl Restorer {
-    pub fn new(model: LoadedModel, device: Device) -> Self {
+    pub fn new(mut model: LoadedModel, device: Device) -> Self {
         let d = Diffusion::new(model.meta.schedule, model.meta.diffusion_steps);
+        let denoiser = model
+            .denoiser
+            .take()
+            .map(|m| Box::new(Restorer::new(*m, device)));
         Restorer {
             bridge: Bridge::new(&d),
             model,
@@ -92,7 +100,13 @@ impl Restorer {
             ensemble: 1,
             precision: Precision::Fp32,
             work: WorkCounter::default(),
+            denoiser,
         }
+    }
+
+    /// The measurement denoiser of a window model, if its file holds one.
+    pub fn measurement_denoiser(&self) -> Option<&Restorer> {
+        self.denoiser.as_deref()
     }
 
     /// Run the network in `precision` from now on. The weights are converted once, in place
@@ -113,6 +127,9 @@ impl Restorer {
         }
         tch::no_grad(|| self.model.vs.set_kind(precision.kind()));
         self.precision = precision;
+        if let Some(d) = &mut self.denoiser {
+            d.set_precision(precision)?;
+        }
         Ok(())
     }
 
@@ -121,14 +138,27 @@ impl Restorer {
         self.precision
     }
 
-    /// The network work done so far (all threads, all restores of this restorer).
+    /// The network work done so far (all threads, all restores of this restorer, its
+    /// measurement denoiser's included).
     pub fn network_work(&self) -> NetworkWork {
         let w = &self.work;
-        NetworkWork {
+        let own = NetworkWork {
             calls: w.calls.load(Ordering::Relaxed),
             samples: w.samples.load(Ordering::Relaxed),
             pixels: w.pixels.load(Ordering::Relaxed),
             flops: w.flops.load(Ordering::Relaxed) as f64,
+        };
+        match &self.denoiser {
+            None => own,
+            Some(d) => {
+                let o = d.network_work();
+                NetworkWork {
+                    calls: own.calls + o.calls,
+                    samples: own.samples + o.samples,
+                    pixels: own.pixels + o.pixels,
+                    flops: own.flops + o.flops,
+                }
+            }
         }
     }
 
@@ -141,6 +171,9 @@ impl Restorer {
             &self.work.flops,
         ] {
             c.store(0, Ordering::Relaxed);
+        }
+        if let Some(d) = &self.denoiser {
+            d.reset_network_work();
         }
     }
 
@@ -171,6 +204,19 @@ impl Restorer {
         opts: &RestoreOptions,
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<Tensor> {
+        self.restore_lifted_with(y_img, opts, self.workers_for(), self.ensemble, progress)
+    }
+
+    /// [`Self::restore_lifted`] with the tile workers and self-ensemble given (a measurement
+    /// denoiser runs with its window model's workers, and without an ensemble).
+    fn restore_lifted_with(
+        &self,
+        y_img: &Tensor,
+        opts: &RestoreOptions,
+        workers: usize,
+        ensemble_size: usize,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Tensor> {
         let cfg = &self.model.meta.unet;
         let (_, c, hh, ww) = y_img
             .size4()
@@ -184,7 +230,7 @@ impl Restorer {
         if hh < 1 || ww < 1 {
             return Err(EngineError::InvalidInput("empty image".into()));
         }
-        ensemble::check_size(self.ensemble)?;
+        ensemble::check_size(ensemble_size)?;
         let h = self.perturb_h(opts.perturb_h);
         let t_val = RESTORE_T.min(self.model.meta.diffusion_steps as i64 - 1);
         let m = cfg.size_multiple();
@@ -215,7 +261,7 @@ impl Restorer {
             let shared = SharedRead(self);
             let run = |tile: &Tensor| shared.get().denoise_tile(tile, t_val, m);
             // One pass per orientation of the self-ensemble, each turned back and summed.
-            let turns = ensemble::orientations(self.ensemble);
+            let turns = ensemble::orientations(ensemble_size);
             let n = turns.len() as f32;
             let mut sum: Option<Tensor> = None;
             for (i, &k) in turns.iter().enumerate() {
@@ -223,7 +269,7 @@ impl Restorer {
                     progress((i as f32 + done as f32 / total.max(1) as f32) / n)
                 };
                 let x_k = ensemble::orient(&x_in, k);
-                let out = map_tiles_parallel(&x_k, tiling, self.workers_for(), &run, &mut report)
+                let out = map_tiles_parallel(&x_k, tiling, workers, &run, &mut report)
                     .ok_or(EngineError::Cancelled)?;
                 let out = ensemble::unorient(&out, k);
                 sum = Some(match sum {
@@ -298,9 +344,32 @@ impl Restorer {
                 };
                 self.restore_lifted(t, &single, &mut |_| true)
             };
+            let sigma = opts.measurement_noise.unwrap_or_else(|| {
+                self.model
+                    .meta
+                    .operator
+                    .as_ref()
+                    .map_or(0.0, |o| o.noise_sigma())
+            });
+            let denoiser = self.denoiser.as_deref().filter(|_| sigma > 0.0);
+            // With a denoiser to run, the windows are the first half of the progress.
+            let share = if denoiser.is_some() { 0.5 } else { 1.0 };
             let mut report =
-                |done: usize, total: usize| progress(done as f32 / total.max(1) as f32);
-            return crate::windows::restore_windowed(op, &y, side, m, &mut one_pass, &mut report);
+                |done: usize, total: usize| progress(share * done as f32 / total.max(1) as f32);
+            let answer =
+                crate::windows::restore_windowed(op, &y, side, m, &mut one_pass, &mut report)?;
+            let Some(d) = denoiser else {
+                return Ok(answer);
+            };
+            // The denoiser's own tiling, perturbation and seed stream; no ensemble.
+            let d_opts = RestoreOptions {
+                seed: opts.seed.wrapping_add(1),
+                ..RestoreOptions::default()
+            };
+            let mut d_progress = |f: f32| progress(0.5 + 0.5 * f);
+            let cleaned =
+                d.restore_lifted_with(&answer, &d_opts, self.workers_for(), 1, &mut d_progress)?;
+            return Ok(crate::windows::clean_measured_part(op, &answer, &cleaned));
         }
         let y_img = tch::no_grad(|| op.lift(&y));
         self.restore_lifted(&y_img, opts, progress)
@@ -319,6 +388,12 @@ pub struct RestoreOptions {
     /// tiles with 32 pixels of overlap, the official training size). Images no larger than a
     /// tile run in one pass.
     pub tiling: Option<Tiling>,
+    /// The noise σ of the measurement ([-1, 1] units), read only by a window model with a
+    /// measurement denoiser: above 0, the measured part of its answer (the observed pixels
+    /// of inpainting, the gray of colorization) comes from the denoised answer; 0 keeps it
+    /// exactly as observed (a clean photograph). `None`: the noise of the operator the model
+    /// was trained for.
+    pub measurement_noise: Option<f64>,
 }
 
 /// Pad bottom/right by reflection (replication where the image is too small to reflect).

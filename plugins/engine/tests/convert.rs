@@ -46,6 +46,7 @@ fn meta() -> ModelMeta {
         operator: None,
         perturb_h: None,
         restore_tile: None,
+        measurement_denoiser: None,
         restore_window: None,
         provenance: serde_json::json!({}),
     }

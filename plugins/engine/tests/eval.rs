@@ -47,6 +47,7 @@ fn tiny(
         operator,
         perturb_h: (role == ModelRole::Generator).then_some(0.1),
         restore_tile: None,
+        measurement_denoiser: None,
         restore_window: None,
         provenance: serde_json::json!({"test": true}),
     };

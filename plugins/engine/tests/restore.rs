@@ -24,7 +24,12 @@ fn seeded(seed: i64) -> MutexGuard<'static, ()> {
 
 /// A random tiny generator whose zero-initialised layers are perturbed so output depends on input.
 fn tiny_model(seed: i64) -> LoadedModel {
-    let m = LoadedModel::random(tiny_meta(), Device::Cpu, seed).unwrap();
+    perturbed_model(tiny_meta(), seed)
+}
+
+/// [`tiny_model`] with any metadata.
+fn perturbed_model(meta: ModelMeta, seed: i64) -> LoadedModel {
+    let m = LoadedModel::random(meta, Device::Cpu, seed).unwrap();
     // In name order: `variables()` is a HashMap, whose order changes from run to run.
     let mut variables: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
@@ -49,7 +54,7 @@ fn restore_is_deterministic_for_a_seed() {
     let o = |seed| RestoreOptions {
         perturb_h: Some(0.1),
         seed,
-        tiling: None,
+        ..Default::default()
     };
     let a = restore(&r, &y, &o(7));
     let b = restore(&r, &y, &o(7));
@@ -63,7 +68,7 @@ fn restore_is_deterministic_for_a_seed() {
     let h0 = RestoreOptions {
         perturb_h: Some(0.0),
         seed: 1,
-        tiling: None,
+        ..Default::default()
     };
     let d = restore(&r, &y, &h0);
     let e = restore(&r, &y, &RestoreOptions { seed: 2, ..h0 });
@@ -325,6 +330,8 @@ fn tile_workers_agree_and_network_work_is_counted() {
             tile: 32,
             overlap: 8,
         }),
+
+        measurement_noise: None,
     };
     let mut outs = Vec::new();
     for workers in [1, 2, 3] {
@@ -370,6 +377,8 @@ fn a_self_ensemble_is_the_mean_of_the_turned_back_restores_of_each_orientation()
             tile: 16,
             overlap: 4,
         }),
+
+        measurement_noise: None,
     };
     let single = restore(&r, &y, &opts);
     for n in [2, 4, 8] {
@@ -412,4 +421,167 @@ fn a_self_ensemble_is_the_mean_of_the_turned_back_restores_of_each_orientation()
         })
         .unwrap_err();
     assert!(e.to_string().to_lowercase().contains("cancel"), "{e}");
+}
+
+/// A tiny inpainting window model and a tiny denoising tile model of the same architecture.
+fn window_and_denoiser(sigma: f64) -> (LoadedModel, LoadedModel) {
+    let inpaint = OperatorSpec::for_task("inpaint").unwrap();
+    let window = perturbed_model(
+        ModelMeta {
+            restore_window: Some(32),
+            ..ModelMeta::tiny_generator(Some(inpaint))
+        },
+        7,
+    );
+    let mut denoise = OperatorSpec::for_task("denoise").unwrap();
+    denoise.set_noise_sigma(Some(sigma));
+    let denoiser = perturbed_model(
+        ModelMeta {
+            restore_tile: Some(32),
+            perturb_h: Some(0.0),
+            ..ModelMeta::tiny_generator(Some(denoise))
+        },
+        8,
+    );
+    (window, denoiser)
+}
+
+#[test]
+fn a_window_model_file_carries_its_measurement_denoiser() {
+    let _rng = seeded(7);
+    let (mut window, denoiser) = window_and_denoiser(0.05);
+    let name = "input_blocks.0.0.weight";
+    let weight = denoiser.vs.variables()[name].copy();
+    // Only a denoising tile generator at the window model's noise is accepted, only by a
+    // window model.
+    let (_, wrong_noise) = window_and_denoiser(0.2);
+    let e = window.attach_denoiser(wrong_noise).unwrap_err();
+    assert!(e.to_string().contains("noise"), "{e}");
+    let e = tiny_model(1)
+        .attach_denoiser(window_and_denoiser(0.05).1)
+        .unwrap_err();
+    assert!(e.to_string().contains("window model"), "{e}");
+    let e = window.attach_denoiser(tiny_model(2)).unwrap_err();
+    assert!(e.to_string().contains("denoising"), "{e}");
+    window.attach_denoiser(denoiser).unwrap();
+
+    // Round trip through the file format: both networks, the denoiser's own metadata.
+    let bytes = window.to_bytes().unwrap();
+    let back = model_file::load_bytes(&bytes, Device::Cpu).unwrap();
+    let d = back.denoiser.as_ref().expect("the denoiser comes back");
+    assert_eq!(d.meta.restore_tile, Some(32));
+    assert_eq!(d.meta.restore_window, None);
+    assert_eq!(d.meta.operator.as_ref().unwrap().noise_sigma(), 0.05);
+    let w = &d.vs.variables()[name];
+    assert_eq!((w - &weight).abs().max().double_value(&[]), 0.0);
+    let own = &back.vs.variables()[name];
+    assert!((own - &weight).abs().max().double_value(&[]) > 0.0);
+
+    // A file whose metadata names a denoiser must hold every one of its tensors, and a file
+    // without one must hold none.
+    let mut tensors: Vec<(String, Tensor)> = window
+        .vs
+        .variables()
+        .into_iter()
+        .chain(
+            window
+                .denoiser
+                .as_ref()
+                .unwrap()
+                .vs
+                .variables()
+                .into_iter()
+                .map(|(n, t)| (format!("{}{n}", model_file::DENOISER_PREFIX), t)),
+        )
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let dropped: Vec<(String, Tensor)> = tensors
+        .iter()
+        .filter(|(n, _)| *n != format!("{}{name}", model_file::DENOISER_PREFIX))
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let e = model_file::load_bytes(
+        &model_file::to_bytes(&window.meta, &dropped).unwrap(),
+        Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("missing tensor `measurement_denoiser."),
+        "{e}"
+    );
+    let plain = ModelMeta {
+        measurement_denoiser: None,
+        ..window.meta.clone()
+    };
+    let e = model_file::load_bytes(
+        &model_file::to_bytes(&plain, &tensors).unwrap(),
+        Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("unexpected tensor `measurement_denoiser."),
+        "{e}"
+    );
+    // Metadata of a denoiser on a tile model is refused before any tensor is read.
+    let tile_meta = ModelMeta {
+        restore_window: None,
+        restore_tile: Some(32),
+        ..window.meta.clone()
+    };
+    let e = model_file::load_bytes(
+        &model_file::to_bytes(&tile_meta, &tensors).unwrap(),
+        Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("measurement_denoiser"), "{e}");
+}
+
+#[test]
+fn the_measurement_denoiser_cleans_only_the_observed_pixels_of_a_noisy_measurement() {
+    let _rng = seeded(9);
+    let (mut window, denoiser) = window_and_denoiser(0.05);
+    window.attach_denoiser(denoiser).unwrap();
+    let r = Restorer::new(window, Device::Cpu);
+    let spec = OperatorSpec::for_task("inpaint").unwrap();
+    let obs = Tensor::rand([1, 3, 48, 64], (Kind::Float, Device::Cpu));
+    let problem = pipeline::problem_from_observation(&spec, &obs, 3, Device::Cpu).unwrap();
+    let keep = problem.op.keep_mask().unwrap();
+    let run = |noise: f64| {
+        r.reset_network_work();
+        let opts = RestoreOptions {
+            perturb_h: Some(0.0),
+            measurement_noise: Some(noise),
+            ..Default::default()
+        };
+        let mut fractions = Vec::new();
+        let out = r
+            .restore(problem.op.as_ref(), &problem.y, &opts, &mut |f| {
+                fractions.push(f);
+                true
+            })
+            .unwrap();
+        assert!(
+            fractions.windows(2).all(|w| w[0] <= w[1]) && *fractions.last().unwrap() == 1.0,
+            "progress must rise to 1: {fractions:?}"
+        );
+        (out, r.network_work().calls)
+    };
+    // A clean measurement: observed pixels exactly as measured, one network call (the window).
+    let (clean, calls) = run(0.0);
+    let kept = ((&clean - &problem.y) * &keep)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(kept < 1e-6, "{kept}");
+    assert_eq!(calls, 1);
+    // A noisy one: the denoiser runs too and changes the observed pixels, not the hole.
+    let (noisy, calls) = run(0.05);
+    assert!(calls > 1, "{calls}");
+    let hole: Tensor = 1.0 - &keep;
+    let in_hole = ((&noisy - &clean) * &hole).abs().max().double_value(&[]);
+    assert!(in_hole < 1e-6, "{in_hole}");
+    let observed = ((&noisy - &clean) * &keep).abs().max().double_value(&[]);
+    assert!(observed > 1e-3, "{observed}");
 }

@@ -1,6 +1,7 @@
 //! The shipped default models on a whole 1024×768 photograph, per task, as a user restores one:
 //! no tile-grid structure in the error (a phantom hole per tile, a colour per tile, seams), and
-//! inpainting boxes anywhere are filled while every observed pixel stays as measured. Quality
+//! inpainting boxes anywhere are filled while every observed pixel stays as measured (or, for a
+//! noisy measurement, comes out closer to the photograph: the measurement denoiser). Quality
 //! margins (beating the lifted measurement, and for inpainting a flat fill with the mean colour
 //! around each box) are the opt-in `quality_targets` test (`cargo test -p davi-engine --test
 //! whole_images -- --ignored`): they are the default models' training target (docs/models.md),
@@ -48,6 +49,16 @@ fn photo() -> Tensor {
 }
 
 fn restore(task: &str, spec: &OperatorSpec, obs: &Tensor) -> (Tensor, Restorer) {
+    restore_with_noise(task, spec, obs, None)
+}
+
+/// [`restore`] telling the restore the measurement's noise (`None`: the model's).
+fn restore_with_noise(
+    task: &str,
+    spec: &OperatorSpec,
+    obs: &Tensor,
+    measurement_noise: Option<f64>,
+) -> (Tensor, Restorer) {
     let path = defaults::model_path(task).unwrap();
     let model = model_file::load(&path, Device::Cpu).unwrap();
     let problem = pipeline::problem_from_observation(spec, obs, 3, Device::Cpu).unwrap();
@@ -56,7 +67,10 @@ fn restore(task: &str, spec: &OperatorSpec, obs: &Tensor) -> (Tensor, Restorer) 
         .restore(
             problem.op.as_ref(),
             &problem.y,
-            &RestoreOptions::default(),
+            &RestoreOptions {
+                measurement_noise,
+                ..Default::default()
+            },
             &mut |_| true,
         )
         .unwrap();
@@ -162,11 +176,32 @@ fn inpaint_boxes() -> (f64, f64, f64) {
     let op = davi_engine::operators::build(&spec, 3, 768, 1024, Device::Cpu).unwrap();
     let keep = op.keep_mask().unwrap();
     if r.model.meta.restore_window.is_some() {
-        let outside = ((&out - &obs) * &keep).abs().max().double_value(&[]);
+        // Observed pixels stay as measured when the measurement is declared clean; a noisy
+        // one's are denoised by the model's measurement denoiser, if it has one.
+        let (exact, _) = restore_with_noise("inpaint", &spec, &obs, Some(0.0));
+        let outside = ((&exact - &obs) * &keep).abs().max().double_value(&[]);
         assert!(
             outside < 1.0 / 255.0,
             "observed pixels changed by {outside}"
         );
+        let error = |t: &Tensor| {
+            ((t - &clean) * &keep)
+                .square()
+                .mean(Kind::Float)
+                .double_value(&[])
+        };
+        if r.measurement_denoiser().is_some() {
+            let (got, measured) = (error(&out), error(&obs));
+            eprintln!(
+                "inpaint boxes: observed-pixel MSE {measured:.6} measured, {got:.6} restored"
+            );
+            assert!(
+                got < measured,
+                "denoised observed pixels: MSE {got} vs {measured}"
+            );
+        } else {
+            assert_eq!(error(&out), error(&exact));
+        }
     }
     let hole: Tensor = 1.0 - &keep;
     let n = hole.sum(Kind::Float).double_value(&[]) * 3.0;

@@ -104,6 +104,8 @@ impl RestoreParams {
             perturb_h: self.perturb_h,
             seed: self.seed,
             tiling,
+            // The restore's operator spec says (`Generator::restore`).
+            measurement_noise: None,
         })
     }
 }

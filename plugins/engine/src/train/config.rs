@@ -298,6 +298,14 @@ pub const PRESETS: &[(&str, &str)] = &[
         "photo-colorize-davi",
         include_str!("../../presets/photo-colorize-davi.toml"),
     ),
+    (
+        "photo-denoise-low",
+        include_str!("../../presets/photo-denoise-low.toml"),
+    ),
+    (
+        "photo-denoise-low-davi",
+        include_str!("../../presets/photo-denoise-low-davi.toml"),
+    ),
     ("tiny-prior", include_str!("../../presets/tiny-prior.toml")),
     ("tiny-davi", include_str!("../../presets/tiny-davi.toml")),
 ];

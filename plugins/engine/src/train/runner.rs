@@ -214,6 +214,7 @@ impl Trainer {
                     operator: None,
                     perturb_h: None,
                     restore_tile: None,
+                    measurement_denoiser: None,
                     restore_window: None,
                     provenance: provenance(cfg, step, extra),
                 };
@@ -230,6 +231,7 @@ impl Trainer {
                     perturb_h: Some(dc.eval_perturb_h.unwrap_or(dc.perturb_h)),
                     restore_tile: (cfg.data.crop == super::data::Crop::Random && !dc.window)
                         .then_some(cfg.data.size),
+                    measurement_denoiser: None,
                     restore_window: dc.window.then_some(cfg.data.size),
                     provenance: provenance(cfg, step, extra),
                 };

@@ -9,6 +9,11 @@
 //! | `format_version` | `1` |
 //! | `meta` | JSON of [`ModelMeta`]: U-Net, schedule, role, operator, perturb_h, provenance |
 //!
+//! A window model may carry a second network of its own architecture, its measurement
+//! denoiser ([`DenoiserMeta`]), as the same tensor names under the prefix
+//! [`DENOISER_PREFIX`]: one file holds everything the restore needs, so a model copied, passed
+//! by path or embedded as bytes restores the same way.
+//!
 //! Loading checks the whole file before building anything: every metadata field's range, then
 //! every tensor by name against the shape list the metadata's architecture implies: a
 //! missing, unexpected, mis-shaped or non-float tensor is an error naming it. Saving writes a
@@ -26,6 +31,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 pub const FORMAT: &str = "libdavi-model";
 pub const FORMAT_VERSION: &str = "1";
+/// Prefix of the tensor names of a window model's measurement denoiser.
+pub const DENOISER_PREFIX: &str = "measurement_denoiser.";
 
 /// What a model file is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +70,49 @@ pub struct ModelMeta {
     /// Free-form provenance: source checkpoint, training run, steps, data, metrics.
     #[serde(default)]
     pub provenance: serde_json::Value,
+    /// A window model's measurement denoiser, stored in the same file (tensors under
+    /// [`DENOISER_PREFIX`], same architecture): see [`crate::windows`], "measured part".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement_denoiser: Option<DenoiserMeta>,
+}
+
+/// The second network of a window model: a tile generator trained to denoise at the
+/// measurement noise of the window model's operator. The window model's answer keeps only
+/// what the measurement does not determine (an inpainting hole, the colour of a gray image);
+/// the measured part comes from the measurement, and a noisy measurement is first denoised
+/// by this network instead of being kept with its noise.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DenoiserMeta {
+    /// The noise σ (in [-1, 1] units) it was trained to remove.
+    pub noise_sigma: f64,
+    /// Its tile side (its training patch size).
+    pub restore_tile: i64,
+    /// Its bridge perturbation `h` at inference.
+    #[serde(default)]
+    pub perturb_h: Option<f64>,
+    /// Where it came from: training run, steps, held-out scores.
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+}
+
+impl DenoiserMeta {
+    /// The metadata of the denoiser as a model of its own, given its window model's.
+    pub fn as_model_meta(&self, window_model: &ModelMeta) -> ModelMeta {
+        ModelMeta {
+            role: ModelRole::Generator,
+            unet: window_model.unet.clone(),
+            schedule: window_model.schedule,
+            diffusion_steps: window_model.diffusion_steps,
+            operator: Some(OperatorSpec::Denoising(davi_sdk::spec::Denoising {
+                noise_sigma: Some(self.noise_sigma),
+            })),
+            perturb_h: self.perturb_h,
+            restore_tile: Some(self.restore_tile),
+            restore_window: None,
+            provenance: self.provenance.clone(),
+            measurement_denoiser: None,
+        }
+    }
 }
 
 fn thousand() -> usize {
@@ -93,6 +143,7 @@ impl ModelMeta {
             restore_tile: None,
             restore_window: None,
             provenance: serde_json::json!({ "note": "tiny generator for tests" }),
+            measurement_denoiser: None,
         }
     }
 
@@ -124,6 +175,9 @@ pub struct LoadedModel {
     pub meta: ModelMeta,
     pub vs: nn::VarStore,
     pub net: UNetModel,
+    /// The measurement denoiser of a window model whose file holds one
+    /// ([`ModelMeta::measurement_denoiser`]); its `meta` is [`DenoiserMeta::as_model_meta`].
+    pub denoiser: Option<Box<LoadedModel>>,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -521,7 +575,55 @@ impl ModelMeta {
             op.validate()
                 .map_err(|e| format!("metadata `operator`: {e}"))?;
         }
+        if let Some(d) = &self.measurement_denoiser {
+            if self.restore_window.is_none() {
+                return bad(
+                    "measurement_denoiser",
+                    "belongs to window models (`restore_window`) only".into(),
+                );
+            }
+            if !(d.noise_sigma > 0.0 && d.noise_sigma <= 2.0) {
+                return bad(
+                    "measurement_denoiser.noise_sigma",
+                    format!("must be in (0, 2], got {}", d.noise_sigma),
+                );
+            }
+            if d.restore_tile < m || d.restore_tile % m != 0 || d.restore_tile > 4096 {
+                return bad(
+                    "measurement_denoiser.restore_tile",
+                    format!(
+                        "must be a multiple of {m} up to 4096, got {}",
+                        d.restore_tile
+                    ),
+                );
+            }
+            if let Some(h) = d.perturb_h {
+                if !h.is_finite() || !(0.0..=10.0).contains(&h) {
+                    return bad(
+                        "measurement_denoiser.perturb_h",
+                        format!("must be in [0, 10], got {h}"),
+                    );
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Names and shapes of every tensor a file with this metadata holds: the network's, then
+    /// its measurement denoiser's (same architecture, [`DENOISER_PREFIX`]).
+    fn tensor_shapes(&self) -> Result<Vec<(String, Vec<i64>)>> {
+        let own = self
+            .unet
+            .parameter_shapes()
+            .map_err(|e| EngineError::Weights(format!("metadata `unet`: {e}")))?;
+        let mut all = own.clone();
+        if self.measurement_denoiser.is_some() {
+            all.extend(
+                own.into_iter()
+                    .map(|(n, s)| (format!("{DENOISER_PREFIX}{n}"), s)),
+            );
+        }
+        Ok(all)
     }
 }
 
@@ -544,24 +646,38 @@ pub fn load_bytes(bytes: &[u8], device: Device) -> Result<LoadedModel> {
     let meta = meta_from_bytes(bytes).map_err(EngineError::Weights)?;
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| EngineError::Weights(format!("corrupt tensor data: {e:?}")))?;
-    let expected = meta
-        .unet
-        .parameter_shapes()
-        .map_err(|e| EngineError::Weights(format!("metadata `unet`: {e}")))?;
+    let expected = meta.tensor_shapes()?;
     let kind = check_tensors(&st, &expected).map_err(EngineError::Weights)?;
-    let mut vs = nn::VarStore::new(device);
-    let net = tch::no_grad(|| UNetModel::new(&vs.root(), &meta.unet))?;
-    let named: Vec<(String, Tensor)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            (name, Tensor::from_data_size(view.data(), &shape, kind))
+    let (mut own, mut denoiser) = (Vec::new(), Vec::new());
+    for (name, view) in st.tensors() {
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::from_data_size(view.data(), &shape, kind);
+        match name.strip_prefix(DENOISER_PREFIX) {
+            Some(inner) => denoiser.push((inner.to_string(), t)),
+            None => own.push((name, t)),
+        }
+    }
+    let build = |meta: ModelMeta, named: Vec<(String, Tensor)>| -> Result<LoadedModel> {
+        let mut vs = nn::VarStore::new(device);
+        let net = tch::no_grad(|| UNetModel::new(&vs.root(), &meta.unet))?;
+        copy_by_name(&mut vs, named)?;
+        vs.freeze();
+        Ok(LoadedModel {
+            meta,
+            vs,
+            net,
+            denoiser: None,
         })
-        .collect();
-    copy_by_name(&mut vs, named)?;
-    vs.freeze();
-    Ok(LoadedModel { meta, vs, net })
+    };
+    let denoiser_meta = meta
+        .measurement_denoiser
+        .as_ref()
+        .map(|d| d.as_model_meta(&meta));
+    let mut model = build(meta, own)?;
+    if let Some(dm) = denoiser_meta {
+        model.denoiser = Some(Box::new(build(dm, denoiser)?));
+    }
+    Ok(model)
 }
 
 /// Check a model file's tensors against the architecture's `expected` names and shapes, from
@@ -685,12 +801,87 @@ impl LoadedModel {
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(device);
         let net = UNetModel::new(&vs.root(), &meta.unet)?;
-        Ok(LoadedModel { meta, vs, net })
+        Ok(LoadedModel {
+            meta,
+            vs,
+            net,
+            denoiser: None,
+        })
     }
 
-    /// Save to a model file (atomic).
+    /// Save to a model file (atomic), with the measurement denoiser if it has one.
     pub fn save(&self, path: &Path) -> Result<()> {
-        save(path, &self.meta, &self.vs)
+        write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// The bytes of the model file [`Self::save`] writes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut tensors: BTreeMap<String, Tensor> = self.vs.variables().into_iter().collect();
+        if let Some(d) = &self.denoiser {
+            tensors.extend(
+                d.vs.variables()
+                    .into_iter()
+                    .map(|(n, t)| (format!("{DENOISER_PREFIX}{n}"), t)),
+            );
+        }
+        let tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        to_bytes(&self.meta, &tensors)
+    }
+
+    /// Make `denoiser` (a tile generator trained for denoising) this window model's
+    /// measurement denoiser, replacing any it had. The two must share the architecture
+    /// (every shipped generator has the prior's), since the file stores both under one
+    /// [`ModelMeta::unet`].
+    pub fn attach_denoiser(&mut self, denoiser: LoadedModel) -> Result<()> {
+        let bad = |m: String| Err(EngineError::InvalidInput(m));
+        if self.meta.restore_window.is_none() {
+            return bad(
+                "only a window model (inpainting, colorization) takes a measurement \
+                denoiser"
+                    .into(),
+            );
+        }
+        let d = &denoiser.meta;
+        let sigma = match &d.operator {
+            Some(op @ OperatorSpec::Denoising(_)) if d.role == ModelRole::Generator => {
+                op.noise_sigma()
+            }
+            _ => return bad("the measurement denoiser must be a denoising generator".into()),
+        };
+        if let Some(op) = &self.meta.operator {
+            if (op.noise_sigma() - sigma).abs() > 1e-9 {
+                return bad(format!(
+                    "the denoiser was trained for noise σ {sigma}, the window model's \
+                    measurements have σ {}",
+                    op.noise_sigma()
+                ));
+            }
+        }
+        let Some(tile) = d.restore_tile else {
+            return bad("the measurement denoiser must be a tile model (`restore_tile`)".into());
+        };
+        if d.unet != self.meta.unet
+            || d.schedule != self.meta.schedule
+            || d.diffusion_steps != self.meta.diffusion_steps
+        {
+            return bad(
+                "the measurement denoiser's architecture or schedule differs from the \
+                window model's"
+                    .into(),
+            );
+        }
+        self.meta.measurement_denoiser = Some(DenoiserMeta {
+            noise_sigma: sigma,
+            restore_tile: tile,
+            perturb_h: d.perturb_h,
+            provenance: d.provenance.clone(),
+        });
+        self.meta.validate().map_err(EngineError::InvalidInput)?;
+        let meta = self.meta.measurement_denoiser.as_ref().expect("just set");
+        let mut denoiser = denoiser;
+        denoiser.meta = meta.as_model_meta(&self.meta);
+        self.denoiser = Some(Box::new(denoiser));
+        Ok(())
     }
 
     /// Exact number of parameters.
