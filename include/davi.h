@@ -746,6 +746,9 @@ const char *davi_spec_kind(const struct DaviSpec *spec);
  * Set the measurement noise level (standard deviation in [-1, 1] image units, in [0, 2]);
  * NaN restores the kind's default (0.20 for denoising, 0.05 otherwise). Out of range is
  * `DAVI_STATUS_INVALID_ARGUMENT` and leaves the spec unchanged (as for every setter).
+ * Restoring, a window model with a measurement denoiser (the shipped inpainting and
+ * colorization models) reads it: above 0 the observed pixels (the gray) of its answer are
+ * denoised, 0 keeps them exactly as given — for a clean photograph.
  *
  * # Safety
  * `spec` must be NULL or a live spec.

@@ -210,7 +210,9 @@ pub(crate) struct OpArgs {
     #[arg(long)]
     op: Option<PathBuf>,
     /// Override the measurement noise sigma (in [-1, 1] units): the noise `degrade` and `eval`
-    /// simulate. A DAVI generator is trained for one noise level and does not read it.
+    /// simulate. A DAVI generator is trained for one noise level and does not read it, but
+    /// `restore` with a window model that carries a measurement denoiser (inpaint, colorize)
+    /// does: 0 keeps the observed pixels (the gray) exactly, for a clean photograph.
     #[arg(long)]
     noise_sigma: Option<f64>,
 }
