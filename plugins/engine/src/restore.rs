@@ -366,9 +366,19 @@ impl Restorer {
                 seed: opts.seed.wrapping_add(1),
                 ..RestoreOptions::default()
             };
-            let mut d_progress = |f: f32| progress(0.5 + 0.5 * f);
-            let cleaned =
-                d.restore_lifted_with(&answer, &d_opts, self.workers_for(), 1, &mut d_progress)?;
+            let passes = crate::windows::denoiser_passes(op, &answer);
+            let mut cleaned = answer.shallow_clone();
+            for pass in 0..passes {
+                let mut d_progress =
+                    |f: f32| progress(0.5 + 0.5 * (pass as f32 + f) / passes as f32);
+                cleaned = d.restore_lifted_with(
+                    &cleaned,
+                    &d_opts,
+                    self.workers_for(),
+                    1,
+                    &mut d_progress,
+                )?;
+            }
             return Ok(crate::windows::clean_measured_part(op, &answer, &cleaned));
         }
         let y_img = tch::no_grad(|| op.lift(&y));
