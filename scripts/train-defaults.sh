@@ -13,6 +13,8 @@
 #                      from the committed models/photo-<task>.safetensors;
 #   photo-<task>-davi  phase 2, the DAVI polish (preset photo-<task>-davi), started from
 #                      phase 1's best export once phase 1 has finished.
+# To extend a finished phase 1 (more steps): move photo-<task>-davi into $DAVI_RUNS/archive/
+# and raise run.total_steps in photo-<task>/config.toml; its new polish starts when it ends.
 # Tasks: sr4, deblur, denoise, inpaint, colorize, and denoise-low, the measurement denoiser
 # of the two window models (inpaint, colorize): each of their shipped files holds it
 # (`davi attach-denoiser`), re-attached whenever either side ships anew.
@@ -65,12 +67,20 @@ turn() {
 WINDOW_TASKS="inpaint colorize"
 is_window() { case " $WINDOW_TASKS " in *" $1 "*) true ;; *) false ;; esac; }
 
+# The run a model file was exported from (its provenance), e.g. photo-denoise-davi.
+model_run() { "$DAVI" info "$1" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["provenance"]["config"])' || true; }
+
 # The better phase's best export of a task (empty when neither has one yet): phase 2 only if
 # it is within 0.1 dB of phase 1 (or, polishing a committed model, of that model's score).
+# A shipped DAVI polish is only ever replaced by a polish: while a phase 1 is extended (its
+# old polish run archived, its total_steps raised), the committed polish stays.
 pick_export() {
   local t="$1" p1="$RUNS/photo-$1" p2="$RUNS/photo-$1-davi" pick=""
   local s1 s2
   s1="$(best_psnr "$p1")"; s2="$(best_psnr "$p2")"
+  if [ -z "$s2" ] && [ -f "models/photo-$t.safetensors" ]; then
+    case "$(model_run "models/photo-$t.safetensors")" in *-davi) return 0 ;; esac
+  fi
   [ -n "$s1" ] && pick="$p1"
   if [ -z "$pick" ] && polish_only "$t"; then s1="$(model_psnr "models/photo-$t.safetensors")"; fi
   if [ -n "$s2" ] && { [ -z "$s1" ] || python3 -c "import sys; sys.exit(0 if $s2 >= $s1 - 0.1 else 1)"; }; then pick="$p2"; fi
