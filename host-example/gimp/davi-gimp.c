@@ -549,6 +549,13 @@ static gboolean restore(const Task *t, const Values *v, gint32 image, gint32 dra
         (s = davi_spec_add_box(spec, (uint32_t)sel_y, (uint32_t)sel_x, (uint32_t)sel_h,
                                (uint32_t)sel_w)) != DAVI_STATUS_OK)
         ok = fail("selection box", s, NULL);
+    /* A photograph being edited is not a noisy measurement: inpainting and colorization keep
+     * its pixels (its gray) exactly instead of running the models' measurement denoiser over
+     * the whole image (docs/models.md, "Measurement denoiser"). Inpainting changes only the
+     * selection anyway, and the denoiser would cost the time of a full denoise. */
+    if (ok && (is_inpaint || strcmp(t->task, "colorize") == 0) &&
+        (s = davi_spec_set_noise_sigma(spec, 0.0)) != DAVI_STATUS_OK)
+        ok = fail("noise level", s, NULL);
 
     const uint32_t w = (uint32_t)gimp_drawable_width(drawable);
     const uint32_t h = (uint32_t)gimp_drawable_height(drawable);
