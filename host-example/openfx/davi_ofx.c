@@ -804,6 +804,14 @@ static OfxStatus make_spec(int task, OfxImageEffectHandle effect, Instance *inst
     if (davi_context_spec(inst->ctx, &spec) != DAVI_STATUS_OK &&
         davi_spec_new_task(TASKS[task].task, &spec) != DAVI_STATUS_OK)
         return kOfxStatErrMemory;
+    /* A frame being edited is not a noisy measurement: inpainting and colorization keep its
+     * pixels outside the hole (its gray) exactly, without the models' whole-frame measurement
+     * denoiser (docs/models.md, "Measurement denoiser"); Denoise is its own effect. */
+    if ((task == TASK_INPAINT || task == TASK_COLORIZE) &&
+        davi_spec_set_noise_sigma(spec, 0.0) != DAVI_STATUS_OK) {
+        davi_spec_free(spec);
+        return kOfxStatFailed;
+    }
     if (task == TASK_INPAINT) {
         double cx = 0.5, cy = 0.5, w = 0.5, h = 0.5;
         param_double2(inst->hole_centre, time, &cx, &cy);
