@@ -688,24 +688,20 @@ fn train(a: &TrainArgs, prior: bool) -> Result<()> {
 }
 
 fn info(model: Option<&Path>, preset: Option<&str>) -> Result<()> {
-    let (meta_json, cfg) = match (model, preset) {
+    // `networks`: a measurement denoiser is a second network of the same architecture.
+    let (meta_json, cfg, networks) = match (model, preset) {
         (Some(m), None) => {
             let meta = model_file::read_meta(m)?;
-            (serde_json::to_value(&meta)?, meta)
+            let networks = 1 + i64::from(meta.measurement_denoiser.is_some());
+            (serde_json::to_value(&meta)?, meta.unet, networks)
         }
         (None, Some(p)) => {
             let cfg = UNetConfig::preset(p)?;
-            let meta = ModelMeta {
-                unet: cfg.clone(),
-                ..ModelMeta::tiny_generator(None)
-            };
-            (serde_json::json!({ "preset": p, "unet": cfg }), meta)
+            (serde_json::json!({ "preset": p, "unet": cfg }), cfg, 1)
         }
         _ => bail!("give either a model file or --preset NAME"),
     };
-    // A measurement denoiser is a second network of the same architecture in the file.
-    let networks = 1 + i64::from(cfg.measurement_denoiser.is_some());
-    let (tensors, params) = parameter_count(&cfg.unet)?;
+    let (tensors, params) = parameter_count(&cfg)?;
     let (tensors, params) = (tensors * networks as usize, params * networks);
     let mut v = meta_json;
     v["tensors"] = serde_json::json!(tensors);

@@ -64,6 +64,18 @@ pub struct NetworkWork {
     pub flops: f64,
 }
 
+impl std::ops::Add for NetworkWork {
+    type Output = NetworkWork;
+    fn add(self, o: NetworkWork) -> NetworkWork {
+        NetworkWork {
+            calls: self.calls + o.calls,
+            samples: self.samples + o.samples,
+            pixels: self.pixels + o.pixels,
+            flops: self.flops + o.flops,
+        }
+    }
+}
+
 #[derive(Default)]
 struct WorkCounter {
     calls: AtomicU64,
@@ -150,15 +162,7 @@ impl Restorer {
         };
         match &self.denoiser {
             None => own,
-            Some(d) => {
-                let o = d.network_work();
-                NetworkWork {
-                    calls: own.calls + o.calls,
-                    samples: own.samples + o.samples,
-                    pixels: own.pixels + o.pixels,
-                    flops: own.flops + o.flops,
-                }
-            }
+            Some(d) => own + d.network_work(),
         }
     }
 

@@ -500,28 +500,21 @@ fn a_window_model_file_carries_its_measurement_denoiser() {
         .filter(|(n, _)| *n != format!("{}{name}", model_file::DENOISER_PREFIX))
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
-    let e = model_file::load_bytes(
-        &model_file::to_bytes(&window.meta, &dropped).unwrap(),
-        Device::Cpu,
-    )
-    .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("missing tensor `measurement_denoiser."),
-        "{e}"
-    );
+    // The message of loading a file made of `meta` and `tensors`, which must be refused.
+    let refusal = |meta: &ModelMeta, tensors: &[(String, Tensor)]| {
+        model_file::load_bytes(&model_file::to_bytes(meta, tensors).unwrap(), Device::Cpu)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refusal(&window.meta, &dropped);
+    assert!(e.contains("missing tensor `measurement_denoiser."), "{e}");
     let plain = ModelMeta {
         measurement_denoiser: None,
         ..window.meta.clone()
     };
-    let e = model_file::load_bytes(
-        &model_file::to_bytes(&plain, &tensors).unwrap(),
-        Device::Cpu,
-    )
-    .unwrap_err();
+    let e = refusal(&plain, &tensors);
     assert!(
-        e.to_string()
-            .contains("unexpected tensor `measurement_denoiser."),
+        e.contains("unexpected tensor `measurement_denoiser."),
         "{e}"
     );
     // Metadata of a denoiser on a tile model is refused before any tensor is read.
@@ -530,12 +523,8 @@ fn a_window_model_file_carries_its_measurement_denoiser() {
         restore_tile: Some(32),
         ..window.meta.clone()
     };
-    let e = model_file::load_bytes(
-        &model_file::to_bytes(&tile_meta, &tensors).unwrap(),
-        Device::Cpu,
-    )
-    .unwrap_err();
-    assert!(e.to_string().contains("measurement_denoiser"), "{e}");
+    let e = refusal(&tile_meta, &tensors);
+    assert!(e.contains("measurement_denoiser"), "{e}");
 }
 
 #[test]

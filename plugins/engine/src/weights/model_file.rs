@@ -546,15 +546,28 @@ impl ModelMeta {
                 format!("must be 2 to 100000, got {}", self.diffusion_steps),
             );
         }
-        if let Some(h) = self.perturb_h {
-            if !h.is_finite() || !(0.0..=10.0).contains(&h) {
-                return bad("perturb_h", format!("must be in [0, 10], got {h}"));
+        let denoiser = self.measurement_denoiser.as_ref();
+        for (field, h) in [
+            ("perturb_h", self.perturb_h),
+            (
+                "measurement_denoiser.perturb_h",
+                denoiser.and_then(|d| d.perturb_h),
+            ),
+        ] {
+            if let Some(h) = h {
+                if !h.is_finite() || !(0.0..=10.0).contains(&h) {
+                    return bad(field, format!("must be in [0, 10], got {h}"));
+                }
             }
         }
         let m = u.size_multiple();
         for (field, v) in [
             ("restore_tile", self.restore_tile),
             ("restore_window", self.restore_window),
+            (
+                "measurement_denoiser.restore_tile",
+                denoiser.map(|d| d.restore_tile),
+            ),
         ] {
             if let Some(t) = v {
                 if t < m || t % m != 0 || t > 4096 {
@@ -587,23 +600,6 @@ impl ModelMeta {
                     "measurement_denoiser.noise_sigma",
                     format!("must be in (0, 2], got {}", d.noise_sigma),
                 );
-            }
-            if d.restore_tile < m || d.restore_tile % m != 0 || d.restore_tile > 4096 {
-                return bad(
-                    "measurement_denoiser.restore_tile",
-                    format!(
-                        "must be a multiple of {m} up to 4096, got {}",
-                        d.restore_tile
-                    ),
-                );
-            }
-            if let Some(h) = d.perturb_h {
-                if !h.is_finite() || !(0.0..=10.0).contains(&h) {
-                    return bad(
-                        "measurement_denoiser.perturb_h",
-                        format!("must be in [0, 10], got {h}"),
-                    );
-                }
             }
         }
         Ok(())
