@@ -68,10 +68,15 @@ fn parse_ensemble(s: &str) -> std::result::Result<usize, String> {
 }
 
 impl RestoreArgs {
-    pub fn options(&self) -> RestoreOptions {
-        let tiling = self.tile.map(|t| Tiling {
-            tile: t,
-            overlap: self.overlap.unwrap_or(t / 4),
+    /// The restore options these flags ask for. `model_tiling` is the model's own, which a
+    /// lone `--overlap` (or `--tile`) changes only in what it names.
+    pub fn options(&self, model_tiling: Tiling) -> RestoreOptions {
+        let tiling = (self.tile.is_some() || self.overlap.is_some()).then(|| {
+            let tile = self.tile.unwrap_or(model_tiling.tile);
+            Tiling {
+                tile,
+                overlap: self.overlap.unwrap_or(tile / 4),
+            }
         });
         RestoreOptions {
             perturb_h: self.perturb_h,
@@ -112,7 +117,7 @@ impl Engine {
         // The measurement noise the observation has (the model's, or `--noise-sigma`).
         let opts = RestoreOptions {
             measurement_noise: Some(spec.noise_sigma()),
-            ..a.options()
+            ..a.options(restorer.default_tiling())
         };
         Ok(Engine {
             restorer,
@@ -262,4 +267,56 @@ pub struct FileTimings {
     pub write_s: f64,
     pub width: i64,
     pub height: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RestoreArgs,
+    }
+
+    fn tiling(flags: &[&str]) -> Option<Tiling> {
+        let cli = Cli::try_parse_from(std::iter::once("davi").chain(flags.iter().copied()))
+            .expect("valid flags");
+        cli.args
+            .options(Tiling {
+                tile: 64,
+                overlap: 16,
+            })
+            .tiling
+    }
+
+    #[test]
+    fn tile_and_overlap_flags_resolve_against_the_models_tiling() {
+        // Neither flag: the engine picks the model's tiling itself.
+        assert_eq!(tiling(&[]), None);
+        // A lone --overlap keeps the model's tile (it used to be ignored).
+        assert_eq!(
+            tiling(&["--overlap", "32"]),
+            Some(Tiling {
+                tile: 64,
+                overlap: 32
+            })
+        );
+        // A lone --tile takes a quarter of itself as overlap.
+        assert_eq!(
+            tiling(&["--tile", "128"]),
+            Some(Tiling {
+                tile: 128,
+                overlap: 32
+            })
+        );
+        assert_eq!(
+            tiling(&["--tile", "128", "--overlap", "8"]),
+            Some(Tiling {
+                tile: 128,
+                overlap: 8
+            })
+        );
+    }
 }
