@@ -11,6 +11,7 @@
 # 2. `davi restore <task>.npy` restores exactly those measurements with each libdavi model:
 #    the shipped one and, where the training runs exist ($DAVI_RUNS, default
 #    ~/.cache/libdavi/runs), the best export of the supervised phase and of the DAVI polish;
+#    and libdavi's classical plug-in (`--plugin-id classical`), scored as a peer;
 # 3. scripts/score_restored.py scores everything with the same PSNR/SSIM and writes the page,
 #    with the hand-written discussion (docs/results-discussion.md) appended.
 set -euo pipefail
@@ -27,6 +28,10 @@ else
   cargo build --release --locked -p davi-cli
   davi="$root/target/release/davi"
 fi
+# libdavi's classical plug-in (plugins/classical: Lanczos-3, Richardson-Lucy with TV,
+# non-local means, NLM then Telea) is a peer too: it is what a libdavi user already has.
+cargo build --release --locked -p davi-classical
+classical="$root/target/release/libdavi_classical.so"
 RUNS="${DAVI_RUNS:-${XDG_CACHE_HOME:-$HOME/.cache}/libdavi/runs}"
 export OMP_WAIT_POLICY=PASSIVE
 # PEERS=DIR keeps the classical half (measurements and peer scores, the slow part: BM3D) in
@@ -45,7 +50,13 @@ if [ ! -f "$work/peers.json" ]; then
 fi
 for t in sr4 deblur denoise inpaint colorize; do
   # Results of an earlier run in a reused PEERS folder must not be scored as this run's.
-  rm -f "$work"/deg/*/"${t}"_{davi,p1,p2,e8}.png
+  rm -f "$work"/deg/*/"${t}"_{davi,p1,p2,e8,classical}.png
+  if [ "$t" != colorize ]; then  # the plug-in claims every task but colorization
+    for d in "$work"/deg/*/; do
+      "$davi" restore "$d/$t.npy" -o "$d/${t}_classical.png" --task "$t" \
+        --plugin "$classical" --plugin-id classical 2>/dev/null
+    done
+  fi
   models=("davi=models/photo-$t.safetensors")
   # A phase's best export is scored separately only when it is not the shipped file itself.
   for ph in "p1=$RUNS/photo-$t" "p2=$RUNS/photo-$t-davi"; do
@@ -73,11 +84,13 @@ window) as \`plugins/engine/src/metrics.rs\` computes them, means over crops; pe
 are in \`docs/results/<task>.json\`. \"libdavi (shipped)\" is \`models/photo-<task>.safetensors\`;
 \"phase 1\" and \"phase 2\" are the best exports of the supervised phase and of the DAVI polish
 of its training runs (\`docs/models.md\`), listed where those runs were present and differ from
-the shipped file; \"--ensemble 8\" is the shipped model with the 8-orientation self-ensemble. Wiener's balance is
+the shipped file; \"--ensemble 8\" is the shipped model with the 8-orientation self-ensemble;
+\"libdavi classical plug-in\" is \`plugins/classical\` (\`davi restore --plugin-id classical\`). Wiener's balance is
 tuned per crop against the reference: an upper bound for Wiener, not a method a user can run."
 .venv-eval/bin/python scripts/score_restored.py --peers "$work/peers.json" --degraded "$work/deg" \
   --variant "libdavi (shipped)=davi" --variant "libdavi phase 1 (supervised)=p1" \
   --variant "libdavi phase 2 (DAVI polish)=p2" \
-  --variant "libdavi (shipped, --ensemble 8)=e8" --header "$header" \
+  --variant "libdavi (shipped, --ensemble 8)=e8" \
+  --peer-variant "libdavi classical plug-in=classical" --header "$header" \
   --footer docs/results-discussion.md --json-dir docs/results --markdown docs/results.md >/dev/null
 echo "wrote docs/results.md"

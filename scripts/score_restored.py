@@ -12,7 +12,9 @@ DIR/<crop>/ref.png with eval_peers.py's PSNR and SSIM (the definitions of
 plugins/engine/src/metrics.rs), and adds a row per task. Variants missing for a task are
 left out of that task's table. The "strongest peer" of a task is the classical method with
 the best mean PSNR (the trivial lift is not a peer, except for colorization, where the gray
-image is the peer); DAVI's margin over it is reported in PSNR and SSIM.
+image is the peer); DAVI's margin over it is reported in PSNR and SSIM. `--peer-variant
+LABEL=TAG` reads restorations the same way and scores them as a classical peer: results.sh
+uses it for libdavi's own classical plug-in (`davi restore --plugin-id classical`).
 """
 import argparse
 import json
@@ -42,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--peers", required=True, help="JSON report of eval_peers.py")
     p.add_argument("--degraded", required=True, help="its --save-degraded folder, holding the restorations")
     p.add_argument("--variant", action="append", default=[], help="LABEL=TAG (repeatable)")
+    p.add_argument("--peer-variant", action="append", default=[],
+                   help="LABEL=TAG read like --variant but scored as a classical peer (repeatable)")
     p.add_argument("--json-dir", help="write <task>.json here (peers and DAVI, per crop)")
     p.add_argument("--markdown", help="write the results page here")
     p.add_argument("--header", help="Markdown text placed above the tables")
@@ -52,11 +56,12 @@ def main(argv=None) -> int:
         report = json.load(f)
     crops = [c["name"] for c in report["crop_list"]]
     variants = [v.split("=", 1) for v in args.variant]
+    peer_variants = [v.split("=", 1) for v in args.peer_variant]
     lines = [args.header.rstrip() + "\n"] if args.header else []
     summary = []
     for task, tr in report["tasks"].items():
         methods = tr["methods"]
-        for label, tag in variants:
+        for (label, tag), role in [(v, "davi") for v in variants] + [(v, "peer") for v in peer_variants]:
             rows = []
             for c in crops:
                 out = os.path.join(args.degraded, c, f"{task}_{tag}.png")
@@ -67,8 +72,9 @@ def main(argv=None) -> int:
                 rows.append({"crop": c, "psnr": ep.psnr(a, ref), "ssim": ep.ssim(a, ref)})
             if rows:
                 methods[label] = {
-                    "role": "davi",
-                    "about": f"libdavi one-step restoration ({tag})",
+                    "role": role,
+                    "about": f"libdavi one-step restoration ({tag})" if role == "davi"
+                    else f"restored by libdavi's classical plug-in ({tag})",
                     "oracle": False,
                     "psnr": float(np.mean([r["psnr"] for r in rows])),
                     "ssim": float(np.mean([r["ssim"] for r in rows])),
