@@ -251,6 +251,17 @@ fn fill_pixel(
 mod tests {
     use super::*;
 
+    /// The mask of one square hole of `side` pixels, its top-left corner at (`left`, `top`).
+    fn square_hole(w: usize, h: usize, top: usize, left: usize, side: usize) -> Vec<bool> {
+        let r = Rect {
+            top,
+            left,
+            height: side,
+            width: side,
+        };
+        box_mask(w, h, &[r])
+    }
+
     #[test]
     fn a_large_hole_in_texture_gets_no_values_outside_the_known_range() {
         // Hard-edged stripes around a hole much wider than RADIUS: the edges' gradients,
@@ -267,13 +278,7 @@ mod tests {
                 }
             })
             .collect();
-        let boxes = [Rect {
-            top: 16,
-            left: 16,
-            height: 32,
-            width: 32,
-        }];
-        let mask = box_mask(w, h, &boxes);
+        let mask = square_hole(w, h, 16, 16, 32);
         let known = || img.iter().zip(&mask).filter(|(_, m)| !**m).map(|(v, _)| *v);
         let lo = known().fold(f32::INFINITY, f32::min);
         let hi = known().fold(f32::NEG_INFINITY, f32::max);
@@ -292,13 +297,7 @@ mod tests {
             .map(|i| 0.2 + 0.5 * (i % w) as f32 / w as f32)
             .collect();
         let mut holed = ramp.clone();
-        let boxes = [Rect {
-            top: 6,
-            left: 8,
-            height: 8,
-            width: 8,
-        }];
-        let mask = box_mask(w, h, &boxes);
+        let mask = square_hole(w, h, 6, 8, 8);
         for (v, m) in holed.iter_mut().zip(&mask) {
             if *m {
                 *v = 0.0;
