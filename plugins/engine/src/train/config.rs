@@ -135,6 +135,14 @@ pub struct DaviConfig {
     /// or `full` (MSE on every pixel, which weights the hole as much as the rest).
     #[serde(default)]
     pub gt: GtLoss,
+    /// Weight each pixel's ground-truth error by `1 / (1 − x̂²)` (the generator's `tanh`
+    /// output `x̂`, detached; at most 10): the gradient reaching the `tanh` argument is then
+    /// the plain error, where the unweighted loss scales it by `1 − x̂²` and so barely moves
+    /// pixels near black and white. A weight that depends on the prediction alone leaves
+    /// the minimiser (the posterior mean) unchanged; only the optimisation is
+    /// preconditioned. Off: the official loss.
+    #[serde(default)]
+    pub gt_tanh_precondition: bool,
     /// Blur only: the chance, per side of a training window, that the window ends at an
     /// image border (the zero padding of the blur shows there), instead of continuing into
     /// image content as it does for a tile inside a photograph.

@@ -209,6 +209,16 @@ pub fn ikl_surrogate(snr: &Tensor, d_fake: &Tensor, d_teacher: &Tensor, x_hat: &
         .mean(Kind::Float)
 }
 
+/// The largest weight [`tanh_preconditioned_mse`] gives a pixel (`|x̂| ≈ 0.95`).
+const TANH_PRECONDITION_MAX: f64 = 10.0;
+
+/// Mean of `(x − x̂)² / (1 − x̂²)`, the weight detached and capped at
+/// [`TANH_PRECONDITION_MAX`] (see `DaviConfig::gt_tanh_precondition`).
+pub fn tanh_preconditioned_mse(x: &Tensor, x_hat: &Tensor) -> Tensor {
+    let slope = (-x_hat.detach().square() + 1.0).clamp_min(1.0 / TANH_PRECONDITION_MAX);
+    ((x - x_hat).square() / slope).mean(Kind::Float)
+}
+
 /// `‖∂L_gt/∂W‖ / (‖∂L_G/∂W‖ + 1e-4)`, clamped to [0, 1e4] then clipped to [0.01, 10].
 pub fn adaptive_weight(l_gt: &Tensor, l_g: &Tensor, w: &Tensor) -> f64 {
     let g1 = Tensor::run_backward(&[l_gt], &[w], true, false);
@@ -350,6 +360,7 @@ impl Replica {
                     (&c.x - &x_hat).square().mean(Kind::Float) * 0.1
                         + diff.square().sum(Kind::Float) / observed.clamp_min(1.0)
                 }
+                _ if sh.cfg.gt_tanh_precondition => tanh_preconditioned_mse(&c.x, &x_hat),
                 _ => (&c.x - &x_hat).square().mean(Kind::Float),
             };
             let mut loss =
@@ -853,6 +864,40 @@ impl DaviTrainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tanh_preconditioning_passes_the_plain_error_to_the_tanh_argument() {
+        // x̂ = tanh(u): with the preconditioned loss, ∂L/∂u = 2(x̂ − x)/N wherever the weight
+        // is below its cap (|x̂| < 0.95), where the plain MSE gives 2(x̂ − x)(1 − x̂²)/N.
+        let u =
+            Tensor::from_slice(&[-2.5f32, -1.5, -0.3, 0.0, 0.8, 1.7, 3.0]).set_requires_grad(true);
+        let x = Tensor::from_slice(&[-0.9f32, -0.2, 0.1, 0.5, 0.0, 0.99, 0.2]);
+        let x_hat = u.tanh();
+        tanh_preconditioned_mse(&x, &x_hat).backward();
+        let n = 7.0;
+        let (xh, g) = (
+            Vec::<f32>::try_from(x_hat.detach()).unwrap(),
+            Vec::<f32>::try_from(u.grad()).unwrap(),
+        );
+        let xs = Vec::<f32>::try_from(x).unwrap();
+        for i in 0..7 {
+            let slope = 1.0 - xh[i] * xh[i];
+            let w = (1.0 / slope).min(TANH_PRECONDITION_MAX as f32);
+            let want = 2.0 * (xh[i] - xs[i]) * slope * w / n;
+            assert!((g[i] - want).abs() < 1e-6, "{i}: {} vs {want}", g[i]);
+            if w < TANH_PRECONDITION_MAX as f32 {
+                assert!((g[i] - 2.0 * (xh[i] - xs[i]) / n).abs() < 1e-6, "{i}");
+            }
+        }
+        // At x̂ = 0 it is the plain MSE.
+        let z = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[0.3f32, -0.4, 0.1]);
+        let (a, b) = (
+            tanh_preconditioned_mse(&t, &z).double_value(&[]),
+            (&t - &z).square().mean(Kind::Float).double_value(&[]),
+        );
+        assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    }
 
     #[test]
     fn ikl_gradient_is_scaled_score_difference() {
