@@ -7,8 +7,9 @@
 //! per-crop-tuned Wiener, OpenCV's Telea, bicubic) on 22 crops is `scripts/results.sh`
 //! (docs/results.md).
 //!
-//! Needs the held-out photographs (`scripts/fetch-photos.sh`) and the plug-in built next to
-//! the binary (`cargo build -p davi-classical`); `scripts/test.sh` does both.
+//! Needs the held-out photographs (`scripts/fetch-photos.sh`) and the plug-in built by the same
+//! cargo run (`cargo test --workspace`, as `scripts/test.sh` runs it, or `cargo build -p
+//! davi-classical`).
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,8 +37,31 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The classical plug-in built with this test: `target/<profile>/deps/`, where `cargo test`
+/// leaves the cdylib, else its copy next to the binary that `cargo build` makes (which a
+/// `cargo test` does not refresh, so it comes second).
+fn classical_plugin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let name = format!(
+        "{}davi_classical.{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_EXTENSION
+    );
+    [deps.join(&name), deps.parent().unwrap().join(&name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not found near {}: build it with `cargo build -p davi-classical` \
+                 (scripts/test.sh builds the whole workspace)",
+                exe.display()
+            )
+        })
+}
+
 /// Mean PSNR and SSIM of each method of one `davi eval` run.
-fn eval(task: &str, images: &Path, out: &Path) -> Vec<(String, f64, f64)> {
+fn eval(task: &str, images: &Path, out: &Path, plugin: &Path) -> Vec<(String, f64, f64)> {
     let model = root().join(format!("models/photo-{task}.safetensors"));
     let methods = if task == "colorize" {
         "davi,lift"
@@ -45,7 +69,9 @@ fn eval(task: &str, images: &Path, out: &Path) -> Vec<(String, f64, f64)> {
         "davi,classical,lift"
     };
     let json = out.join(format!("{task}.json"));
+    // First on the plug-in search path, so a stale copy next to the binary is not used.
     let o = Command::new(env!("CARGO_BIN_EXE_davi"))
+        .env("DAVI_PLUGIN_PATH", plugin)
         .args(["eval", "--images"])
         .arg(images)
         .args(["--task", task, "--model"])
@@ -79,13 +105,7 @@ fn eval(task: &str, images: &Path, out: &Path) -> Vec<(String, f64, f64)> {
 
 #[test]
 fn default_models_beat_the_classical_methods_on_heldout_crops() {
-    let exe = Path::new(env!("CARGO_BIN_EXE_davi"));
-    let plugin = exe.with_file_name("libdavi_classical.so");
-    assert!(
-        plugin.exists(),
-        "{} is missing: build it with `cargo build -p davi-classical` (scripts/test.sh builds the workspace)",
-        plugin.display()
-    );
+    let plugin = classical_plugin();
     let dir = std::env::temp_dir().join(format!("davi-default-models-{}", std::process::id()));
     let images = dir.join("images");
     std::fs::create_dir_all(&images).unwrap();
@@ -100,7 +120,7 @@ fn default_models_beat_the_classical_methods_on_heldout_crops() {
     }
     let mut failures = Vec::new();
     for task in ["sr4", "deblur", "denoise", "inpaint", "colorize"] {
-        let scores = eval(task, &images, &dir);
+        let scores = eval(task, &images, &dir, &plugin);
         let get = |name: &str| {
             scores
                 .iter()
