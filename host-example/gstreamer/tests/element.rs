@@ -567,8 +567,10 @@ fn a_flush_cancels_the_restore_in_progress() {
     );
     let took = start.elapsed();
     flusher.join().unwrap();
+    // The bound only has to tell a cancel from the whole frame (about 20 s); 5 s was
+    // exceeded once (5.07 s) with three training processes on the two cores.
     assert!(
-        took < std::time::Duration::from_secs(5),
+        took < std::time::Duration::from_secs(10),
         "the flush took {took:?}"
     );
     assert!(sinkpad.send_event(gst::event::FlushStop::new(true)));
